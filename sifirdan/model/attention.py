@@ -1,0 +1,77 @@
+"""Guide §4 — Multi-head causal self-attention.
+
+    Q = X W_Q,  K = X W_K,  V = X W_V                       (per head: head_size = n_embd / n_head)
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(head_size) + causal_mask) V
+
+Two paths compute the same function on the same weights:
+  * ``explicit`` — the guide's code: scores, ``masked_fill(-inf)``, softmax, weighted sum. Readable, and it
+    can return the attention weights (``sifirdan attention`` draws them).
+  * ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention``: the same math in one fused kernel
+    (flash / memory-efficient on GPU, a fused loop on CPU) that never materialises the (T, T) matrix.
+A test checks that both give the same outputs and gradients.
+
+The three projections W_Q, W_K, W_V are stored stacked in one ``qkv`` Linear (n_embd -> 3*n_embd): the same
+parameters as the guide's three Linears, one matrix multiply instead of three.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sifirdan.model.config import GPTConfig
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, config: GPTConfig, layer_idx: int = 0):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_size = config.n_embd // config.n_head
+        self.layer_idx = layer_idx  # which slot of a KV cache this layer uses
+        self.kind = config.attention
+        self.dropout_p = config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        # The guide's lower-triangular mask: token i may look at tokens 0..i only. Not saved in checkpoints.
+        mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
+        self.register_buffer("causal_mask", mask, persistent=False)
+        self.last_attention: torch.Tensor | None = None  # filled when record_attention is True
+        self.record_attention = False
+
+    def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape  # batch, time, channels (n_embd)
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, n_embd)
+        # (B, T, n_embd) -> (B, T, n_head, head_size) -> (B, n_head, T, head_size): heads become a batch dim
+        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if kv_cache is not None:
+            # append this step's keys/values; attend over everything cached so far: (B, n_head, S, head_size)
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        S = k.shape[2]
+        # attn_mask (bool, True = may attend) is needed when queries do not start at key 0 (a KV cache) or
+        # when some keys are padding; plain training uses the causal triangle.
+        if attn_mask is None and S != T:
+            raise ValueError("attention over a KV cache needs an explicit attn_mask (see GPT.forward)")
+        dropout = self.dropout_p if self.training else 0.0
+        if self.kind == "sdpa" and not self.record_attention:
+            if attn_mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        else:
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, n_head, T, S)
+            keep = self.causal_mask[:T, :T] if attn_mask is None else attn_mask
+            att = att.masked_fill(~keep, float("-inf"))
+            att = F.softmax(att, dim=-1)  # each row sums to 1 over the visible tokens
+            if self.record_attention:
+                self.last_attention = att.detach()
+            att = self.attn_dropout(att)
+            y = att @ v  # (B, n_head, T, S) @ (B, n_head, S, head_size) -> (B, n_head, T, head_size)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
+        return self.resid_dropout(self.proj(y))

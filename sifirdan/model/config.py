@@ -1,0 +1,87 @@
+"""GPTConfig: every architectural choice of the model in one typed dataclass, plus the guide's presets (§10).
+
+Names follow the guide: ``vocab_size``, ``block_size``, ``n_embd``, ``n_head``, ``n_layer``, ``dropout``.
+The guide's exact architecture is always reachable: ``GPTConfig.from_preset("guide", attention="explicit")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sifirdan.errors import UserError
+
+ATTENTION_KINDS = ("sdpa", "explicit")
+INIT_KINDS = ("guide", "scaled", "pytorch")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 500  # tokens the embedding table and LM head know
+    block_size: int = 128  # longest context (rows of the learned position table)
+    n_embd: int = 128  # width of the residual stream
+    n_head: int = 4  # attention heads; head_size = n_embd // n_head
+    n_layer: int = 4  # transformer blocks
+    dropout: float = 0.1  # attention-weight, residual and FFN dropout (0 at inference)
+    bias: bool = True  # biases in Linear layers (the guide: yes)
+    attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
+    tie_weights: bool = False  # share the token embedding with the LM head (the guide: no)
+    # "guide": N(0, 0.02) weights, zero biases (matches the guide's step-0 loss 6.244 at vocab 500)
+    # "scaled": as "guide" but residual output projections get std 0.02/sqrt(2*n_layer) (GPT-2)
+    # "pytorch": PyTorch's default Linear/Embedding init
+    init: str = "guide"
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "block_size", "n_embd", "n_head", "n_layer"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise UserError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"pick e.g. --n-head {_divisor_hint(self.n_embd, self.n_head)}"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attention not in ATTENTION_KINDS:
+            raise UserError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}")
+        if self.init not in INIT_KINDS:
+            raise UserError(f"init must be one of {', '.join(INIT_KINDS)}, got {self.init!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown model config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "GPTConfig":
+        if name not in MODEL_PRESETS:
+            raise UserError(f"unknown preset {name!r}; choose one of {', '.join(MODEL_PRESETS)}")
+        return cls.from_dict({**MODEL_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _divisor_hint(n_embd: int, n_head: int) -> int:
+    divisors = [d for d in range(1, n_embd + 1) if n_embd % d == 0]
+    return min(divisors, key=lambda d: (abs(d - n_head), d))
+
+
+# The guide's §10 table (n_embd / n_head / n_layer). "guide" is the model the guide trains (§7-8).
+MODEL_PRESETS: dict[str, dict] = {
+    "nano": dict(n_embd=64, n_head=2, n_layer=2, block_size=128, vocab_size=500),
+    "guide": dict(n_embd=128, n_head=4, n_layer=4, block_size=128, vocab_size=500, dropout=0.1),
+    "small": dict(n_embd=256, n_head=8, n_layer=6, block_size=256, vocab_size=500),
+    "medium": dict(n_embd=512, n_head=16, n_layer=12, block_size=512, vocab_size=500),
+}

@@ -1,0 +1,116 @@
+"""Guide §7 — The complete GPT: embeddings -> N transformer blocks -> final LayerNorm -> LM head.
+
+    logits, loss = model(idx, targets)       idx, targets: (B, T) token ids; logits: (B, T, vocab_size)
+
+The loss is the guide's cross-entropy (§8) in nats per token; targets equal to -100 are ignored (fine-tuning
+uses this to score only the response tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sifirdan.model.block import TransformerBlock
+from sifirdan.model.config import GPTConfig
+from sifirdan.model.embeddings import Embeddings
+
+IGNORE_INDEX = -100
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embeddings = Embeddings(config)  # 1. token + position embeddings
+        self.blocks = nn.ModuleList([TransformerBlock(config, i) for i in range(config.n_layer)])  # 2. N blocks
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)  # 3. final LayerNorm
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)  # 4. LM head
+        if config.tie_weights:
+            self.lm_head.weight = self.embeddings.token_embedding.weight
+        self._init_weights()
+
+    # ------------------------------------------------------------------------------------------------ init
+    def _init_weights(self) -> None:
+        if self.config.init == "pytorch":
+            return  # nn.Linear / nn.Embedding defaults (the guide's code as written)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        if self.config.init == "scaled":
+            # GPT-2: each residual branch adds to the stream, so shrink its output by 1/sqrt(2 * n_layer)
+            std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            for block in self.blocks:
+                nn.init.normal_(block.attention.proj.weight, mean=0.0, std=std)
+                nn.init.normal_(block.feed_forward.proj.weight, mean=0.0, std=std)
+
+    def num_parameters(self, exclude_position: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+        if exclude_position:
+            n -= self.embeddings.position_embedding.weight.numel()
+        return n
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache=None,
+        positions: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ):
+        """Return ``(logits, loss)``; ``loss`` is None without targets.
+
+        Generation extras (all optional): ``kv_cache`` (a ``KVCache``: the new tokens are appended to it),
+        ``positions`` (B, T) absolute positions for left-padded batches, ``key_padding_mask`` (B, S) True for
+        real tokens over all S cached + new positions, ``last_only`` to compute logits for the last position only.
+        """
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if positions is None:
+            if start + T > self.config.block_size:
+                raise ValueError(
+                    f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
+                )
+            positions = torch.arange(start, start + T, device=idx.device)
+        attn_mask = None
+        if kv_cache is not None or key_padding_mask is not None:
+            attn_mask = self._attention_mask(start, T, key_padding_mask, idx.device)
+
+        x = self.embeddings(idx, positions)  # (B, T, n_embd)
+        for block in self.blocks:
+            x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.ln_f(x)
+        if last_only and targets is None:
+            x = x[:, -1:, :]
+        logits = self.lm_head(x)  # (B, T, vocab_size)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    @staticmethod
+    def _attention_mask(start: int, T: int, key_padding_mask, device) -> torch.Tensor:
+        """Boolean mask (True = may attend) of shape (T, S) or (B, 1, T, S) for queries at start..start+T-1."""
+        S = start + T
+        q_pos = torch.arange(start, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        mask = k_pos <= q_pos  # causal: (T, S)
+        if key_padding_mask is not None:
+            # hide padding keys; a padding query still sees itself so no softmax row is all -inf (NaN)
+            mask = (mask[None] & key_padding_mask[:, None, :S]) | (k_pos == q_pos)[None]
+            mask = mask[:, None]  # (B, 1, T, S): broadcast over heads
+        return mask
