@@ -1,0 +1,139 @@
+"""``BPETokenizer``: a byte-level BPE tokenizer you can train on your own text."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+
+import regex
+
+from sifirdan.errors import UserError
+from sifirdan.tokenizer.base import DEFAULT_SPECIAL_TOKENS, Tokenizer, text_to_bytes, validate_special_tokens
+from sifirdan.tokenizer.pattern import DEFAULT_PATTERN
+from sifirdan.tokenizer.train import learn_merges
+
+
+def count_pieces(texts: Iterable[str], pattern: str = DEFAULT_PATTERN) -> Counter:
+    """Pre-tokenize a stream of texts and count each distinct piece (the only table training keeps)."""
+    compiled = regex.compile(pattern)
+    counts: Counter = Counter()
+    for text in texts:
+        if not isinstance(text, str):
+            raise UserError(f"training texts must be str, got {type(text).__name__}; decode bytes first")
+        counts.update(compiled.findall(text))
+    return counts
+
+
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE: 256 byte tokens + learned merges + special tokens; never an unknown token."""
+
+    # set by train(): what happened (read by the CLI and the benchmark)
+    train_stats: dict | None = None
+
+    @classmethod
+    def train(
+        cls,
+        text_or_texts: str | Iterable[str],
+        vocab_size: int,
+        special_tokens: Iterable[str] | None = None,
+        pattern: str | None = None,
+        verbose: bool = False,
+        backend: str = "auto",
+    ) -> BPETokenizer:
+        """Learn a tokenizer with ``vocab_size`` ids (256 bytes + merges + special tokens).
+
+        ``text_or_texts`` is one string or any iterable of strings (streamed: only the table of distinct
+        pre-tokens is held). Each text is pre-tokenized on its own, so training on ``[a, b]`` equals training
+        on ``a + b`` whenever the cut between them is one the pattern also makes -- e.g. ``a`` ends with a
+        newline and ``b`` starts with a non-space character (that is how ``iter_texts`` cuts files).
+        ``special_tokens=None`` adds ``DEFAULT_SPECIAL_TOKENS``; ``[]`` adds none. If the text runs out of
+        pairs before ``vocab_size`` is reached, training stops with a warning and returns the smaller
+        tokenizer. ``backend``: "auto" (C core if built, else Python), "python" or "c".
+        """
+        specials = validate_special_tokens(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise UserError(f"vocab_size must be an integer, not {vocab_size!r}")
+        minimum = 256 + len(specials)
+        if vocab_size < minimum:
+            raise UserError(
+                f"vocab_size {vocab_size} is too small: 256 byte tokens + {len(specials)} special tokens need at "
+                f"least {minimum}; pass --vocab-size {minimum} or more"
+            )
+        pattern = DEFAULT_PATTERN if pattern is None else pattern
+        try:
+            regex.compile(pattern)
+        except regex.error as e:
+            raise UserError(f"the pre-tokenizer pattern does not compile ({e}); fix the regex") from None
+        t0 = time.perf_counter()
+        texts = [text_or_texts] if isinstance(text_or_texts, str) else text_or_texts
+        n_chars = 0
+
+        def counted(it):
+            nonlocal n_chars
+            for t in it:
+                if isinstance(t, str):
+                    n_chars += len(t)
+                yield t
+
+        pieces = count_pieces(counted(texts), pattern)
+        if not pieces:
+            raise UserError("the training text is empty; pass a file with some text in it")
+        words = [text_to_bytes(p) for p in pieces]
+        freqs = list(pieces.values())
+        t_count = time.perf_counter() - t0
+
+        target = vocab_size - len(specials)
+        bar = None
+        progress = None
+        if verbose:
+            from tqdm import tqdm
+
+            bar = tqdm(total=target - 256, desc="BPE merges", unit="tok", leave=False)
+            progress = bar.update
+        core = _train_backend(backend)
+        try:
+            merges = core(words, freqs, target, progress)
+        finally:
+            if bar is not None:
+                bar.close()
+        vocab = {i: bytes([i]) for i in range(256)}
+        for a, b, new in merges:
+            vocab.setdefault(new, vocab[a] + vocab[b])
+        reached = len(vocab)
+        if reached < target:
+            warnings.warn(
+                f"the training text has no more pairs to merge: stopped at vocab size {reached + len(specials)} "
+                f"instead of {vocab_size}",
+                stacklevel=2,
+            )
+        tok = cls(vocab=vocab, merges=merges, special_tokens={s: reached + k for k, s in enumerate(specials)}, pattern=pattern)
+        fast = tok._fast_core()
+        bpe = fast.encode if fast is not None else tok._bpe
+        n_tokens = sum(f * len(bpe(w)) for w, f in zip(words, freqs))  # exact: encoding is per piece
+        tok.train_stats = {
+            "chars": n_chars,
+            "pieces": sum(freqs),
+            "unique_pieces": len(words),
+            "merges": len(merges),
+            "vocab_size": tok.vocab_size,
+            "requested_vocab_size": vocab_size,
+            "chars_per_token": n_chars / max(n_tokens, 1),
+            "seconds_counting": t_count,
+            "seconds": time.perf_counter() - t0,
+            "backend": "python" if core is learn_merges else "c",
+        }
+        return tok
+
+
+def _train_backend(backend: str):
+    if backend == "python":
+        return learn_merges
+    try:
+        from sifirdan.tokenizer import _fastbpe
+    except ImportError:
+        if backend == "c":
+            raise UserError("the C core sifirdan.tokenizer._fastbpe is not built; run `pip install -e .` (needs a C compiler)") from None
+        return learn_merges
+    return _fastbpe.learn_merges
