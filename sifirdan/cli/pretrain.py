@@ -1,0 +1,301 @@
+"""``sifirdan pretrain``: raw text -> tokenizer -> token bins -> a trained GPT in a run directory.
+
+    sifirdan pretrain --data nutuk.txt --out runs/nutuk                   # default recipe
+    sifirdan pretrain --data nutuk.txt --out runs/guide --preset guide    # the guide's §8 recipe, exactly
+    sifirdan pretrain --resume runs/nutuk --max-iters 4000                # continue (bit-exact)
+    torchrun --nproc_per_node=2 -m sifirdan pretrain --data nutuk.txt --out runs/ddp
+
+Configuration layers: defaults < --preset < --config FILE.toml < command-line flags. Every field of GPTConfig,
+TrainConfig and DataConfig is a flag (``n_embd`` -> ``--n-embd``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from sifirdan.errors import UserError
+
+SECTIONS = ("model", "train", "data")
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _section_classes():
+    from sifirdan.data.dataset import DataConfig
+    from sifirdan.model import GPTConfig
+    from sifirdan.train.config import TrainConfig
+
+    return {"model": GPTConfig, "train": TrainConfig, "data": DataConfig}
+
+
+def _field_types(cls) -> dict[str, str]:
+    return {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in dataclasses.fields(cls)}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, section: str, title: str, skip=()) -> None:
+    """One flag per dataclass field (``--n-embd``), default None so we can tell what the user set."""
+    group = parser.add_argument_group(title)
+    defaults = cls.__dataclass_fields__
+    for name, typ in _field_types(cls).items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = defaults[name].default
+        if typ == "bool":
+            group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default: {default})")
+        else:
+            group.add_argument(flag, dest=f"{section}.{name}", type=_TYPES.get(typ, str), default=None,
+                               metavar=name.split("_")[-1].upper(), help=f"(default: {default})")
+
+
+def explicit_flags(args) -> dict[str, dict]:
+    """{section: {field: value}} for the flags given on the command line."""
+    out: dict[str, dict] = {s: {} for s in SECTIONS}
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, name = dest.split(".", 1)
+            out[section][name] = value
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, dict]:
+    """A config file: ``[model]`` / ``[train]`` / ``[data]`` tables, or flat keys routed by field name;
+    ``preset = "guide"`` at the top is allowed."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; fix the --config path")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid TOML ({e}); fix the file") from None
+    fields = {s: set(_field_types(c)) for s, c in _section_classes().items()}
+    out: dict[str, dict] = {s: {} for s in SECTIONS}
+    preset = raw.pop("preset", None)
+    for key, value in raw.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                if k not in fields[key]:
+                    raise UserError(f"{path}: unknown key {k!r} in [{key}]; valid keys: {', '.join(sorted(fields[key]))}")
+                out[key][k] = v
+            continue
+        owners = [s for s in SECTIONS if key in fields[s]]
+        if not owners:
+            valid = sorted(set().union(*fields.values()) | {"preset"})
+            raise UserError(f"{path}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        out[owners[0]][key] = value
+    if preset is not None:
+        out["preset"] = preset  # type: ignore[assignment]
+    return out
+
+
+def layer_config(base: dict[str, dict], preset: str | None, file_cfg: dict | None, flags: dict[str, dict]) -> tuple[dict, set]:
+    """defaults (or a resumed run's config) < preset < config file < flags. Returns (sections, keys the user set)."""
+    from sifirdan.model import MODEL_PRESETS
+    from sifirdan.train.config import TRAIN_PRESETS
+
+    sections = {s: dict(base.get(s, {})) for s in SECTIONS}
+    user_set: set[str] = set()
+    if preset is not None:
+        if preset not in MODEL_PRESETS or preset not in TRAIN_PRESETS:
+            valid = sorted(set(MODEL_PRESETS) & set(TRAIN_PRESETS))
+            raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(valid)}")
+        sections["model"].update(MODEL_PRESETS[preset])
+        sections["train"].update(TRAIN_PRESETS[preset])
+    for layer in (file_cfg or {}, flags):
+        for s in SECTIONS:
+            sections[s].update(layer.get(s, {}))
+            user_set |= {f"{s}.{k}" for k in layer.get(s, {})}
+    return sections, user_set
+
+
+def build_configs(sections: dict[str, dict]):
+    classes = _section_classes()
+    from sifirdan.data.dataset import DataConfig
+
+    model_cfg = classes["model"].from_dict(sections["model"])
+    train_cfg = classes["train"].from_dict(sections["train"])
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    unknown = sorted(set(sections["data"]) - known)
+    if unknown:
+        raise UserError(f"unknown data config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+    data_cfg = DataConfig(**sections["data"]).validate()
+    return model_cfg, train_cfg, data_cfg
+
+
+def register(subparsers) -> None:
+    from sifirdan.data.dataset import DataConfig
+    from sifirdan.model import GPTConfig
+    from sifirdan.train.config import TrainConfig
+
+    p = subparsers.add_parser(
+        "pretrain",
+        help="train a GPT on raw text (guide §7-8, §10)",
+        description="Pre-train a GPT from raw text. Without --data the default corpus is used; without --tokenizer "
+        "a BPE tokenizer with --vocab-size ids is trained on the train split and saved in the run directory. "
+        "Layers: defaults < --preset < --config < flags.",
+    )
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s) or folder(s); default: the built-in corpus")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints last/ best/, metrics.jsonl, loss.png)")
+    p.add_argument("--preset", help="model + training preset: nano, guide, small, medium")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] / [train] / [data] keys")
+    p.add_argument("--tokenizer", metavar="PATH", help="an existing tokenizer.json (default: train one)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last/ checkpoint")
+    p.add_argument("--cache-dir", metavar="DIR", help="token-bin cache (default: $SIFIRDAN_CACHE or ~/.cache/sifirdan)")
+    add_dataclass_flags(p, GPTConfig, "model", "model (GPTConfig)")
+    add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig)")
+    add_dataclass_flags(p, DataConfig, "data", "data (DataConfig)")
+    p.set_defaults(func=run)
+
+
+def _say(msg: str, main: bool = True) -> None:
+    if main:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def run(args) -> int:
+    import torch
+
+    from sifirdan import checkpoint as ckpt
+    from sifirdan.data.corpus import DEFAULT_CORPUS_NAME
+    from sifirdan.data.dataset import iter_train_texts, prepare_bins
+    from sifirdan.model import GPT
+    from sifirdan.tokenizer import BPETokenizer
+    from sifirdan.train.config import resume_differences
+    from sifirdan.train.distributed import env_dist_info, init_distributed, shutdown_distributed
+    from sifirdan.train.pretrain import pretrain_data
+    from sifirdan.train.runtime import resolve_device
+    from sifirdan.train.trainer import Trainer
+
+    flags = explicit_flags(args)
+    file_cfg = load_toml(args.config) if args.config else None
+    preset = args.preset or (file_cfg or {}).pop("preset", None)
+
+    saved = None
+    if args.resume:
+        out = Path(args.resume)
+        if args.out and Path(args.out).resolve() != out.resolve():
+            raise UserError(f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its directory (drop --out)")
+        last = out / "last"
+        if not (last / ckpt.CONFIG_FILE).is_file():
+            raise UserError(f"{out} has no last/ checkpoint to resume from; check the path or start a new run with --out")
+        saved = ckpt.read_config(last)
+        base = {s: saved.get(s, {}) for s in SECTIONS}
+    else:
+        if not args.out:
+            raise UserError("--out RUN_DIR is required (where checkpoints and metrics go); e.g. --out runs/first")
+        out = Path(args.out)
+        if (out / "last" / ckpt.CONFIG_FILE).is_file():
+            raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
+        base = {}
+    sections, user_set = layer_config(base, preset, file_cfg, flags)
+    if saved is not None:
+        diffs = resume_differences({s: saved.get(s, {}) for s in SECTIONS}, sections)
+        if diffs:
+            raise UserError(f"cannot resume {out} with a changed configuration: {'; '.join(diffs)}; "
+                            "drop those flags or start a new run with --out")
+    # validate what we can before any slow work (tokenizer vocab is checked once the tokenizer exists)
+    model_cfg, train_cfg, data_cfg = build_configs(sections)
+    dist = env_dist_info()
+    device = resolve_device(train_cfg.device, dist.local_rank)
+    init_distributed(dist, device)
+    main = dist.is_main
+
+    def barrier():
+        if dist.enabled:
+            torch.distributed.barrier()
+
+    try:
+        # ---- data source
+        if saved is not None:
+            paths = args.data if args.data else saved.get("data_source")
+        else:
+            paths = args.data
+        if paths is None:
+            _say(f"no --data given: training on the default corpus ({DEFAULT_CORPUS_NAME})", main)
+
+        # ---- tokenizer
+        if saved is not None:
+            tokenizer = BPETokenizer.load(out / "last" / ckpt.TOKENIZER_FILE)
+            if args.tokenizer and BPETokenizer.load(args.tokenizer).fingerprint() != tokenizer.fingerprint():
+                raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer of {out}; drop --tokenizer when resuming")
+        elif args.tokenizer:
+            tokenizer = BPETokenizer.load(args.tokenizer)
+        else:
+            vocab = sections["model"].get("vocab_size", model_cfg.vocab_size)
+            if main:
+                _say(f"training a BPE tokenizer with {vocab} ids on the train split ...")
+                tokenizer = BPETokenizer.train(iter_train_texts(paths, data_cfg), vocab_size=vocab)
+                out.mkdir(parents=True, exist_ok=True)
+                tokenizer.save(out / ckpt.TOKENIZER_FILE)
+                _say(f"saved {out / ckpt.TOKENIZER_FILE} ({tokenizer.vocab_size} ids)")
+            barrier()
+            if not main:
+                tokenizer = BPETokenizer.load(out / ckpt.TOKENIZER_FILE)
+        # the model's vocabulary must cover every id the tokenizer can produce
+        if "model.vocab_size" in user_set and saved is None and args.tokenizer:
+            if tokenizer.vocab_size > model_cfg.vocab_size:
+                raise UserError(
+                    f"the tokenizer has {tokenizer.vocab_size} ids but --vocab-size is {model_cfg.vocab_size}; "
+                    f"pass --vocab-size {tokenizer.vocab_size} (or omit it to take the tokenizer's size)"
+                )
+        elif saved is None:
+            sections["model"]["vocab_size"] = tokenizer.vocab_size
+            model_cfg, train_cfg, data_cfg = build_configs(sections)
+        if tokenizer.vocab_size > model_cfg.vocab_size:
+            raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size {model_cfg.vocab_size}")
+
+        # ---- token bins (rank 0 tokenizes, the others then hit the cache)
+        bins = None
+        if main:
+            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=args.cache_dir)
+            _say(bins.describe())
+        barrier()
+        if not main:
+            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=args.cache_dir, progress=False)
+        if saved is not None and saved.get("corpus_hash") and bins.meta["corpus_hash"] != saved["corpus_hash"]:
+            raise UserError(f"the data differs from the data {out} was trained on; resume with the same --data or start a new run")
+
+        # ---- model + trainer
+        torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
+        model = GPT(model_cfg)
+        run_config = {
+            "preset": preset if saved is None else saved.get("preset"),
+            "data": dataclasses.asdict(data_cfg),
+            "data_source": None if paths is None else [str(p) for p in paths],
+            "corpus_hash": bins.meta["corpus_hash"],
+            "data_splits": bins.meta["splits"],
+        }
+        tokens_per_step = train_cfg.batch_size * model_cfg.block_size * train_cfg.grad_accum * dist.world_size
+        _say(
+            f"model: {model.num_parameters():,} parameters ({model_cfg.n_layer} layers, n_embd {model_cfg.n_embd}, "
+            f"{model_cfg.n_head} heads, block {model_cfg.block_size}, vocab {model_cfg.vocab_size}); "
+            f"{tokens_per_step:,} tokens/step x {train_cfg.max_iters} steps on {device}"
+            + (f" x {dist.world_size} processes" if dist.enabled else ""),
+            main,
+        )
+        trainer = Trainer(model, train_cfg, pretrain_data(bins, train_cfg, model_cfg.block_size, dist),
+                          tokenizer=tokenizer, out_dir=out, run_config=run_config, dist_info=dist,
+                          resume=saved is not None)
+        if saved is not None:
+            _say(f"resumed {out} at step {trainer.step}", main)
+        result = trainer.fit()
+    finally:
+        shutdown_distributed()
+
+    if result.status == "diverged":
+        print(f"sifirdan: error: {result.message}", file=sys.stderr)
+        return 1
+    if result.status == "interrupted":
+        return 143 if result.signal_name == "SIGTERM" else 130
+    if main:
+        best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
+        print(f"done: {result.step} steps, best val loss {best}; model in {out} "
+              f"(try: sifirdan generate --model {out} / sifirdan eval --model {out} --data FILE)")
+    return 0

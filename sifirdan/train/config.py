@@ -1,0 +1,136 @@
+"""TrainConfig: every training hyperparameter in one typed dataclass, plus the training presets.
+
+A run is configured by three dataclasses -- ``GPTConfig`` (the model), ``TrainConfig`` (this file) and the
+data config -- layered as   defaults < preset < config file (TOML) < command-line flags.
+
+The *default recipe* is the field defaults below (plus ``CPU_DEFAULT_DTYPE``); it is tuned by measurement, so
+change it here and nowhere else. The ``guide`` preset is the guide's recipe (§8, §10) reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sifirdan.errors import UserError
+
+SCHEDULES = ("cosine", "constant")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+# What ``--dtype auto`` means on a CPU. bf16 autocast halves memory traffic but is only faster on CPUs with
+# native bf16 (AVX512-BF16 / AMX); measurements decide. One place to change it.
+CPU_DEFAULT_DTYPE = "fp32"
+
+
+@dataclass
+class TrainConfig:
+    # --- batches: one optimizer step sees batch_size * grad_accum * world_size sequences of block_size tokens
+    batch_size: int = 32  # sequences per micro-batch (per process)
+    grad_accum: int = 1  # micro-batches whose gradients are summed before one optimizer step
+    max_iters: int = 1000  # optimizer steps
+    # --- optimizer: AdamW
+    learning_rate: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    lr_schedule: str = "cosine"  # "cosine": linear warmup then cosine decay; "constant": the guide's
+    warmup_iters: int = 50  # linear warmup steps (cosine only)
+    weight_decay: float = 0.1  # decoupled weight decay, applied to >= 2-D weights only (not biases/LayerNorm)
+    decay_all: bool = False  # True: decay every parameter, as ``AdamW(model.parameters())`` in the guide
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # --- evaluation, logging, samples, checkpoints (all in optimizer steps)
+    eval_interval: int = 100  # estimate train/val loss every this many steps (and at step 0 and the end)
+    eval_iters: int = 20  # batches per split in each estimate (the same fixed batches every time)
+    log_interval: int = 10  # progress line / metrics record every this many steps
+    sample_interval: int = 5  # print a text sample every this many evaluations; 0 = never
+    sample_prompt: str = "Türk milleti"
+    sample_tokens: int = 50
+    checkpoint_interval: int = 500  # save last/ every this many steps (and at the end); 0 = only at the end
+    final_eval: bool = True  # a full, non-overlapping pass over the validation split at the end
+    # --- runtime
+    seed: int = 1337
+    device: str = "auto"  # auto: cuda > mps > cpu
+    dtype: str = "auto"  # fp32 | bf16 | fp16 (GPU only) | auto (bf16 on GPUs that have it, else fp16; CPU: CPU_DEFAULT_DTYPE)
+    compile: bool = False  # torch.compile the model
+    threads: int = 0  # torch CPU threads; 0 = PyTorch's default (physical cores), split between local processes
+    flush_denormal: bool = True  # treat tiny floats as 0 on CPU: avoids very slow denormal arithmetic
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise UserError(f"{name} must be a positive integer, got {v!r}; pass e.g. --{name.replace('_', '-')} 1")
+        for name in ("warmup_iters", "sample_interval", "sample_tokens", "checkpoint_interval", "threads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise UserError(f"{name} must be an integer >= 0, got {v!r}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; the guide uses 3e-4")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.lr_schedule not in SCHEDULES:
+            raise UserError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise UserError("weight_decay and grad_clip must be >= 0 (grad_clip 0 disables clipping)")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown training config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+
+# Fields that may differ when a run is resumed: they change how long / how verbosely / where it runs, not what
+# is learned step by step. (Changing max_iters with the cosine schedule does change the remaining LR curve.)
+# Everything else -- model shape, learning rate, schedule, batch, seed, data, tokenizer -- must match.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "max_iters", "eval_interval", "eval_iters", "log_interval", "sample_interval", "sample_prompt",
+        "sample_tokens", "checkpoint_interval", "final_eval", "device", "dtype", "compile", "threads",
+        "flush_denormal",
+    }
+)
+
+# Training presets; a preset name also selects the model preset of the same name (sifirdan.model.MODEL_PRESETS).
+TRAIN_PRESETS: dict[str, dict] = {
+    # The guide's recipe (§8 hyperparameter table, §10 "our model"): torch.optim.AdamW(model.parameters(),
+    # lr=3e-4) with PyTorch's defaults (betas 0.9/0.999, weight_decay 0.01 on every parameter), constant LR,
+    # no clipping, batch 32 x block 128, 1000 steps, evaluation every 100 (model preset: vocab 500, dropout 0.1).
+    "guide": dict(
+        batch_size=32, max_iters=1000, learning_rate=3e-4, lr_schedule="constant", warmup_iters=0,
+        weight_decay=0.01, decay_all=True, beta1=0.9, beta2=0.999, grad_clip=0.0, eval_interval=100,
+    ),
+    "nano": dict(batch_size=32, max_iters=1000, learning_rate=2e-3, eval_interval=100),
+    "small": dict(batch_size=32, max_iters=3000, learning_rate=6e-4, warmup_iters=200, eval_interval=250),
+    "medium": dict(batch_size=16, grad_accum=4, max_iters=5000, learning_rate=3e-4, warmup_iters=500, eval_interval=500),
+}
+
+
+def resume_differences(saved: dict[str, dict], new: dict[str, dict]) -> list[str]:
+    """Human-readable differences between a checkpoint's config and a resumed run's, except RESUMABLE_FIELDS.
+
+    Both are ``{"model": {...}, "train": {...}, "data": {...}}``; a key missing on one side counts as a change.
+    """
+    diffs = []
+    for section in sorted(set(saved) | set(new)):
+        old, cur = saved.get(section, {}) or {}, new.get(section, {}) or {}
+        for key in sorted(set(old) | set(cur)):
+            if section == "train" and key in RESUMABLE_FIELDS:
+                continue
+            a, b = old.get(key, "<unset>"), cur.get(key, "<unset>")
+            if a != b:
+                diffs.append(f"--{key.replace('_', '-')} {a!r} -> {b!r}")
+    return diffs
