@@ -53,20 +53,25 @@ class MultiHeadAttention(nn.Module):
         if kv_cache is not None:
             # append this step's keys/values; attend over everything cached so far: (B, n_head, S, head_size)
             k, v = kv_cache.update(self.layer_idx, k, v)
-        S = k.shape[2]
-        # attn_mask (bool, True = may attend) is needed when queries do not start at key 0 (a KV cache) or
-        # when some keys are padding; plain training uses the causal triangle.
-        if attn_mask is None and S != T:
-            raise ValueError("attention over a KV cache needs an explicit attn_mask (see GPT.forward)")
+        S = k.shape[2]  # keys: the T new positions plus any cached before them (the queries are the last T)
+        # attn_mask (bool, True = may attend) comes from GPT.forward only when some keys are padding (left-padded
+        # batches). Otherwise the mask is causal, aligned so query i (absolute position S-T+i) sees keys 0..S-T+i:
+        # rows S-T..S-1 of the guide's triangle. With no cache S == T and that is the plain triangle.
         dropout = self.dropout_p if self.training else 0.0
         if self.kind == "sdpa" and not self.record_attention:
-            if attn_mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            else:
+            if attn_mask is not None:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+            elif S == T:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            elif T == 1:
+                # one new token after a cache (every generation step): it may see every key, so no mask at all
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            else:
+                # sdpa's is_causal aligns the triangle top-left, which is wrong once S > T: pass the rows explicitly
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal_mask[S - T : S, :S], dropout_p=dropout)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, n_head, T, S)
-            keep = self.causal_mask[:T, :T] if attn_mask is None else attn_mask
+            keep = self.causal_mask[S - T : S, :S] if attn_mask is None else attn_mask
             att = att.masked_fill(~keep, float("-inf"))
             att = F.softmax(att, dim=-1)  # each row sums to 1 over the visible tokens
             if self.record_attention:

@@ -74,15 +74,17 @@ class GPT(nn.Module):
         real tokens over all S cached + new positions, ``last_only`` to compute logits for the last position only.
         """
         B, T = idx.shape
-        start = kv_cache.pos if kv_cache is not None else 0
+        start = kv_cache.pos if kv_cache is not None else 0  # absolute index of idx[:, 0] in the cache
+        if start + T > self.config.block_size:
+            # the learned position table has block_size rows, and the causal mask as many: crop the context
+            # first (sifirdan.generate crops to the last block_size // 2 tokens and prefills again)
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         if positions is None:
-            if start + T > self.config.block_size:
-                raise ValueError(
-                    f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
-                )
             positions = torch.arange(start, start + T, device=idx.device)
+        # Without padding the attention layers build the causal mask themselves (a slice of a buffer, nothing
+        # allocated per generation step); only left-padded batches need a per-row mask.
         attn_mask = None
-        if kv_cache is not None or key_padding_mask is not None:
+        if key_padding_mask is not None:
             attn_mask = self._attention_mask(start, T, key_padding_mask, idx.device)
 
         x = self.embeddings(idx, positions)  # (B, T, n_embd)
@@ -103,14 +105,20 @@ class GPT(nn.Module):
         return logits, loss
 
     @staticmethod
-    def _attention_mask(start: int, T: int, key_padding_mask, device) -> torch.Tensor:
-        """Boolean mask (True = may attend) of shape (T, S) or (B, 1, T, S) for queries at start..start+T-1."""
+    def _attention_mask(start: int, T: int, key_padding_mask: torch.Tensor, device) -> torch.Tensor:
+        """Boolean mask (B, 1, T, S), True = may attend, for queries at start..start+T-1 over S = start+T keys.
+
+        ``key_padding_mask`` (B, >= S) is True for real tokens. A padding query still sees itself, so no
+        softmax row is all -inf (NaN); its output is never used.
+        """
         S = start + T
+        if T == 1:
+            # one generation step: the newest query sees every key up to itself, minus padding (two tiny ops)
+            mask = key_padding_mask[:, :S].clone()
+            mask[:, -1] = True
+            return mask[:, None, None, :]  # (B, 1, 1, S)
         q_pos = torch.arange(start, S, device=device)[:, None]
         k_pos = torch.arange(S, device=device)[None, :]
         mask = k_pos <= q_pos  # causal: (T, S)
-        if key_padding_mask is not None:
-            # hide padding keys; a padding query still sees itself so no softmax row is all -inf (NaN)
-            mask = (mask[None] & key_padding_mask[:, None, :S]) | (k_pos == q_pos)[None]
-            mask = mask[:, None]  # (B, 1, T, S): broadcast over heads
-        return mask
+        mask = (mask[None] & key_padding_mask[:, None, :S]) | (k_pos == q_pos)[None]  # (B, T, S)
+        return mask[:, None]  # (B, 1, T, S): broadcast over heads

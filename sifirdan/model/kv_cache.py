@@ -2,6 +2,10 @@
 
 Without it every new token re-runs the whole sequence (the guide's ``generate``): O(T^2) work per token.
 With it, a prompt is run once (prefill) and each new token costs one position.
+
+Layout: one preallocated (n_layer, B, n_head, max_len, head_size) tensor each for keys and values, so a
+generation step writes in place and allocates nothing. ``pos`` is shared by all rows: a batch of prompts of
+different lengths is left-padded to a common length (GPT.forward's ``key_padding_mask`` hides the padding).
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ class KVCache:
         self.k[layer, :, :, self.pos : end] = k
         self.v[layer, :, :, self.pos : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (a LongTensor of indices), e.g. to drop sequences that finished."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
 
     def advance(self, n: int) -> None:
         self.pos += n

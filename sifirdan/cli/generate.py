@@ -1,0 +1,114 @@
+"""``sifirdan generate``: continue a prompt with a trained model (KV cache, sampling, streaming)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from sifirdan.errors import UserError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate",
+        help="generate text with a trained model",
+        description=(
+            "Continue a prompt with a trained model. Prints the prompt followed by the completion "
+            "(--completion-only for the completion alone). An empty prompt starts from <|endoftext|>."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory (from `sifirdan pretrain --out`)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", metavar="TEXT", help="the prompt (default: empty -- start from <|endoftext|>)")
+    src.add_argument("--input", metavar="FILE", help="read the prompt from a file ('-' = stdin)")
+    # numbers are parsed by us, not argparse, so a bad value is one clear line (see _parse)
+    p.add_argument("--max-new-tokens", default="200", metavar="N", help="tokens to generate at most (default 200)")
+    p.add_argument("--temperature", default="0.8", metavar="T", help="0 = greedy, higher = more random (default 0.8)")
+    p.add_argument("--top-k", default="0", metavar="K", help="sample from the K most likely tokens only (default 0 = off)")
+    p.add_argument("--top-p", default="1.0", metavar="P", help="nucleus sampling, in (0, 1] (default 1 = off)")
+    p.add_argument("--repetition-penalty", default="1.0", metavar="R", help="> 1 discourages repeating tokens (default 1 = off)")
+    p.add_argument("--seed", default=None, metavar="S", help="integer seed: the same seed gives the same text")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
+    p.add_argument("--num-samples", default="1", metavar="N", help="how many completions (generated as one batch; default 1)")
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--completion-only", action="store_true", help="print only the generated text, not the prompt")
+    p.add_argument("--no-cache", action="store_true", help="recompute every step without the KV cache (the guide's way; slow)")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.set_defaults(func=cmd_generate)
+
+
+def _parse(value, name: str, kind):
+    if value is None:
+        return None
+    try:
+        if kind is int:
+            return int(str(value).strip(), 10)
+        return float(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"--{name} must be {what}, got {value!r}") from None
+
+
+def _read_prompt(args) -> str:
+    if args.prompt is not None:
+        return args.prompt
+    if args.input is None:
+        return ""
+    if args.input == "-":
+        return sys.stdin.read()
+    try:
+        with open(args.input, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"prompt file {args.input} does not exist; check the path or use --prompt") from None
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {args.input} is not UTF-8 text; convert it (e.g. iconv -t UTF-8)") from None
+    except OSError as e:
+        raise UserError(f"cannot read prompt file {args.input} ({e.strerror}); check the path") from None
+
+
+def cmd_generate(args) -> int:
+    from sifirdan.generate import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=_parse(args.max_new_tokens, "max-new-tokens", int),
+        temperature=_parse(args.temperature, "temperature", float),
+        top_k=_parse(args.top_k, "top-k", int),
+        top_p=_parse(args.top_p, "top-p", float),
+        repetition_penalty=_parse(args.repetition_penalty, "repetition-penalty", float),
+        seed=_parse(args.seed, "seed", int),
+        stop=tuple(args.stop),
+        use_cache=not args.no_cache,
+    ).validate()  # before loading the model: a bad flag fails fast
+    n = _parse(args.num_samples, "num-samples", int)
+    if not 1 <= n <= 64:
+        raise UserError(f"--num-samples must be from 1 to 64, got {n}")
+    prompt = _read_prompt(args)
+
+    from sifirdan.checkpoint import load_model
+    from sifirdan.generate import Engine
+    from sifirdan.train.runtime import resolve_device
+
+    model, tokenizer = load_model(args.model, resolve_device(args.device))
+    engine = Engine(model, tokenizer)
+    ids = engine.encode_prompt(prompt)
+    out = sys.stdout
+    prefix = "" if args.completion_only else prompt
+    for k in range(n):
+        if n > 1:
+            out.write(f"{'' if k == 0 else chr(10)}--- sample {k + 1}/{n} ---\n")
+        # sample k uses seed + k, exactly as row k of a batch does: --stream never changes the text
+        if args.stream:
+            cfg = config if config.seed is None else dataclasses.replace(config, seed=config.seed + k)
+            out.write(prefix)
+            out.flush()
+            for piece in engine.stream_ids(ids, cfg):
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+        else:
+            if k == 0:
+                results = engine.generate_ids([ids] * n, config)
+            out.write(prefix + results[k].text + "\n")
+    out.flush()
+    return 0

@@ -1,0 +1,86 @@
+"""GenerationConfig (how to pick tokens and when to stop) and GenerationResult (what came out).
+
+Every field is checked by ``validate()``; a bad value is a ``UserError`` naming the field and the fix, so the
+CLI, the chat loop and the HTTP server all reject bad requests with the same one-line messages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sifirdan.errors import UserError
+
+# Generation crops and re-prefills past block_size, so length is not limited by the model; this cap only
+# keeps a typo (--max-new-tokens 1000000) from running for hours.
+MAX_NEW_TOKENS_CAP = 32768
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 256  # tokens to sample at most (1 .. MAX_NEW_TOKENS_CAP)
+    temperature: float = 1.0  # logits / temperature before softmax; 0 = greedy (argmax)
+    top_k: int = 0  # keep only the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
+    repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
+    seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
+    stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
+    stop_token_ids: tuple[int, ...] | None = None  # None = <|endoftext|> if the tokenizer has it; () = none
+    use_cache: bool = True  # False: recompute the whole context every step (the guide's way; same tokens, slower)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = (self.stop,)
+        self.stop = tuple(self.stop)
+        if self.stop_token_ids is not None:
+            self.stop_token_ids = tuple(self.stop_token_ids)
+
+    def validate(self) -> "GenerationConfig":
+        n = self.max_new_tokens
+        if not _is_int(n) or not 1 <= n <= MAX_NEW_TOKENS_CAP:
+            raise UserError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_CAP}, got {n!r}; pass e.g. --max-new-tokens 200")
+        t = self.temperature
+        if not _is_number(t) or not math.isfinite(t) or t < 0:
+            raise UserError(f"temperature must be a number >= 0 (0 = greedy), got {t!r}; pass e.g. --temperature 0.8")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise UserError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}; pass e.g. --top-k 50")
+        p = self.top_p
+        if not _is_number(p) or not (0 < p <= 1):
+            raise UserError(f"top_p must be in (0, 1] (1 = off), got {p!r}; pass e.g. --top-p 0.9")
+        r = self.repetition_penalty
+        if not _is_number(r) or not math.isfinite(r) or r <= 0:
+            raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {r!r}; pass e.g. --repetition-penalty 1.2")
+        if self.seed is not None and not _is_int(self.seed):
+            raise UserError(f"seed must be an integer, got {self.seed!r}; pass e.g. --seed 42")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise UserError(f"stop strings must be non-empty strings, got {s!r}")
+        for i in self.stop_token_ids or ():
+            if not _is_int(i) or i < 0:
+                raise UserError(f"stop_token_ids must be token ids (integers >= 0), got {i!r}")
+        return self
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class GenerationResult:
+    """One completion. The counts are what an OpenAI-style ``usage`` block reports."""
+
+    text: str  # the completion only (not the prompt), cut before a stop string
+    token_ids: list[int] = field(default_factory=list)  # sampled ids, without a final stop token id
+    finish_reason: str = "length"  # "stop": a stop token or stop string; "length": max_new_tokens reached
+    prompt_tokens: int = 0  # ids fed as the prompt (an empty prompt counts its <|endoftext|>)
+    completion_tokens: int = 0  # ids sampled, a final stop token included
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,0 +1,92 @@
+"""From logits to the next token: repetition penalty -> temperature -> top-k -> top-p -> sample.
+
+All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
+from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
+other prompts share its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sifirdan.generate.config import GenerationConfig
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL (Keskar et al. 2019): make every already-seen token less likely, whatever its logit's sign.
+
+    Dividing a positive logit and multiplying a negative one by ``penalty`` > 1 both lower it; ``seen`` (B, V)
+    is True for tokens in the prompt or generated so far.
+    """
+    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row (ties with the k-th are kept too); the rest become -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest value
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose probabilities sum to >= p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = F.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
+    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))  # the top token always stays
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+class Sampler:
+    """Picks the next token of every row; holds the per-row generators and the 'seen' table."""
+
+    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device):
+        self.config = config
+        self.vocab_size = vocab_size
+        self.generators: list[torch.Generator] = []
+        if not config.greedy:
+            for i in range(batch_size):
+                g = torch.Generator(device=device)
+                if config.seed is None:
+                    g.seed()  # fresh entropy for this generator only; the global RNG is untouched
+                else:
+                    g.manual_seed(config.seed + i)
+                self.generators.append(g)
+        self.seen: torch.Tensor | None = None  # (B, V) bool, only when a repetition penalty is on
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
+
+    def mark_seen(self, row: int, ids: list[int]) -> None:
+        if self.seen is not None and ids:
+            self.seen[row, torch.tensor(ids, device=self.seen.device)] = True
+
+    def keep_rows(self, rows: list[int], rows_t: torch.Tensor) -> None:
+        """Drop the state of finished rows (the batch shrinks)."""
+        if self.generators:
+            self.generators = [self.generators[r] for r in rows]
+        if self.seen is not None:
+            self.seen = self.seen.index_select(0, rows_t)
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) -> next token ids (B,)."""
+        cfg = self.config
+        logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
+        if cfg.greedy:
+            nxt = logits.argmax(dim=-1)
+        else:
+            logits = logits / cfg.temperature
+            logits = top_k_filter(logits, cfg.top_k)
+            logits = top_p_filter(logits, cfg.top_p)
+            probs = F.softmax(logits, dim=-1)
+            # one draw per row from that row's own generator: the batch never shares random numbers
+            nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
+        if self.seen is not None:
+            self.seen.scatter_(1, nxt[:, None], True)
+        return nxt

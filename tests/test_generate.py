@@ -1,0 +1,307 @@
+"""The generation engine: KV cache == recomputation, batches == one at a time, crops, seeds, sampling."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from sifirdan.errors import UserError
+from sifirdan.generate import MAX_NEW_TOKENS_CAP, Engine, GenerationConfig
+from sifirdan.generate.sampling import apply_repetition_penalty, top_k_filter, top_p_filter
+from sifirdan.model import GPT, GPTConfig
+from sifirdan.tokenizer import BPETokenizer
+
+TEXT = (
+    "Türkiye'nin başkenti Ankara'dır. Çiğdem ağaçların altında şarkı söylüyor. "
+    "Öğretmen, öğrencilere ışığın hızını anlattı. Güzel bir gün 🌞 ve İstanbul'da yağmur yağıyor.\n"
+) * 20
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: one thread is fastest, and two threads on a busy 2-core machine stall on each other
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer.train(TEXT, vocab_size=320)
+
+
+def random_model(tok, attention="sdpa", block_size=48, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    # PyTorch's default init spreads the logits more than N(0, 0.02): no near-ties for argmax to trip on
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_embd=32, n_head=2, n_layer=2,
+                    dropout=0.0, attention=attention, init="pytorch")
+    return GPT(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tok):
+    """A nano model trained ~100 AdamW steps on TEXT: peaked, realistic next-token distributions."""
+    torch.manual_seed(1)
+    torch.set_num_threads(1)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=48, n_embd=48, n_head=2, n_layer=2, dropout=0.0)
+    model = GPT(cfg)
+    data = torch.tensor(tok.encode(TEXT))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(100):
+        ix = torch.randint(0, len(data) - 33, (16,))
+        x = torch.stack([data[i : i + 32] for i in ix])
+        y = torch.stack([data[i + 1 : i + 33] for i in ix])
+        _, loss = model(x, y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < first - 2.0, (first, loss.item())  # it did learn something
+    return model.eval()
+
+
+def random_prompts(tok, n, rng, max_len=40):
+    ids = tok.encode(TEXT)
+    out = []
+    for _ in range(n):
+        L = rng.randint(1, max_len)
+        s = rng.randint(0, len(ids) - L)
+        out.append(ids[s : s + L])
+    return out
+
+
+GREEDY = dict(temperature=0.0, stop_token_ids=())
+
+
+# ------------------------------------------------------------------------------------------ cache == recompute
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+@pytest.mark.parametrize("which", ["random", "trained"])
+def test_cache_equals_recompute_50_prompts(tok, trained, attention, which):
+    if which == "random":
+        model = random_model(tok, attention)
+    else:
+        model = GPT(GPTConfig(**{**trained.config.to_dict(), "attention": attention})).eval()
+        model.load_state_dict(trained.state_dict())
+    engine = Engine(model, tok)
+    rng = random.Random(attention + which)
+    prompts = random_prompts(tok, 50, rng)
+    prompts[0] = prompts[0] + prompts[1] + prompts[2]  # longer than block_size: cropped before the prefill
+    cropped = 0
+    for p in prompts:
+        cached = engine.generate_ids(p, GenerationConfig(max_new_tokens=20, **GREEDY))
+        recomputed = engine.generate_ids(p, GenerationConfig(max_new_tokens=20, use_cache=False, **GREEDY))
+        assert cached.token_ids == recomputed.token_ids
+        assert cached.completion_tokens == 20 and cached.finish_reason == "length"
+        cropped += len(p) + 20 > model.config.block_size
+    assert cropped >= 5  # the crop-and-prefill path was exercised too
+
+
+def test_both_attention_paths_generate_the_same(tok):
+    a, b = random_model(tok, "sdpa"), random_model(tok, "explicit")
+    b.load_state_dict(a.state_dict())
+    for p in random_prompts(tok, 5, random.Random(3)):
+        cfg = GenerationConfig(max_new_tokens=30, **GREEDY)
+        assert Engine(a, tok).generate_ids(p, cfg).token_ids == Engine(b, tok).generate_ids(p, cfg).token_ids
+
+
+def test_crop_follows_the_documented_rule(tok):
+    """Past block_size the context is cropped to the last crop_keep tokens -- checked against a naive loop."""
+    model = random_model(tok, block_size=16)
+    engine = Engine(model, tok, crop_keep=6)
+    prompt = tok.encode("Türkiye'nin başkenti")[:5]
+    got = engine.generate_ids(prompt, GenerationConfig(max_new_tokens=60, **GREEDY)).token_ids
+    ids, start = list(prompt), 0
+    with torch.no_grad():
+        for _ in range(60):
+            if len(ids) - start > 16:
+                start = len(ids) - 6
+            logits, _ = model(torch.tensor([ids[start:]]))
+            ids.append(int(logits[0, -1, : tok.vocab_size].argmax()))
+    assert got == ids[5:]
+    assert Engine(model, tok).crop_keep == 8  # default: block_size // 2
+
+
+def test_crop_keep_is_checked(tok):
+    with pytest.raises(UserError, match="crop_keep"):
+        Engine(random_model(tok, block_size=16), tok, crop_keep=17)
+
+
+# ------------------------------------------------------------------------------------------ batches
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_batch_equals_one_at_a_time(tok, trained, attention):
+    model = GPT(GPTConfig(**{**trained.config.to_dict(), "attention": attention})).eval()
+    model.load_state_dict(trained.state_dict())
+    engine = Engine(model, tok)
+    prompts = random_prompts(tok, 8, random.Random(7), max_len=30)
+    assert len({len(p) for p in prompts}) > 3  # really different lengths: left padding at work
+    # 40 new tokens: the longest rows cross block_size 48 and the batch is cropped + prefilled again
+    plain = None
+    for extra in ({}, {"stop": ("e",)}):  # stop strings finish rows at different steps: the batch shrinks
+        cfg = GenerationConfig(max_new_tokens=40, **GREEDY, **extra)
+        batch = engine.generate_ids(prompts, cfg)
+        single = [engine.generate_ids(p, cfg) for p in prompts]
+        assert [r.token_ids for r in batch] == [r.token_ids for r in single]
+        assert [r.text for r in batch] == [r.text for r in single]
+        assert [r.finish_reason for r in batch] == [r.finish_reason for r in single]
+        assert [r.prompt_tokens for r in batch] == [len(p) for p in prompts]
+        plain = plain or single
+    assert len({len(r.token_ids) for r in batch}) > 1  # rows really finished at different steps
+    nocache = engine.generate_ids(prompts, GenerationConfig(max_new_tokens=40, use_cache=False, **GREEDY))
+    assert [r.token_ids for r in nocache] == [r.token_ids for r in plain]
+
+
+def test_generate_text_batch_and_single(tok, trained):
+    engine = Engine(trained, tok)
+    cfg = GenerationConfig(max_new_tokens=10, **GREEDY)
+    out = engine.generate(["Türkiye", "Öğretmen, öğrencilere"], cfg)
+    assert isinstance(out, list) and len(out) == 2
+    assert out[1].text == engine.generate("Öğretmen, öğrencilere", cfg).text
+    assert out[1].text == tok.decode(out[1].token_ids)
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def test_seed_reproduces_and_leaves_global_rng_alone(tok, trained):
+    engine = Engine(trained, tok)
+    cfg = GenerationConfig(max_new_tokens=40, temperature=1.0, top_k=50, top_p=0.95, seed=123, stop_token_ids=())
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    a = engine.generate("Güzel bir", cfg)
+    assert torch.equal(torch.get_rng_state(), state)  # a dedicated generator, never the global RNG
+    b = engine.generate("Güzel bir", cfg)
+    assert a.text == b.text and a.token_ids == b.token_ids
+    others = {tuple(engine.generate("Güzel bir", GenerationConfig(max_new_tokens=40, seed=s, stop_token_ids=())).token_ids) for s in range(4)}
+    assert len(others) > 1  # different seeds, different samples
+
+
+def test_batch_row_k_samples_like_seed_plus_k(tok, trained):
+    engine = Engine(trained, tok)
+    cfg = GenerationConfig(max_new_tokens=25, temperature=1.0, seed=10, stop_token_ids=())
+    ids = tok.encode("Çiğdem")
+    batch = engine.generate_ids([ids] * 3, cfg)
+    for k in range(3):
+        single = engine.generate_ids(ids, GenerationConfig(max_new_tokens=25, temperature=1.0, seed=10 + k, stop_token_ids=()))
+        assert batch[k].token_ids == single.token_ids
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy(tok, trained):
+    engine = Engine(trained, tok)
+    greedy = engine.generate("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids
+    for extra in ({"top_k": 1}, {"top_p": 1e-6}):
+        cfg = GenerationConfig(max_new_tokens=20, temperature=1.5, seed=5, stop_token_ids=(), **extra)
+        assert engine.generate("Ankara", cfg).token_ids == greedy
+
+
+def test_filters_and_repetition_penalty_values():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    seen = torch.tensor([[True, True, False, False]])
+    out = apply_repetition_penalty(logits, seen, 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]  # positive / 2, negative * 2, unseen unchanged
+    assert top_k_filter(logits, 2).isfinite().tolist() == [[True, False, False, True]]
+    # probs of [3, 2, .5, -1] ~ [.69, .25, .05, .01]: p=0.9 keeps the two that reach it
+    assert top_p_filter(logits, 0.9).isfinite().tolist() == [[True, False, False, True]]
+    assert top_p_filter(logits, 0.5).isfinite().tolist() == [[False, False, False, True]]
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_repetition_penalty_discourages_repeats(tok, trained):
+    engine = Engine(trained, tok)
+    plain = engine.generate("Türkiye", GenerationConfig(max_new_tokens=60, **GREEDY)).token_ids
+    penalized = engine.generate("Türkiye", GenerationConfig(max_new_tokens=60, repetition_penalty=5.0, **GREEDY)).token_ids
+    assert len(set(penalized)) > len(set(plain))
+
+
+# ------------------------------------------------------------------------------------------ prompts, stops
+def test_empty_prompt_starts_from_endoftext(tok, trained):
+    engine = Engine(trained, tok)
+    r = engine.generate("", GenerationConfig(max_new_tokens=5, **GREEDY))
+    assert r.prompt_tokens == 1 and r.completion_tokens == 5
+    assert engine.encode_prompt("") == [tok.eot_id]
+    bare = BPETokenizer.train(TEXT, vocab_size=300, special_tokens=[])
+    with pytest.raises(UserError, match="endoftext"):
+        Engine(random_model(bare), bare).generate("", GenerationConfig(max_new_tokens=5))
+
+
+def test_special_token_text_in_a_prompt_is_ordinary_text(tok, trained):
+    ids = Engine(trained, tok).encode_prompt("<|endoftext|><RESP>")
+    assert tok.eot_id not in ids and tok.special_tokens["<RESP>"] not in ids
+    assert tok.decode(ids) == "<|endoftext|><RESP>"
+
+
+def test_stop_token_ends_generation(tok, trained):
+    engine = Engine(trained, tok)
+    free = engine.generate("Türkiye", GenerationConfig(max_new_tokens=30, **GREEDY))
+    stop_at = free.token_ids[5]
+    first = free.token_ids.index(stop_at)
+    r = engine.generate("Türkiye", GenerationConfig(max_new_tokens=30, temperature=0, stop_token_ids=(stop_at,)))
+    assert r.finish_reason == "stop"
+    assert r.token_ids == free.token_ids[:first]  # the stop token itself is not part of the output
+    assert r.completion_tokens == first + 1  # ... but it was generated, and counts
+    assert r.text == tok.decode(r.token_ids)
+
+
+def test_stop_string_cuts_text_before_it(tok, trained):
+    engine = Engine(trained, tok)
+    free = engine.generate("Türkiye", GenerationConfig(max_new_tokens=40, **GREEDY))
+    stop = free.text[12:15]
+    cut = free.text.index(stop)
+    r = engine.generate("Türkiye", GenerationConfig(max_new_tokens=40, stop=(stop,), **GREEDY))
+    assert r.finish_reason == "stop" and r.text == free.text[:cut]
+    assert "".join(engine.stream("Türkiye", GenerationConfig(max_new_tokens=40, stop=(stop,), **GREEDY))) == r.text
+
+
+def test_bad_prompt_ids(tok, trained):
+    engine = Engine(trained, tok)
+    with pytest.raises(UserError, match="not in 0"):
+        engine.generate_ids([1, 10**6], GenerationConfig(max_new_tokens=2))
+
+
+def test_tokenizer_bigger_than_model_is_refused(tok):
+    small = GPT(GPTConfig(vocab_size=280, block_size=16, n_embd=16, n_head=2, n_layer=1))
+    with pytest.raises(UserError, match="tokenizer"):
+        Engine(small, tok)
+
+
+# ------------------------------------------------------------------------------------------ config validation
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": 2.5}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": MAX_NEW_TOKENS_CAP + 1}, str(MAX_NEW_TOKENS_CAP)),
+        ({"seed": "abc"}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(UserError, match=match) as e:
+        GenerationConfig(**kwargs).validate()
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ the model's cache plumbing
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_kv_cache_chunks_equal_one_full_pass(tok, attention):
+    """Prefill 7, then a chunk of 5 (T > 1 over a cache: the triangle's lower rows), then 1 at a time."""
+    from sifirdan.model import KVCache
+
+    model = random_model(tok, attention)
+    x = torch.randint(0, tok.vocab_size, (2, 20))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache.for_model(model, 2)
+        parts = [model(x[:, :7], kv_cache=cache)[0], model(x[:, 7:12], kv_cache=cache)[0]]
+        parts += [model(x[:, t : t + 1], kv_cache=cache)[0] for t in range(12, 20)]
+        assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+        with pytest.raises(ValueError, match="block_size"):
+            model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache, positions=torch.arange(30)[None])
