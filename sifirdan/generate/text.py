@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import codecs
 
-from sifirdan.tokenizer.base import _ERRORS as TOKENIZER_DECODE_ERRORS  # the handler tokenizer.decode uses
+from sifirdan.tokenizer.base import DECODE_ERRORS as TOKENIZER_DECODE_ERRORS  # the handler tokenizer.decode uses
 
 
 class IncrementalDetokenizer:

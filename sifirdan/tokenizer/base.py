@@ -49,8 +49,9 @@ def _surrogatepass_replace(err: UnicodeDecodeError):
     return "\ufffd", err.end
 
 
-_ERRORS = "sifirdan.surrogatepass_replace"
-codecs.register_error(_ERRORS, _surrogatepass_replace)
+# the codec error handler decode() uses; incremental decoders (streaming) must use the same one
+DECODE_ERRORS = "sifirdan.surrogatepass_replace"
+codecs.register_error(DECODE_ERRORS, _surrogatepass_replace)
 
 
 def text_to_bytes(text: str) -> bytes:
@@ -58,7 +59,7 @@ def text_to_bytes(text: str) -> bytes:
 
 
 def bytes_to_text(data: bytes) -> str:
-    return data.decode("utf-8", _ERRORS)
+    return data.decode("utf-8", DECODE_ERRORS)
 
 
 def validate_special_tokens(tokens) -> list[str]:
