@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 
 import torch
 
@@ -73,3 +75,23 @@ def setup_cpu(threads: int, local_world_size: int, flush_denormal: bool) -> None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world_size))
     if flush_denormal:
         torch.set_flush_denormal(True)
+    keep_freed_memory()
+
+
+def keep_freed_memory() -> None:
+    """Stop glibc from handing freed tensor memory back to the kernel between steps.
+
+    Each op of a training step writes a fresh multi-MiB output. glibc returns large freed blocks to the kernel
+    (mmap threshold / heap trim), so the next step's outputs land on fresh pages: ~5,000 page faults per step at
+    the guide's shape, which made GELU 8x slower inside the step than timed alone. Keeping the memory makes
+    the trainer's CPU step 167 -> 146 ms (guide shape, 2 cores) for ~5 % more peak RSS (537 -> 563 MiB).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)  # serve blocks < 1 GiB from the heap, not fresh mmaps
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)  # never shrink the heap top back to the kernel
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        pass
