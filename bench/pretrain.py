@@ -174,6 +174,16 @@ RECIPES = {
     "v2048-tied": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "tie_weights": True}, train=_T),
     "v2048-wide": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "n_embd": 192, "n_head": 6, "n_layer": 3},
                        train=_T),
+    "v4096-lr3e-3-b16": dict(preset="guide", vocab=4096, model={"dropout": 0.0},
+                             train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "v2048-lr3e-3-b16": dict(preset="guide", vocab=2048, model={"dropout": 0.0},
+                             train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "v2048-lr3e-3-b8": dict(preset="guide", vocab=2048, model={"dropout": 0.0},
+                            train={**_T, "learning_rate": 3e-3, "batch_size": 8}),
+    "v4096-lr3e-3-t256-b16": dict(preset="guide", vocab=4096, model={"dropout": 0.0, "block_size": 256},
+                                  train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "v4096-lr3e-3-min0": dict(preset="guide", vocab=4096, model={"dropout": 0.0},
+                              train={**_T, "learning_rate": 3e-3, "min_lr_ratio": 0.0}),
     "v2048-b64": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "block_size": 64}, train={**_T, "batch_size": 64}),
 }
 

@@ -32,11 +32,8 @@ class MultiHeadAttention(nn.Module):
         self.head_size = config.n_embd // config.n_head
         self.layer_idx = layer_idx  # which slot of a KV cache this layer uses
         self.kind = config.attention
-        self.dropout_p = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
         # The guide's lower-triangular mask: token i may look at tokens 0..i only. Not saved in checkpoints.
         mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
         self.register_buffer("causal_mask", mask, persistent=False)
@@ -57,18 +54,19 @@ class MultiHeadAttention(nn.Module):
         # attn_mask (bool, True = may attend) comes from GPT.forward only when some keys are padding (left-padded
         # batches). Otherwise the mask is causal, aligned so query i (absolute position S-T+i) sees keys 0..S-T+i:
         # rows S-T..S-1 of the guide's triangle. With no cache S == T and that is the plain triangle.
-        dropout = self.dropout_p if self.training else 0.0
+        # No dropout in here, as in the guide's forward(): its only dropout is after the feed-forward network.
+        # (A dropout on the attention weights would also push sdpa off its fused CPU kernel.)
         if self.kind == "sdpa" and not self.record_attention:
             if attn_mask is not None:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             elif S == T:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             elif T == 1:
                 # one new token after a cache (every generation step): it may see every key, so no mask at all
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v)
             else:
                 # sdpa's is_causal aligns the triangle top-left, which is wrong once S > T: pass the rows explicitly
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal_mask[S - T : S, :S], dropout_p=dropout)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal_mask[S - T : S, :S])
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, n_head, T, S)
             keep = self.causal_mask[S - T : S, :S] if attn_mask is None else attn_mask
@@ -76,7 +74,6 @@ class MultiHeadAttention(nn.Module):
             att = F.softmax(att, dim=-1)  # each row sums to 1 over the visible tokens
             if self.record_attention:
                 self.last_attention = att.detach()
-            att = self.attn_dropout(att)
             y = att @ v  # (B, n_head, T, S) @ (B, n_head, S, head_size) -> (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
-        return self.resid_dropout(self.proj(y))
+        return self.proj(y)

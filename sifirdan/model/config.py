@@ -22,7 +22,7 @@ class GPTConfig:
     n_embd: int = 128  # width of the residual stream
     n_head: int = 4  # attention heads; head_size = n_embd // n_head
     n_layer: int = 4  # transformer blocks
-    dropout: float = 0.1  # attention-weight, residual and FFN dropout (0 at inference)
+    dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
     bias: bool = True  # biases in Linear layers (the guide: yes)
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
     tie_weights: bool = False  # share the token embedding with the LM head (the guide: no)

@@ -18,7 +18,6 @@ class Embeddings(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
         self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         # idx: (B, T) token ids; positions: (T,) or (B, T) absolute positions, default 0..T-1
@@ -26,4 +25,4 @@ class Embeddings(nn.Module):
             positions = torch.arange(idx.shape[1], device=idx.device)
         tok_emb = self.token_embedding(idx)  # (B, T, n_embd)
         pos_emb = self.position_embedding(positions)  # (T, n_embd) or (B, T, n_embd): broadcasts over B
-        return self.dropout(tok_emb + pos_emb)
+        return tok_emb + pos_emb

@@ -32,7 +32,6 @@ from typing import Callable, Iterable, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sifirdan import checkpoint as ckpt
 from sifirdan.errors import UserError
@@ -290,23 +289,17 @@ class Trainer:
         }
 
     def sample_text(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.8) -> str | None:
-        """A short continuation of a fixed prompt, with a fixed seed (samples from different steps compare)."""
-        tok = self.tokenizer
-        if tok is None:
+        """A short continuation of a fixed prompt with a fixed seed (samples from different steps compare),
+        through the one generation engine; its own generator leaves the training randomness untouched."""
+        from sifirdan.generate import Engine, GenerationConfig
+
+        if self.tokenizer is None:
             return None
         prompt = self.cfg.sample_prompt if prompt is None else prompt
         n_new = self.cfg.sample_tokens if max_new_tokens is None else max_new_tokens
-        ids = tok.encode(prompt) or [tok.eot_id or 0]
-        self.sample_gen.manual_seed(self.cfg.seed)
-        block = self.raw_model.config.block_size
-        x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        with self._eval_mode(), torch.no_grad():
-            for _ in range(n_new):
-                logits, _ = self.raw_model(x[:, -block:], last_only=True)
-                probs = F.softmax(logits[:, -1, :].float() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=self.sample_gen)
-                x = torch.cat([x, nxt], dim=1)
-        return tok.decode(x[0].tolist())
+        config = GenerationConfig(max_new_tokens=n_new, temperature=temperature, seed=self.cfg.seed, stop_token_ids=())
+        with self._eval_mode():
+            return prompt + Engine(self.raw_model, self.tokenizer).generate(prompt, config).text
 
     def _evaluate_and_record(self) -> None:
         losses = self.estimate_loss()
