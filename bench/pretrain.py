@@ -164,6 +164,8 @@ def throughput(args) -> None:
 # max_iters is set from the measured step time so the run fits the guide recipe's wall-clock.
 _T = {"learning_rate": 2e-3, "warmup_iters": 50}  # tuned defaults shared by the candidates below
 RECIPES = {
+    # sifirdan's defaults as they are (GPTConfig() and TrainConfig() field defaults, no preset)
+    "default": dict(preset=None, vocab=None, model={}, train={}),
     "v500": dict(preset="guide", vocab=500, model={"dropout": 0.0}, train=_T),
     "v500-lr1e-3": dict(preset="guide", vocab=500, model={"dropout": 0.0}, train={**_T, "learning_rate": 1e-3}),
     "v1024": dict(preset="guide", vocab=1024, model={"dropout": 0.0}, train=_T),
@@ -184,6 +186,14 @@ RECIPES = {
                                   train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
     "v4096-lr3e-3-min0": dict(preset="guide", vocab=4096, model={"dropout": 0.0},
                               train={**_T, "learning_rate": 3e-3, "min_lr_ratio": 0.0}),
+    "v4096-lr3e-3-b16-tied": dict(preset="guide", vocab=4096, model={"dropout": 0.0, "tie_weights": True},
+                                  train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "v4096-lr2e-3-b16": dict(preset="guide", vocab=4096, model={"dropout": 0.0},
+                             train={**_T, "learning_rate": 2e-3, "batch_size": 16}),
+    "v8192-lr3e-3-b16": dict(preset="guide", vocab=8192, model={"dropout": 0.0},
+                             train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "v8192-lr3e-3-b16-tied": dict(preset="guide", vocab=8192, model={"dropout": 0.0, "tie_weights": True},
+                                  train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
     "v2048-b64": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "block_size": 64}, train={**_T, "batch_size": 64}),
 }
 
@@ -246,9 +256,12 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
     from sifirdan.train import Trainer, TrainConfig
     from sifirdan.train.pretrain import pretrain_data
 
-    mcfg = GPTConfig.from_preset(recipe["preset"], vocab_size=recipe["vocab"], **recipe.get("model", {}))
+    if recipe["preset"] is None:
+        mcfg = GPTConfig(**recipe.get("model", {}))
+    else:
+        mcfg = GPTConfig.from_preset(recipe["preset"], vocab_size=recipe["vocab"], **recipe.get("model", {}))
     train = dict(recipe.get("train", {}))
-    batch = train.pop("batch_size", B)
+    batch = train.pop("batch_size", TrainConfig.batch_size if recipe["preset"] is None else B)
 
     def make(max_iters):
         torch.manual_seed(seed)
@@ -298,7 +311,7 @@ def quality(args) -> None:
     results = {}
     for name in args.recipes.split(","):
         recipe = RECIPES[name]
-        _, bins, tok_s = _prepare(data, recipe["vocab"], cache, toks)
+        _, bins, tok_s = _prepare(data, recipe["vocab"] or _default_vocab(), cache, toks)
         log(f"{name}: budget {budget:.0f}s (tokenizer {tok_s:.1f}s, not counted)")
         model, sec, steps, planned = _our_recipe(bins, recipe, budget, args.seed, log, args.device)
         nats, bpc = _full_val(model, bins, model.config.block_size)
@@ -319,7 +332,23 @@ def quality(args) -> None:
         append_results("pretrain --quality (val bits/char at equal wall-clock, CPU)", table, notes)
 
 
+def _default_vocab() -> int:
+    from sifirdan.model import GPTConfig
+
+    return GPTConfig().vocab_size
+
+
 def _describe(r: dict) -> str:
+    if r["preset"] is None:
+        from sifirdan.model import GPTConfig
+        from sifirdan.train import TrainConfig
+        from sifirdan.train.config import CPU_DEFAULT_DTYPE
+
+        m, t = GPTConfig(), TrainConfig()
+        return (f"sifirdan defaults: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
+                f"dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
+                f"(warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x), AdamW {t.beta1}/{t.beta2} wd {t.weight_decay}, "
+                f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}")
     m = {**r.get("model", {})}
     t = r.get("train", {})
     parts = [f"{r['preset']} preset", f"v{r['vocab']}"] + [f"{k}={v}" for k, v in {**m, **t}.items()]

@@ -58,7 +58,7 @@ def test_pretrain_then_eval(sifirdan_main, text_file, tmp_path, capsys):
     # resume: changed hyperparameters are refused with the list of differences; max_iters may grow
     assert sifirdan_main(["pretrain", "--resume", str(run), "--learning-rate", "0.5", "--n-layer", "3"]) == 2
     err = capsys.readouterr().err
-    assert "--learning-rate 0.001 -> 0.5" in err and "--n-layer 2 -> 3" in err and err.count("\n") == 1
+    assert "--learning-rate 0.003 -> 0.5" in err and "--n-layer 2 -> 3" in err and err.count("\n") == 1
     assert sifirdan_main(["pretrain", "--resume", str(run), "--max-iters", "25"]) == 0
     assert json.loads((run / "last" / "config.json").read_text())["step"] == 25
     # an existing run is never overwritten

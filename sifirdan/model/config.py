@@ -17,7 +17,7 @@ INIT_KINDS = ("guide", "scaled", "pytorch")
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 500  # tokens the embedding table and LM head know
+    vocab_size: int = 4096  # tokens the embedding table and LM head know (the guide: 500)
     block_size: int = 128  # longest context (rows of the learned position table)
     n_embd: int = 128  # width of the residual stream
     n_head: int = 4  # attention heads; head_size = n_embd // n_head

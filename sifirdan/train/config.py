@@ -25,11 +25,11 @@ CPU_DEFAULT_DTYPE = "fp32"
 @dataclass
 class TrainConfig:
     # --- batches: one optimizer step sees batch_size * grad_accum * world_size sequences of block_size tokens
-    batch_size: int = 32  # sequences per micro-batch (per process)
+    batch_size: int = 16  # sequences per micro-batch (per process); the guide: 32
     grad_accum: int = 1  # micro-batches whose gradients are summed before one optimizer step
     max_iters: int = 1000  # optimizer steps
     # --- optimizer: AdamW
-    learning_rate: float = 1e-3  # peak learning rate
+    learning_rate: float = 3e-3  # peak learning rate (the guide: 3e-4, constant)
     min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
     lr_schedule: str = "cosine"  # "cosine": linear warmup then cosine decay; "constant": the guide's
     warmup_iters: int = 50  # linear warmup steps (cosine only)
