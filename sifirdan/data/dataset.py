@@ -580,7 +580,16 @@ def _check_length(data, block_size: int, name: str) -> int:
 def _gather(data, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows data[s : s + T + 1] for each start -> x (B, T) and y = x shifted by one (B, T), int64."""
     idx = starts[:, None] + np.arange(block_size + 1)[None, :]  # (B, T+1)
-    buf = torch.from_numpy(np.asarray(data[idx], dtype=np.int64))  # one fancy-index read from the memmap
+    if isinstance(data, np.memmap) and data.filename is not None:
+        # Read through a fresh mapping that is dropped right after (nanoGPT does the same): pages touched by
+        # random windows would otherwise stay mapped and count in the process's RSS, which then grows with the
+        # corpus over a long run. The OS page cache still keeps hot pages, so this costs one mmap per batch.
+        view = np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset, shape=data.shape)
+        rows = np.asarray(view[idx], dtype=np.int64)
+        del view
+    else:
+        rows = np.asarray(data[idx], dtype=np.int64)
+    buf = torch.from_numpy(rows)  # one fancy-index read
     # clone, not contiguous(): with one row the slices are already contiguous and x, y would share memory
     return buf[:, :-1].clone(), buf[:, 1:].clone()
 
