@@ -355,11 +355,75 @@ def _describe(r: dict) -> str:
     return ", ".join(parts) + " (cosine, AdamW .9/.95 wd .1, clip 1)"
 
 
+# ================================================================================================ memory
+_CHILD = (
+    "import resource, sys; from sifirdan.cli import main; rc = main(sys.argv[1:]); "
+    "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
+def memory(args) -> None:
+    """Peak RSS of `sifirdan pretrain --preset guide` on Nutuk and on Nutuk x100 (same tokenizer, no dedup so
+    the copies stay): the training process must not grow with the corpus."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    from sifirdan.data.dataset import iter_train_texts
+    from sifirdan.tokenizer import BPETokenizer
+
+    data = Path(args.data)
+    work = Path(tempfile.mkdtemp(prefix="sifirdan-mem-"))
+    try:
+        tok_path = work / "tokenizer.json"
+        BPETokenizer.train(iter_train_texts(data), 500).save(tok_path)
+        big = work / "nutuk_x100.txt"
+        raw = data.read_bytes()
+        with open(big, "wb") as f:
+            for _ in range(100):
+                f.write(raw)
+                f.write(b"\n")
+        rows = []
+        for label, path in (("Nutuk", data), ("Nutuk x100", big)):
+            out = work / f"run-{len(rows)}"
+            cmd = [sys.executable, "-c", _CHILD, "pretrain", "--preset", "guide", "--data", str(path), "--out", str(out),
+                   "--tokenizer", str(tok_path), "--no-dedup", "--max-iters", str(args.iters), "--eval-interval", "100",
+                   "--sample-interval", "0", "--cache-dir", str(work / "cache"), "--no-final-eval"]
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                sys.exit(f"{label}: pretrain failed: {proc.stderr[-2000:]}")
+            maxrss = int(proc.stderr.rsplit("MAXRSS_KIB", 1)[1].split()[0]) / 1024
+            records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            steps = [r for r in records if r.get("kind") == "train" and "peak_mem_mb" in r]
+            meta = json.loads((out / "last" / "config.json").read_text())
+            n_train = meta["data_splits"]["train"]["n_tokens"]
+            rows.append([label, f"{path.stat().st_size / 1e6:.1f}", f"{n_train:,}", args.iters,
+                         f"{steps[0]['peak_mem_mb']:.0f}" if steps else "-", f"{steps[-1]['peak_mem_mb']:.0f}" if steps else "-",
+                         f"{maxrss:.0f}"])
+            print(rows[-1], flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    table = md_table(["corpus", "MB", "train tokens", "steps", "peak RSS at first log MiB", "peak RSS at last log MiB",
+                      "process peak RSS MiB"], rows)
+    print(table)
+    notes = (
+        "`sifirdan pretrain --preset guide --no-dedup` (batch 32 x block 128, vocab 500), the same tokenizer for "
+        "both, each run a fresh process; RSS as the trainer logs it (ru_maxrss) and the whole process's peak "
+        "(tokenization into the bins included). Token bins are memmaps read through a fresh mapping per batch."
+    )
+    if not args.no_append:
+        append_results("pretrain --memory (peak RSS vs corpus size, CPU)", table, notes)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--throughput", action="store_true")
     mode.add_argument("--quality", action="store_true")
+    mode.add_argument("--memory", action="store_true")
     p.add_argument("--iters", type=int, default=100, help="timed steps per variant (throughput)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--chunk", type=int, default=10, help="steps per turn when variants alternate")
@@ -375,7 +439,10 @@ def main(argv=None) -> None:
     p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
     print(machine_info())
-    throughput(args) if args.throughput else quality(args)
+    if args.memory:
+        memory(args)
+    else:
+        throughput(args) if args.throughput else quality(args)
 
 
 if __name__ == "__main__":

@@ -18,3 +18,14 @@ def nutuk_path() -> Path:
     if not p.is_file():
         pytest.skip(f"needs the guide's corpus at {p} (../shared/data beside the repo); not present here")
     return p
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is fastest, and two threads on a busy 2-core machine stall on each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

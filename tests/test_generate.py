@@ -13,19 +13,12 @@ from sifirdan.generate.sampling import apply_repetition_penalty, top_k_filter, t
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXT = (
     "Türkiye'nin başkenti Ankara'dır. Çiğdem ağaçların altında şarkı söylüyor. "
     "Öğretmen, öğrencilere ışığın hızını anlattı. Güzel bir gün 🌞 ve İstanbul'da yağmur yağıyor.\n"
 ) * 20
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models: one thread is fastest, and two threads on a busy 2-core machine stall on each other
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,9 @@ from sifirdan.generate.text import IncrementalDetokenizer, StopStringMatcher
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEXT = "Çiğdem ağaçların altında şarkı söylüyor. Işık, ölçü, üzüm, İstanbul 🌳👍🏽.\n" * 10
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,22 @@ static void trainer_free(trainer_t *t) {
     map_free(&t->index);
 }
 
+/* Remember that pair pj changed in merge step `step` (once per step): its heap entry is refreshed after
+   the step. Returns -1 when out of memory. */
+static int mark_touched(pair_t *q, int32_t pj, int32_t step, int32_t **touched, size_t *n, size_t *cap) {
+    if (q->stamp == step) return 0;
+    q->stamp = step;
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 1024;
+        int32_t *tt = (int32_t *)realloc(*touched, c * sizeof(int32_t));
+        if (!tt) return -1;
+        *touched = tt;
+        *cap = c;
+    }
+    (*touched)[(*n)++] = pj;
+    return 0;
+}
+
 static PyObject *learn_merges(PyObject *self, PyObject *args) {
     PyObject *words, *freqs, *progress;
     Py_ssize_t num_tokens;
@@ -308,16 +324,7 @@ static PyObject *learn_merges(PyObject *self, PyObject *args) {
                 int32_t pj = map_get(&t.index, pair_key(s[j], s[j + 1]));
                 pair_t *q = &t.pairs[pj];
                 q->count -= f;
-                if (q->stamp != step) {
-                    q->stamp = step;
-                    if (n_touched == cap_touched) {
-                        size_t cap = cap_touched ? cap_touched * 2 : 1024;
-                        int32_t *tt = (int32_t *)realloc(touched, cap * sizeof(int32_t));
-                        if (!tt) { free(occ); PyErr_NoMemory(); goto fail; }
-                        touched = tt; cap_touched = cap;
-                    }
-                    touched[n_touched++] = pj;
-                }
+                if (mark_touched(q, pj, step, &touched, &n_touched, &cap_touched)) { free(occ); PyErr_NoMemory(); goto fail; }
             }
             /* rewrite in place, left to right, non-overlapping */
             int32_t w = 0;
@@ -333,16 +340,7 @@ static PyObject *learn_merges(PyObject *self, PyObject *args) {
                 pair_t *q = &t.pairs[pj];
                 q->count += f;
                 if (add_occ(q, wi)) { free(occ); PyErr_NoMemory(); goto fail; }
-                if (q->stamp != step) {
-                    q->stamp = step;
-                    if (n_touched == cap_touched) {
-                        size_t cap = cap_touched ? cap_touched * 2 : 1024;
-                        int32_t *tt = (int32_t *)realloc(touched, cap * sizeof(int32_t));
-                        if (!tt) { free(occ); PyErr_NoMemory(); goto fail; }
-                        touched = tt; cap_touched = cap;
-                    }
-                    touched[n_touched++] = pj;
-                }
+                if (mark_touched(q, pj, step, &touched, &n_touched, &cap_touched)) { free(occ); PyErr_NoMemory(); goto fail; }
             }
         }
         free(occ);

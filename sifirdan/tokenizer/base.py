@@ -40,6 +40,22 @@ _CACHE_MAX = 200_000  # pre-token -> ids entries kept by encode
 _CACHE_MAX_CHARS = 64  # longer pre-tokens (long runs of spaces ...) are not cached
 
 
+def merge_pair(ids: list[int], a: int, b: int, new: int) -> list[int]:
+    """Replace every (a, b) in ``ids`` with ``new``, left to right, non-overlapping ("aaa" -> "A a").
+
+    The one BPE step both training and encoding apply."""
+    out = []
+    i, n = 0, len(ids)
+    while i < n:
+        if i + 1 < n and ids[i] == a and ids[i + 1] == b:
+            out.append(new)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
 # ------------------------------------------------------------------------------------------- text <-> bytes
 def _surrogatepass_replace(err: UnicodeDecodeError):
     """Decode error handler: an encoded lone surrogate becomes that surrogate, anything else U+FFFD."""
@@ -183,16 +199,7 @@ class Tokenizer:
             if best is None:
                 break
             _, new, (a, b) = best
-            out = []
-            i, n = 0, len(ids)
-            while i < n:
-                if i + 1 < n and ids[i] == a and ids[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(ids[i])
-                    i += 1
-            ids = out
+            ids = merge_pair(ids, a, b, new)
         return ids
 
     def _fast_core(self):

@@ -26,6 +26,8 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 
+from sifirdan.tokenizer.base import merge_pair
+
 
 def learn_merges(
     words: list[bytes], freqs: list[int], num_tokens: int, progress=None
@@ -69,15 +71,7 @@ def learn_merges(
         for wi in sorted(where.pop(pair, ())):
             seq = seqs[wi]
             n = len(seq)
-            out = []
-            i = 0
-            while i < n:
-                if i + 1 < n and seq[i] == a and seq[i + 1] == b:
-                    out.append(new)
-                    i += 2
-                else:
-                    out.append(seq[i])
-                    i += 1
+            out = merge_pair(seq, a, b, new)
             if len(out) == n:
                 continue  # index entry left over from an earlier merge: the pair is gone from this word
             f = freqs[wi]
