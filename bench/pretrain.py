@@ -194,6 +194,10 @@ RECIPES = {
                              train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
     "v8192-lr3e-3-b16-tied": dict(preset="guide", vocab=8192, model={"dropout": 0.0, "tie_weights": True},
                                   train={**_T, "learning_rate": 3e-3, "batch_size": 16}),
+    "d-lr5e-3": dict(preset=None, vocab=None, model={}, train={"learning_rate": 5e-3}),
+    "d-scaled": dict(preset=None, vocab=None, model={"init": "scaled"}, train={}),
+    "d-t64-b32": dict(preset=None, vocab=None, model={"block_size": 64}, train={"batch_size": 32}),
+    "d-wd0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.0}),
     "v2048-b64": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "block_size": 64}, train={**_T, "batch_size": 64}),
 }
 
@@ -270,13 +274,13 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
 
     # calibrate: the step time decides how many steps the cosine schedule is planned for
     probe = make(1000)
-    for _ in range(2):
+    for _ in range(5):
         probe.train_step()
     t0 = time.perf_counter()
-    for _ in range(5):
+    for _ in range(15):
         probe.train_step()[0].item()
-    step_s = (time.perf_counter() - t0) / 5
-    max_iters = max(10, int(0.95 * budget_s / step_s))
+    step_s = (time.perf_counter() - t0) / 15
+    max_iters = max(10, int(0.97 * budget_s / step_s))
     del probe
     trainer = make(max_iters)
     t0 = time.perf_counter()
@@ -348,7 +352,8 @@ def _describe(r: dict) -> str:
         return (f"sifirdan defaults: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
                 f"dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
                 f"(warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x), AdamW {t.beta1}/{t.beta2} wd {t.weight_decay}, "
-                f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}")
+                f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}"
+                + "".join(f"; {k}={v}" for k, v in {**r.get("model", {}), **r.get("train", {})}.items()))
     m = {**r.get("model", {})}
     t = r.get("train", {})
     parts = [f"{r['preset']} preset", f"v{r['vocab']}"] + [f"{k}={v}" for k, v in {**m, **t}.items()]
