@@ -58,3 +58,4 @@ def test_default_corpus_is_offline_and_turkish():
     total = sum(map(len, texts))
     assert 2_200_000 < total < 2_400_000
     assert any("ğ" in t for t in texts[:20])
+
