@@ -1,5 +1,6 @@
 """Atomic writes: whole files or nothing, with the permissions an ordinary write would give."""
 
+
 def test_atomic_writes_get_ordinary_permissions(tmp_path):
     import os
     import stat
