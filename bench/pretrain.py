@@ -438,7 +438,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--cache", default="/tmp/sifirdan-bench-cache", help="token-bin cache folder (quality)")
     p.add_argument("--guide-iters", type=int, default=1000)
-    p.add_argument("--recipes", default="v500,v2048-lr3e-3,v4096-lr3e-3", help=f"comma list of {', '.join(RECIPES)}")
+    p.add_argument("--recipes", default="default", help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--budget-fraction", type=float, default=1.0, help="scale the wall-clock budget (short explorations)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
