@@ -117,15 +117,12 @@ def layer_config(base: dict[str, dict], preset: str | None, file_cfg: dict | Non
 
 def build_configs(sections: dict[str, dict]):
     classes = _section_classes()
+    from sifirdan.configs import dataclass_from_dict
     from sifirdan.data.dataset import DataConfig
 
     model_cfg = classes["model"].from_dict(sections["model"])
     train_cfg = classes["train"].from_dict(sections["train"])
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    unknown = sorted(set(sections["data"]) - known)
-    if unknown:
-        raise UserError(f"unknown data config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    data_cfg = DataConfig(**sections["data"]).validate()
+    data_cfg = dataclass_from_dict(DataConfig, sections["data"], "data").validate()
     return model_cfg, train_cfg, data_cfg
 
 

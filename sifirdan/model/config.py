@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from sifirdan.configs import dataclass_from_dict
 from sifirdan.errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
@@ -60,11 +61,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown model config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "model")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from sifirdan.configs import dataclass_from_dict
 from sifirdan.errors import UserError
 
 SCHEDULES = ("cosine", "constant")
@@ -86,11 +87,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown training config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "training")
 
 
 # Fields that may differ when a run is resumed: they change how long / how verbosely / where it runs, not what
