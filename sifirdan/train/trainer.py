@@ -99,23 +99,21 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def _rng_state(device: torch.device, sample_gen: torch.Generator) -> dict:
+def _rng_state(device: torch.device) -> dict:
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "sample": sample_gen.get_state(),
     }
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def _set_rng_state(state: dict, device: torch.device, sample_gen: torch.Generator) -> None:
+def _set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    sample_gen.set_state(state["sample"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -180,9 +178,6 @@ class Trainer:
         self.evals_done = 0
         # dropout RNG: distinct per rank (otherwise every rank would drop the same units)
         torch.manual_seed(cfg.seed + self.dist.rank)
-        # text samples use their own generator so printing samples never changes the training randomness
-        self.sample_gen = torch.Generator(device=self.device)
-        self.sample_gen.manual_seed(cfg.seed)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
@@ -338,7 +333,7 @@ class Trainer:
     def state_dict(self) -> dict:
         """Trainer state (collective under DDP: every rank must call it)."""
         mine = {
-            "rng": _rng_state(self.device, self.sample_gen),
+            "rng": _rng_state(self.device),
             "sources": [s.state_dict() for s in self.data.train],
         }
         return {
@@ -369,7 +364,7 @@ class Trainer:
         mine = ranks[self.dist.rank]
         for source, s in zip(self.data.train, mine["sources"]):
             source.load_state_dict(s)
-        _set_rng_state(mine["rng"], self.device, self.sample_gen)
+        _set_rng_state(mine["rng"], self.device)
         self.step = int(state["step"])
         self.best_val_loss = state.get("best_val_loss")
         self.last_eval_step = state.get("last_eval_step")
