@@ -8,7 +8,10 @@ Two paths compute the same function on the same weights:
     can return the attention weights (``sifirdan attention`` draws them).
   * ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention``: the same math in one fused kernel
     (flash / memory-efficient on GPU, a fused loop on CPU) that never materialises the (T, T) matrix.
-A test checks that both give the same outputs and gradients.
+    On a CPU in float32 (training, and the prompt of generation) sifirdan's own C kernel does this step
+    instead (``kernels.causal_attention``: reads the packed qkv, skips masked tiles; ``cpu_kernels=False``
+    turns it off).
+Tests check that all of them give the same outputs and gradients.
 
 The three projections W_Q, W_K, W_V are stored stacked in one ``qkv`` Linear (n_embd -> 3*n_embd): the same
 parameters as the guide's three Linears, one matrix multiply instead of three.
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sifirdan.model import kernels
 from sifirdan.model.config import GPTConfig
 
 
@@ -32,6 +36,7 @@ class MultiHeadAttention(nn.Module):
         self.head_size = config.n_embd // config.n_head
         self.layer_idx = layer_idx  # which slot of a KV cache this layer uses
         self.kind = config.attention
+        self.cpu_kernels = config.cpu_kernels
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
         # The guide's lower-triangular mask: token i may look at tokens 0..i only. Not saved in checkpoints.
@@ -42,7 +47,13 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, channels (n_embd)
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, n_embd)
+        qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
+        if (
+            self.kind == "sdpa" and self.cpu_kernels and kv_cache is None and attn_mask is None
+            and not self.record_attention and kernels.applies(qkv)
+        ):
+            return self.proj(kernels.causal_attention(qkv, self.n_head))  # the same math as below, in C
+        q, k, v = qkv.split(C, dim=2)  # each (B, T, n_embd)
         # (B, T, n_embd) -> (B, T, n_head, head_size) -> (B, n_head, T, head_size): heads become a batch dim
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)

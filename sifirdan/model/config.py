@@ -26,6 +26,9 @@ class GPTConfig:
     dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
     bias: bool = True  # biases in Linear layers (the guide: yes)
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
+    # sifirdan's C attention kernel (model/_kernels.c) for the "sdpa" path on fp32 CPU tensors: the same
+    # function, computed faster; False = PyTorch's sdpa everywhere. Not part of the architecture.
+    cpu_kernels: bool = True
     tie_weights: bool = False  # share the token embedding with the LM head (the guide: no)
     # "guide": N(0, 0.02) weights, zero biases (matches the guide's step-0 loss 6.244 at vocab 500)
     # "scaled": as "guide" but residual output projections get std 0.02/sqrt(2*n_layer) (GPT-2)

@@ -8,8 +8,10 @@ Attention mixes information *between* positions; this is where each position *th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sifirdan.model import kernels
 from sifirdan.model.config import GPTConfig
 
 
@@ -20,6 +22,14 @@ class FeedForward(nn.Module):
         self.gelu = nn.GELU()  # smooth non-linearity (exact erf form, as nn.GELU() in the guide)
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)  # project back: 512 -> 128
         self.dropout = nn.Dropout(config.dropout)
+        self.cpu_kernels = config.cpu_kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.gelu(self.fc(x))))  # (B, T, n_embd) -> (B, T, n_embd)
+        fc = self.fc
+        if self.cpu_kernels and fc.bias is not None and kernels.applies(x, fc.weight):
+            # the same GELU(x W_1 + b_1), with b_1 added inside the C GELU kernel: PyTorch's addmm would first
+            # write the bias into the whole 4x-wide activation, and its gradient would need a pass of its own
+            hidden = kernels.bias_gelu(F.linear(x, fc.weight), fc.bias)
+        else:
+            hidden = self.gelu(fc(x))
+        return self.dropout(self.proj(hidden))  # (B, T, n_embd) -> (B, T, n_embd)

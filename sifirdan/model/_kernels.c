@@ -1,0 +1,278 @@
+/* sifirdan/model/_kernels.c -- a CPU kernel for causal attention, the hot spot of a small GPT's step.
+ *
+ * Why: at the guide's shape (batch 32 x block 128, n_embd 128, 4 heads of 32) a CPU training step is
+ * mostly matrix multiplies that already run near the chip's peak; what is left is memory traffic and
+ * PyTorch's general-purpose kernels for small operations, of which causal attention is the largest:
+ * torch's CPU flash kernel works in 128-key blocks, so at T = 128 it computes the
+ * whole T x T score matrix although half of it is masked, and the (B, T, 3C) -> (B, H, T, D) layout
+ * changes around it cost extra copies (a transpose, a cat and zero-fills in backward). Here each
+ * (batch, head) pair reads q, k, v straight from the packed qkv projection, skips the masked tiles,
+ * and writes its output (and in backward d(qkv)) straight into the packed layouts.
+ * (A bias+GELU kernel was tried too and dropped: PyTorch's GELU is as fast once memory traffic counts.)
+ * The math is the same as PyTorch's (tests hold both to the explicit reference); only float rounding
+ * differs. Everything is float32, row-major and contiguous; the Python side (kernels.py) checks that.
+ *
+ * Portable C: GCC/Clang vector extensions (16 floats per vector; the compiler splits them where the
+ * machine's registers are narrower) and OpenMP threads over (batch, head) pairs. Each pair is one thread's
+ * work from start to end, so results do not depend on the thread count or schedule.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define W 16 /* floats per vector */
+#define R 8  /* query rows per tile: 8 independent accumulators keep the FMA units busy */
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t i16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+#define IOTA ((v16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+
+static inline int rup(int x, int m) { return (x + m - 1) / m * m; }
+
+/* ---------------------------------------------------------------------------------------------- attention
+ * qkv: (B, T, 3C) with C = H * D, the packed output of the qkv projection: q | k | v, each head's D
+ * channels side by side. kt, vt: (B, H, D, T), keys and values transposed (kernels.py makes them with one
+ * torch copy each). out: (B, T, C), heads concatenated (what the output projection reads).
+ * lse: (B, H, T) log-sum-exp of each query's scores, kept for backward (which recomputes the
+ * probabilities from it instead of storing the T x T matrix: memory stays O(T)). */
+
+typedef struct {
+    float *kt, *vt, *vs, *qs, *ks, *dys, *dk, *dv, *p, *ds;
+} Scratch; /* one per thread; zero padding is part of the algorithm, hence calloc */
+
+static int scratch_alloc(Scratch *s, int T, int D, int backward) {
+    size_t Tp = rup(T, W), Dp = rup(D, W);
+    memset(s, 0, sizeof *s);
+    s->kt = calloc(D * Tp, sizeof(float));
+    s->vs = calloc(Tp * Dp, sizeof(float));
+    s->p = calloc(R * Tp, sizeof(float));
+    int ok = s->kt && s->vs && s->p;
+    if (backward) {
+        s->vt = calloc(D * Tp, sizeof(float));
+        s->qs = calloc(Tp * Dp, sizeof(float));
+        s->ks = calloc(Tp * Dp, sizeof(float));
+        s->dys = calloc(Tp * Dp, sizeof(float));
+        s->dk = calloc(Tp * Dp, sizeof(float));
+        s->dv = calloc(Tp * Dp, sizeof(float));
+        s->ds = calloc(R * Tp, sizeof(float));
+        ok = ok && s->vt && s->qs && s->ks && s->dys && s->dk && s->dv && s->ds;
+    }
+    return ok;
+}
+
+static void scratch_free(Scratch *s) {
+    free(s->kt); free(s->vt); free(s->vs); free(s->qs); free(s->ks); free(s->dys);
+    free(s->dk); free(s->dv); free(s->p); free(s->ds);
+}
+
+/* Where a head's rows live. q, k, v rows are read in place from the packed qkv (row stride 3C) when the
+ * head size is a multiple of 16; otherwise (and for the transposed keys when T is not a multiple of 16)
+ * they are first copied into zero-padded scratch so every vector load stays inside the data. */
+typedef struct {
+    const float *kt; /* (D, ldk): keys along the lanes */
+    int ldk;
+    const float *v; /* rows of V, stride ldv */
+    size_t ldv;
+} HeadView;
+
+/* ---------------------------------------------------------------------------------- one copy per ISA
+ * The kernel bodies (_kernels_impl.h) are compiled once for the baseline ISA and, on x86-64 with GCC,
+ * again for AVX2+FMA and for AVX-512; PyInit picks the widest one this CPU runs (__builtin_cpu_supports). */
+typedef void (*attn_fwd_fn)(const float *, const float *, float *, float *, int, int, int, int, int, float, Scratch *);
+typedef void (*attn_bwd_fn)(const float *, const float *, const float *, const float *, const float *, float *, int,
+                            int, int, int, int, float, Scratch *);
+typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
+typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
+
+#define SFX(name) name##_generic
+#include "_kernels_impl.h"
+#undef SFX
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SIFIRDAN_X86_CLONES 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define SFX(name) name##_avx2
+#include "_kernels_impl.h"
+#undef SFX
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+#define SFX(name) name##_avx512
+#include "_kernels_impl.h"
+#undef SFX
+#pragma GCC pop_options
+#endif
+
+static attn_fwd_fn attention_forward_head = attention_forward_head_generic;
+static attn_bwd_fn attention_backward_head = attention_backward_head_generic;
+static gelu_fwd_fn bias_gelu_rows = bias_gelu_rows_generic;
+static gelu_bwd_fn bias_gelu_backward_rows = bias_gelu_backward_rows_generic;
+static const char *isa = "generic";
+
+static void pick_isa(void) {
+#ifdef SIFIRDAN_X86_CLONES
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
+        attention_forward_head = attention_forward_head_avx512;
+        attention_backward_head = attention_backward_head_avx512;
+        bias_gelu_rows = bias_gelu_rows_avx512;
+        bias_gelu_backward_rows = bias_gelu_backward_rows_avx512;
+        isa = "avx512";
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        attention_forward_head = attention_forward_head_avx2;
+        attention_backward_head = attention_backward_head_avx2;
+        bias_gelu_rows = bias_gelu_rows_avx2;
+        bias_gelu_backward_rows = bias_gelu_backward_rows_avx2;
+        isa = "avx2";
+    }
+#endif
+}
+
+/* Forward when dout is NULL, else backward. Returns 0, or -1 when scratch memory could not be had. */
+static int attention(const float *qkv, const float *kt, const float *vt, const float *dout, float *out, float *lse,
+                     float *dqkv, int B, int T, int H, int D, float scale) {
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        Scratch s;
+        if (!scratch_alloc(&s, T, D, dout != NULL)) failed = 1;
+#pragma omp for schedule(static)
+        for (int bh = 0; bh < B * H; bh++) {
+            if (failed) continue;
+            size_t head = (size_t)bh * D * T; /* this head's (D, T) block of kt / vt */
+            if (dout)
+                attention_backward_head(qkv, kt + head, vt + head, dout, lse, dqkv, bh / H, bh % H, T, H, D, scale, &s);
+            else
+                attention_forward_head(qkv, kt + head, out, lse, bh / H, bh % H, T, H, D, scale, &s);
+        }
+        scratch_free(&s);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- bias + GELU
+ * Forward when g is NULL: out = GELU(h + b). Backward: out = dh, and db = column sums of dh. Rows are split
+ * into one contiguous range per thread; each thread sums its own db, and the partial sums are added in
+ * thread order, so db is the same on every run with the same thread count (like PyTorch's reductions). */
+static int bias_gelu(const float *g, const float *h, const float *b, float *out, float *db, int64_t M, int N) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    size_t Np = rup(N, W);
+    float *partial = NULL;
+    if (g) {
+        partial = calloc((size_t)nt * Np, sizeof(float));
+        if (!partial) return -1;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, used = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        used = omp_get_num_threads();
+#endif
+        int64_t chunk = (M + used - 1) / used, r0 = t * chunk, r1 = r0 + chunk < M ? r0 + chunk : M;
+        if (r0 < r1) {
+            if (g) bias_gelu_backward_rows(g, h, b, out, partial + (size_t)t * Np, r0, r1, N);
+            else bias_gelu_rows(h, b, out, r0, r1, N);
+        }
+    }
+    if (partial) {
+        for (int j = 0; j < N; j++) {
+            float acc = 0.f;
+            for (int t = 0; t < nt; t++) acc += partial[(size_t)t * Np + j];
+            db[j] = acc;
+        }
+        free(partial);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ Python glue
+ * The functions take raw data pointers (tensor.data_ptr()) and sizes: kernels.py is the only caller and
+ * checks dtype, device, shape and contiguity before it calls. The GIL is released while they run. */
+#define PTR(x) ((float *)(uintptr_t)(x))
+
+static PyObject *py_attention_forward(PyObject *self, PyObject *args) {
+    unsigned long long qkv, kt, out, lse;
+    int B, T, H, D, rc;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KKKKiiiif", &qkv, &kt, &out, &lse, &B, &T, &H, &D, &scale)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = attention(PTR(qkv), PTR(kt), NULL, NULL, PTR(out), PTR(lse), NULL, B, T, H, D, scale);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_attention_backward(PyObject *self, PyObject *args) {
+    unsigned long long qkv, kt, vt, dout, lse, dqkv;
+    int B, T, H, D, rc;
+    float scale;
+    if (!PyArg_ParseTuple(args, "KKKKKKiiiif", &qkv, &kt, &vt, &dout, &lse, &dqkv, &B, &T, &H, &D, &scale))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = attention(PTR(qkv), PTR(kt), PTR(vt), PTR(dout), NULL, PTR(lse), PTR(dqkv), B, T, H, D, scale);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bias_gelu_forward(PyObject *self, PyObject *args) {
+    unsigned long long h, b, out;
+    long long M;
+    int N, rc;
+    if (!PyArg_ParseTuple(args, "KKKLi", &h, &b, &out, &M, &N)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = bias_gelu(NULL, PTR(h), PTR(b), PTR(out), NULL, M, N);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bias_gelu_backward(PyObject *self, PyObject *args) {
+    unsigned long long g, h, b, dh, db;
+    long long M;
+    int N, rc;
+    if (!PyArg_ParseTuple(args, "KKKKKLi", &g, &h, &b, &dh, &db, &M, &N)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = bias_gelu(PTR(g), PTR(h), PTR(b), PTR(dh), PTR(db), M, N);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see kernels.py)"},
+    {"attention_backward", py_attention_backward, METH_VARARGS, "its gradient with respect to qkv"},
+    {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see kernels.py)"},
+    {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "sifirdan's CPU attention kernel", -1, methods};
+
+PyMODINIT_FUNC PyInit__kernels(void) {
+    pick_isa();
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyModule_AddStringConstant(m, "isa", isa);
+#ifdef _OPENMP
+    PyModule_AddIntConstant(m, "openmp", 1);
+#else
+    PyModule_AddIntConstant(m, "openmp", 0);
+#endif
+    return m;
+}

@@ -1,0 +1,398 @@
+/* sifirdan/model/_kernels_impl.h -- the kernels themselves. _kernels.c includes this file once per
+ * instruction set (AVX-512, AVX2, generic), each time with SFX(name) giving the copy its own names, so one
+ * binary runs everywhere and uses the widest vectors the machine has. Read _kernels.c first. */
+
+#define ld SFX(ld)
+#define st SFX(st)
+#define bc SFX(bc)
+#define sel SFX(sel)
+#define hsum SFX(hsum)
+#define hmax SFX(hmax)
+#define vexp SFX(vexp)
+#define attention_forward_head SFX(attention_forward_head)
+#define attention_backward_head SFX(attention_backward_head)
+#define head_view SFX(head_view)
+#define gelu_parts SFX(gelu_parts)
+#define bias_gelu_rows SFX(bias_gelu_rows)
+#define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
+
+static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline v16 bc(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+static inline v16 sel(i16 m, v16 a, v16 b) { /* lane-wise m ? a : b (m: all ones or all zeros) */
+    i16 ai, bi, r;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    r = (ai & m) | (bi & ~m);
+    v16 o;
+    memcpy(&o, &r, sizeof o);
+    return o;
+}
+/* Horizontal sum / max: halve the vector three times (16 -> 8 -> 4 lanes) instead of 15 dependent scalar
+ * steps -- these run once per query row and were a tenth of the forward's time. */
+static inline float hsum(v16 v) {
+    v8 a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    a += b;
+    v4 c, d;
+    memcpy(&c, &a, sizeof c);
+    memcpy(&d, (const char *)&a + sizeof c, sizeof d);
+    c += d;
+    return (c[0] + c[2]) + (c[1] + c[3]);
+}
+static inline float hmax(v16 v) {
+    v8 a, b;
+    memcpy(&a, &v, sizeof a);
+    memcpy(&b, (const char *)&v + sizeof a, sizeof b);
+    i8 ma = a > b, ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    ai = (ai & ma) | (bi & ~ma);
+    memcpy(&a, &ai, sizeof a);
+    float m = a[0];
+    for (int l = 1; l < 8; l++) m = a[l] > m ? a[l] : m;
+    return m;
+}
+/* exp(x) for x <= ~88: Cody-Waite range reduction x = k ln2 + r, a degree-6 polynomial for e^r (Cephes'
+ * expf coefficients, ~1 ulp), then 2^k built in the exponent bits. k = round(x / ln2) comes from adding
+ * 1.5 * 2^23, which leaves the integer in the low mantissa bits (no float->int conversions needed).
+ * Below -87 (including -inf) it returns exactly 0. */
+static inline v16 vexp(v16 x) {
+    i16 tiny = x < bc(-87.f);
+    x = sel(tiny, bc(-87.f), x);
+    v16 t = x * 1.44269504088896341f + 12582912.f;
+    v16 k = t - 12582912.f;
+    i16 ti;
+    memcpy(&ti, &t, sizeof ti);
+    v16 r = x - k * 0.693359375f + k * 2.12194440e-4f;
+    v16 p = bc(1.9875691500E-4f);
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.f;
+    i16 e = (ti - 0x4B400000 + 127) << 23; /* 0x4B400000: the bits of 1.5 * 2^23 */
+    v16 two_k;
+    memcpy(&two_k, &e, sizeof two_k);
+    return sel(tiny, bc(0.f), p * two_k);
+}
+
+/* GELU(x) = x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, the exact (erf) form of nn.GELU(). erf from
+ * Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, the formula PyTorch's CPU GELU uses too); its exp(-z^2)
+ * is also GELU's Gaussian density phi(x) = exp(-x^2/2) / sqrt(2 pi), which backward needs. */
+static inline void gelu_parts(v16 x, v16 *cdf, v16 *pdf) {
+    v16 z = x * 0.70710678118654752f;
+    i16 zi, sign, ai;
+    memcpy(&zi, &z, sizeof zi);
+    sign = zi & (int32_t)0x80000000;
+    ai = zi ^ sign;
+    v16 az;
+    memcpy(&az, &ai, sizeof az); /* |z| */
+    v16 t = 1.f / (1.f + 0.3275911f * az);
+    v16 poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    v16 g = vexp(-az * az);
+    v16 erf_abs = 1.f - poly * g;
+    i16 ei;
+    memcpy(&ei, &erf_abs, sizeof ei);
+    ei ^= sign; /* erf is odd */
+    v16 erf;
+    memcpy(&erf, &ei, sizeof erf);
+    *cdf = 0.5f + 0.5f * erf;
+    *pdf = g * 0.39894228040143268f;
+}
+
+/* out = GELU(h + b) for rows row0..row1-1 of h (M, N); N % 16 columns go through a zero-padded buffer */
+static void bias_gelu_rows(const float *h, const float *b, float *out, int64_t row0, int64_t row1, int N) {
+    for (int64_t i = row0; i < row1; i++) {
+        const float *hr = h + i * N;
+        float *o = out + i * N;
+        int j0 = 0;
+        for (; j0 + W <= N; j0 += W) {
+            v16 x = ld(hr + j0) + ld(b + j0), cdf, pdf;
+            gelu_parts(x, &cdf, &pdf);
+            st(o + j0, x * cdf);
+        }
+        if (j0 < N) {
+            float xt[W] = {0}, yt[W];
+            for (int l = 0; j0 + l < N; l++) xt[l] = hr[j0 + l] + b[j0 + l];
+            v16 x = ld(xt), cdf, pdf;
+            gelu_parts(x, &cdf, &pdf);
+            st(yt, x * cdf);
+            memcpy(o + j0, yt, sizeof(float) * (N - j0));
+        }
+    }
+}
+
+/* dh = g * GELU'(h + b) with GELU'(x) = Phi(x) + x phi(x); db (N, padded to 16) += column sums of dh */
+static void bias_gelu_backward_rows(const float *g, const float *h, const float *b, float *dh, float *db,
+                                    int64_t row0, int64_t row1, int N) {
+    for (int64_t i = row0; i < row1; i++) {
+        const float *hr = h + i * N, *gr = g + i * N;
+        float *o = dh + i * N;
+        int j0 = 0;
+        for (; j0 + W <= N; j0 += W) {
+            v16 x = ld(hr + j0) + ld(b + j0), cdf, pdf;
+            gelu_parts(x, &cdf, &pdf);
+            v16 d = ld(gr + j0) * (cdf + x * pdf);
+            st(o + j0, d);
+            st(db + j0, ld(db + j0) + d);
+        }
+        if (j0 < N) {
+            float xt[W] = {0}, gt[W] = {0}, dt[W];
+            for (int l = 0; j0 + l < N; l++) {
+                xt[l] = hr[j0 + l] + b[j0 + l];
+                gt[l] = gr[j0 + l];
+            }
+            v16 x = ld(xt), cdf, pdf;
+            gelu_parts(x, &cdf, &pdf);
+            v16 d = ld(gt) * (cdf + x * pdf);
+            st(dt, d);
+            memcpy(o + j0, dt, sizeof(float) * (N - j0));
+            st(db + j0, ld(db + j0) + d); /* padded lanes add 0 * ... = 0 */
+        }
+    }
+}
+
+static HeadView head_view(const float *base, const float *kt, const float *vt_src, int T, int C, int D,
+                          Scratch *s) {
+    const int C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    HeadView hv = {kt, T, base + 2 * C, (size_t)C3};
+    if (T % W) { /* pad the transposed keys to whole 16-key tiles */
+        for (int d = 0; d < D; d++) memcpy(s->kt + (size_t)d * Tp, kt + (size_t)d * T, sizeof(float) * T);
+        hv.kt = s->kt;
+        hv.ldk = Tp;
+    }
+    if (D % W) {
+        for (int j = 0; j < T; j++) memcpy(s->vs + (size_t)j * Dp, base + (size_t)j * C3 + 2 * C, sizeof(float) * D);
+        hv.v = s->vs;
+        hv.ldv = Dp;
+    }
+    (void)vt_src;
+    return hv;
+}
+
+/* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
+ * to the diagonal are computed (causal: the rest would be masked anyway).
+ * kt: this head's keys transposed, (D, T), made by kernels.py with one torch copy for all heads. */
+static void attention_forward_head(const float *qkv, const float *kt, float *out, float *lse, int b, int h, int T,
+                                   int H, int D, float scale, Scratch *s) {
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, W);
+    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
+    HeadView hv = head_view(base, kt, NULL, T, C, D, s);
+    float *pr = s->p; /* R rows of scores, then probabilities (unnormalised) */
+    for (int i0 = 0; i0 < T; i0 += R) {
+        const float *q[R]; /* query rows; rows past T repeat the last one (computed, never stored) */
+        for (int r = 0; r < R; r++) q[r] = base + (size_t)(i0 + r < T ? i0 + r : T - 1) * C3;
+        int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp; /* keys 0..n-1 cover rows i0..i0+R-1 */
+        for (int j0 = 0; j0 < n; j0 += W) {                /* scores: Q K^T, one 16-key tile at a time */
+            v16 acc[R];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) acc[r] = bc(0.f);
+            for (int d = 0; d < D; d++) {
+                v16 k = ld(hv.kt + (size_t)d * hv.ldk + j0);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) acc[r] += bc(q[r][d]) * k;
+            }
+            v16 jj = bc((float)j0) + IOTA;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                acc[r] *= scale;
+                if (j0 + W > i0) /* the diagonal tile: key j is visible to query i only when j <= i */
+                    acc[r] = sel(jj <= bc((float)(i0 + r)), acc[r], bc(-INFINITY));
+                st(pr + r * Tp + j0, acc[r]);
+            }
+        }
+        float inv[R];
+        for (int r = 0; r < R; r++) { /* softmax numerators and 1/denominator, row by row */
+            float *row = pr + r * Tp;
+            v16 mv = bc(-INFINITY);
+            for (int j0 = 0; j0 < n; j0 += W) {
+                v16 x = ld(row + j0);
+                mv = sel(x > mv, x, mv);
+            }
+            float m = hmax(mv);
+            v16 sum = bc(0.f);
+            for (int j0 = 0; j0 < n; j0 += W) {
+                v16 e = vexp(ld(row + j0) - m);
+                st(row + j0, e);
+                sum += e;
+            }
+            float l = hsum(sum);
+            inv[r] = 1.f / l;
+            if (i0 + r < T) lse[((size_t)b * H + h) * T + i0 + r] = m + logf(l);
+        }
+        int jmax = i0 + R < T ? i0 + R : T;
+        for (int d0 = 0; d0 < D; d0 += W) { /* out = P V, 16 channels at a time */
+            v16 acc[R];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) acc[r] = bc(0.f);
+            for (int j = 0; j < jmax; j++) {
+                v16 v = ld(hv.v + j * hv.ldv + d0);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) acc[r] += bc(pr[r * Tp + j]) * v;
+            }
+            int width = D - d0 < W ? D - d0 : W;
+            for (int r = 0; r < R && i0 + r < T; r++) {
+                float *o = out + ((size_t)b * T + i0 + r) * C + (size_t)h * D + d0;
+                v16 y = acc[r] * inv[r];
+                if (width == W) st(o, y);
+                else { float t[W]; st(t, y); memcpy(o, t, sizeof(float) * width); }
+            }
+        }
+    }
+}
+
+/* One (batch, head) pair, backward: recompute P from lse, then
+ *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q.
+ * kt, vt: this head's keys and values transposed, (D, T). */
+static void attention_backward_head(const float *qkv, const float *kt, const float *vt, const float *dout,
+                                    const float *lse, float *dqkv, int b, int h, int T, int H, int D, float scale,
+                                    Scratch *s) {
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
+    const float *dbase = dout + (size_t)b * T * C + (size_t)h * D;
+    const float *ktp = kt, *vtp = vt, *qs = base, *ks = base + C, *dys = dbase;
+    int ldt = T;
+    size_t ldq = C3, ldy = C;
+    if (T % W) {
+        for (int d = 0; d < D; d++) {
+            memcpy(s->kt + (size_t)d * Tp, kt + (size_t)d * T, sizeof(float) * T);
+            memcpy(s->vt + (size_t)d * Tp, vt + (size_t)d * T, sizeof(float) * T);
+        }
+        ktp = s->kt;
+        vtp = s->vt;
+        ldt = Tp;
+    }
+    if (D % W) { /* rows padded to whole vectors */
+        for (int j = 0; j < T; j++) {
+            memcpy(s->qs + (size_t)j * Dp, base + (size_t)j * C3, sizeof(float) * D);
+            memcpy(s->ks + (size_t)j * Dp, base + (size_t)j * C3 + C, sizeof(float) * D);
+            memcpy(s->dys + (size_t)j * Dp, dbase + (size_t)j * C, sizeof(float) * D);
+        }
+        qs = s->qs;
+        ks = s->ks;
+        dys = s->dys;
+        ldq = ldy = Dp;
+    }
+    const size_t ldk = (D % W) ? (size_t)Dp : (size_t)C3;
+    memset(s->dk, 0, sizeof(float) * Tp * Dp);
+    memset(s->dv, 0, sizeof(float) * Tp * Dp);
+    float *p = s->p, *ds = s->ds;
+    for (int i0 = 0; i0 < T; i0 += R) {
+        const float *q[R], *dy[R];
+        float L[R];
+        for (int r = 0; r < R; r++) {
+            int i = i0 + r < T ? i0 + r : T - 1; /* padded rows: P = 0 through L = +inf */
+            q[r] = qs + (size_t)i * ldq;
+            dy[r] = dys + (size_t)i * ldy;
+            L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i] : INFINITY;
+        }
+        int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp;
+        v16 dot[R]; /* rowsum(P * dP) = dY_i . Y_i */
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) dot[r] = bc(0.f);
+        for (int j0 = 0; j0 < n; j0 += W) {
+            v16 as[R], ap[R];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) as[r] = ap[r] = bc(0.f);
+            for (int d = 0; d < D; d++) {
+                v16 k = ld(ktp + (size_t)d * ldt + j0), v = ld(vtp + (size_t)d * ldt + j0);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    as[r] += bc(q[r][d]) * k;
+                    ap[r] += bc(dy[r][d]) * v;
+                }
+            }
+            v16 jj = bc((float)j0) + IOTA;
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                v16 pv = vexp(as[r] * scale - L[r]);
+                if (j0 + W > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
+                st(p + r * Tp + j0, pv);
+                st(ds + r * Tp + j0, ap[r]);
+                dot[r] += pv * ap[r];
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            v16 di = bc(hsum(dot[r]));
+            for (int j0 = 0; j0 < n; j0 += W) st(ds + r * Tp + j0, ld(p + r * Tp + j0) * (ld(ds + r * Tp + j0) - di));
+        }
+        int jmax = i0 + R < T ? i0 + R : T;
+        for (int d0 = 0; d0 < Dp; d0 += W) {
+            v16 dq[R], qv[R], gv[R];
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                dq[r] = bc(0.f);
+                qv[r] = ld(q[r] + d0);
+                gv[r] = ld(dy[r] + d0);
+            }
+            for (int j = 0; j < jmax; j++) { /* dQ rows: R independent accumulators */
+                v16 k = ld(ks + j * ldk + d0);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) dq[r] += bc(ds[r * Tp + j]) * k;
+            }
+            /* dK and dV rows sum over the R query rows: a chain of R dependent adds per key, so take
+             * keys 2 at a time -- 4 chains in flight hide the FMA latency */
+            int j = 0;
+            for (; j + 2 <= jmax; j += 2) {
+                float *k0 = s->dk + j * Dp + d0, *k1 = k0 + Dp, *v0 = s->dv + j * Dp + d0, *v1 = v0 + Dp;
+                v16 dk0 = ld(k0), dk1 = ld(k1), dv0 = ld(v0), dv1 = ld(v1);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    const float *dsr = ds + r * Tp + j, *pr = p + r * Tp + j;
+                    dk0 += bc(dsr[0]) * qv[r];
+                    dk1 += bc(dsr[1]) * qv[r];
+                    dv0 += bc(pr[0]) * gv[r];
+                    dv1 += bc(pr[1]) * gv[r];
+                }
+                st(k0, dk0); st(k1, dk1); st(v0, dv0); st(v1, dv1);
+            }
+            for (; j < jmax; j++) {
+                v16 dk = ld(s->dk + j * Dp + d0), dv = ld(s->dv + j * Dp + d0);
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) {
+                    dk += bc(ds[r * Tp + j]) * qv[r];
+                    dv += bc(p[r * Tp + j]) * gv[r];
+                }
+                st(s->dk + j * Dp + d0, dk);
+                st(s->dv + j * Dp + d0, dv);
+            }
+            int width = D - d0 < W ? D - d0 : W;
+            for (int r = 0; r < R && i0 + r < T; r++) {
+                float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + d0;
+                v16 g = dq[r] * scale;
+                if (width == W) st(o, g);
+                else { float t[W]; st(t, g); memcpy(o, t, sizeof(float) * width); }
+            }
+        }
+    }
+    for (int j = 0; j < T; j++) { /* dK (times scale: q was not pre-scaled) and dV into the packed layout */
+        float *o = dqkv + ((size_t)b * T + j) * C3 + C + (size_t)h * D;
+        for (int d0 = 0; d0 < D; d0 += W) {
+            v16 dk = ld(s->dk + j * Dp + d0) * scale, dv = ld(s->dv + j * Dp + d0);
+            int width = D - d0 < W ? D - d0 : W;
+            if (width == W) { st(o + d0, dk); st(o + C + d0, dv); }
+            else {
+                float t[W];
+                st(t, dk); memcpy(o + d0, t, sizeof(float) * width);
+                st(t, dv); memcpy(o + C + d0, t, sizeof(float) * width);
+            }
+        }
+    }
+}
+
+#undef ld
+#undef st
+#undef bc
+#undef sel
+#undef hsum
+#undef hmax
+#undef vexp
+#undef attention_forward_head
+#undef attention_backward_head
+#undef head_view
+#undef gelu_parts
+#undef bias_gelu_rows
+#undef bias_gelu_backward_rows

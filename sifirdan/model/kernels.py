@@ -1,0 +1,123 @@
+"""sifirdan's CPU attention kernel (``_kernels.c``) as an autograd function, and when the model may use it.
+
+``causal_attention(qkv, n_head)`` computes softmax(Q K^T / sqrt(head_size) + causal mask) V straight from the
+packed (B, T, 3*n_embd) output of the qkv projection and returns (B, T, n_embd), heads concatenated: the same
+function as the guide's explicit attention and as ``scaled_dot_product_attention`` (tests hold it to both),
+faster on a CPU at small head sizes (see the comment at the top of ``_kernels.c`` for why). The model uses
+it only where it applies -- float32 CPU tensors, no attention mask, no KV cache -- and falls back to
+PyTorch everywhere else (GPU, bf16 autocast, generation with a cache, masks), and when the extension was
+not built (no C compiler at install time) or ``GPTConfig.cpu_kernels`` is False.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:  # built by `pip install -e .` (setup.py); optional
+    from sifirdan.model import _kernels
+except ImportError:  # pragma: no cover - depends on the install
+    _kernels = None
+
+
+def available() -> bool:
+    """True when the C kernel is built and worth using with the current thread count.
+
+    Built without OpenMP (e.g. Apple Clang) it runs on one thread, which only beats PyTorch's
+    multi-threaded kernels when PyTorch is on one thread too."""
+    return _kernels is not None and (bool(_kernels.openmp) or torch.get_num_threads() == 1)
+
+
+def describe() -> str:
+    """One line for logs and benchmark tables: which build of the kernels runs here, or why none."""
+    if _kernels is None:
+        return "not built: PyTorch ops"
+    threads = "OpenMP" if _kernels.openmp else "1 thread (no OpenMP)"
+    return f"{_kernels.isa}, {threads}" + ("" if available() else "; unused: PyTorch has more threads")
+
+
+def applies(*tensors: torch.Tensor) -> bool:
+    """True when every tensor is a float32 CPU tensor (autocast to bf16 makes activations bf16: no)."""
+    return available() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
+class CausalAttention(torch.autograd.Function):
+    """Causal multi-head attention on packed qkv; backward recomputes the probabilities from the saved
+    log-sum-exp of each query's scores (O(T) memory, like FlashAttention)."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+        qkv = qkv.contiguous()
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        D = C // n_head
+        kt = _transposed(qkv, 1, n_head)  # keys along the vector lanes for Q K^T
+        out = qkv.new_empty(B, T, C)
+        lse = qkv.new_empty(B, n_head, T)
+        _kernels.attention_forward(
+            qkv.data_ptr(), kt.data_ptr(), out.data_ptr(), lse.data_ptr(), B, T, n_head, D, 1.0 / math.sqrt(D)
+        )
+        ctx.save_for_backward(qkv, kt, lse)
+        ctx.n_head = n_head
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        qkv, kt, lse = ctx.saved_tensors
+        dout = dout.contiguous()
+        B, T, C3 = qkv.shape
+        D = C3 // 3 // ctx.n_head
+        vt = _transposed(qkv, 2, ctx.n_head)  # values along the lanes for dP = dY V^T
+        dqkv = torch.empty_like(qkv)
+        _kernels.attention_backward(
+            qkv.data_ptr(), kt.data_ptr(), vt.data_ptr(), dout.data_ptr(), lse.data_ptr(), dqkv.data_ptr(),
+            B, T, ctx.n_head, D, 1.0 / math.sqrt(D),
+        )
+        return dqkv, None
+
+
+def _transposed(qkv: torch.Tensor, which: int, n_head: int) -> torch.Tensor:
+    """Part ``which`` (0 q, 1 k, 2 v) of packed (B, T, 3C) qkv as a contiguous (B, n_head, head_size, T):
+    one torch copy for all heads (cheaper than transposing head by head inside the kernel)."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    part = qkv[:, :, which * C : (which + 1) * C].view(B, T, n_head, C // n_head)
+    return part.permute(0, 2, 3, 1).contiguous()
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, 3*n_embd) packed q|k|v -> (B, T, n_embd) causal attention output, heads concatenated."""
+    return CausalAttention.apply(qkv, n_head)
+
+
+class BiasGELU(torch.autograd.Function):
+    """GELU(h + bias), the exact (erf) GELU of nn.GELU(); saves h, not h + bias, and sums the bias gradient
+    in the same pass as GELU's backward."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        h = h.contiguous()
+        bias = bias.contiguous()
+        N = h.shape[-1]
+        out = torch.empty_like(h)
+        _kernels.bias_gelu_forward(h.data_ptr(), bias.data_ptr(), out.data_ptr(), h.numel() // N, N)
+        ctx.save_for_backward(h, bias)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        h, bias = ctx.saved_tensors
+        g = g.contiguous()
+        N = h.shape[-1]
+        dh = torch.empty_like(h)
+        db = torch.empty_like(bias)
+        _kernels.bias_gelu_backward(g.data_ptr(), h.data_ptr(), bias.data_ptr(), dh.data_ptr(), db.data_ptr(), h.numel() // N, N)
+        return dh, db if ctx.needs_input_grad[1] else None
+
+
+def bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """GELU(h + bias) over the last dimension; h is (..., N), bias is (N,)."""
+    return BiasGELU.apply(h, bias)

@@ -1,0 +1,134 @@
+"""sifirdan's C kernels (model/_kernels.c) against PyTorch: same outputs and gradients, same model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sifirdan.model import GPT, GPTConfig, kernels
+
+pytestmark = pytest.mark.skipif(
+    kernels._kernels is None, reason="sifirdan.model._kernels is not built (pip install -e . needs a C compiler)"
+)
+
+
+def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The guide's explicit causal attention on packed qkv (float64 in, float64 out)."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    D = C // n_head
+    q, k, v = (t.view(B, T, n_head, D).transpose(1, 2) for t in qkv.split(C, dim=2))
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(D)
+    att = att.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf")).softmax(-1)
+    return (att @ v).transpose(1, 2).reshape(B, T, C)
+
+
+# T not a multiple of 8 or 16, head sizes not a multiple of 16, a single token, more than one 128-key block
+SHAPES = [(2, 128, 4, 32), (3, 37, 3, 24), (1, 1, 2, 16), (2, 200, 2, 40), (1, 9, 1, 8), (2, 64, 8, 64)]
+
+
+@pytest.mark.parametrize("B,T,H,D", SHAPES)
+def test_attention_matches_reference_in_outputs_and_gradients(B, T, H, D):
+    g = torch.Generator().manual_seed(B * 1000 + T)
+    x = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64)
+    ours = x.float().requires_grad_()
+    ref = x.clone().requires_grad_()
+    y = kernels.causal_attention(ours, H)
+    y_ref = reference_attention(ref, H)
+    grad = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
+    y.backward(grad.float())
+    y_ref.backward(grad)
+    assert y.shape == (B, T, H * D)
+    torch.testing.assert_close(y.double(), y_ref, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(ours.grad.double(), ref.grad, atol=2e-5, rtol=1e-4)
+
+
+def test_attention_is_stable_for_large_scores_and_propagates_nan():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 50, 3 * 64, generator=g, dtype=torch.float64) * 30  # scores in the thousands
+    torch.testing.assert_close(kernels.causal_attention(x.float(), 2).double(), reference_attention(x, 2),
+                               atol=1e-4, rtol=1e-4)
+    bad = x.float().clone()
+    bad[1, 10, 5] = float("nan")  # a query of batch row 1 at position 10
+    y = kernels.causal_attention(bad, 2)
+    assert torch.isnan(y[1, 10]).any() and not torch.isnan(y[0]).any()
+
+
+def test_attention_result_does_not_depend_on_thread_count():
+    x = torch.randn(4, 70, 3 * 96, requires_grad=True)
+    g = torch.randn(4, 70, 96)
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            x.grad = None
+            y = kernels.causal_attention(x, 3)
+            y.backward(g)
+            results.append((y.detach().clone(), x.grad.clone()))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("shape", [(4, 33, 512), (7, 100), (1, 1, 16)])
+def test_bias_gelu_matches_pytorch(shape):
+    g = torch.Generator().manual_seed(len(shape))
+    h = torch.randn(shape, generator=g, dtype=torch.float64) * 3
+    b = torch.randn(shape[-1], generator=g, dtype=torch.float64)
+    h1, b1 = h.float().requires_grad_(), b.float().requires_grad_()
+    h2, b2 = h.clone().requires_grad_(), b.clone().requires_grad_()
+    y1 = kernels.bias_gelu(h1, b1)
+    y2 = F.gelu(h2 + b2)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64)
+    y1.backward(grad.float())
+    y2.backward(grad)
+    torch.testing.assert_close(y1.double(), y2, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(h1.grad.double(), h2.grad, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(b1.grad.double(), b2.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_bias_gelu_edge_values():
+    h = torch.tensor([[-1e4, -30.0, -13.5, -5.0, -1e-8, 0.0, 1e-8, 5.0, 30.0, 1e4, float("inf"), float("-inf"),
+                       float("nan"), 1.0, -1.0, 2.0]])
+    b = torch.zeros(16)
+    y = kernels.bias_gelu(h, b)
+    ref = F.gelu(h)
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(y[finite], ref[finite], atol=1e-6, rtol=1e-5)
+    assert torch.isnan(y[0, 12])
+
+
+def _model_pair(**kw):
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2, **kw))
+    b = GPT(GPTConfig(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2, cpu_kernels=False, **kw))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def test_model_with_kernels_equals_model_without():
+    ours, torch_only = _model_pair()
+    idx = torch.randint(0, 97, (3, 40))
+    logits_a, loss_a = ours(idx, idx)
+    logits_b, loss_b = torch_only(idx, idx)
+    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    for (name, p), q in zip(ours.named_parameters(), torch_only.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_kernels_step_aside_where_they_do_not_apply():
+    assert kernels.applies(torch.zeros(2, dtype=torch.float32))
+    assert not kernels.applies(torch.zeros(2, dtype=torch.bfloat16))
+    assert not kernels.applies(torch.zeros(2, dtype=torch.float64))
+    ours, torch_only = _model_pair(bias=False)  # no fc bias: the FFN takes PyTorch's path
+    idx = torch.randint(0, 97, (2, 17))
+    torch.testing.assert_close(ours(idx)[0], torch_only(idx)[0], atol=1e-5, rtol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations: PyTorch's sdpa and GELU
+        a, b = ours(idx)[0], torch_only(idx)[0]
+    torch.testing.assert_close(a.float(), b.float())
