@@ -57,7 +57,7 @@ class RandomBatches:
         self.i = state["i"]
 
 
-def build_step(kind: str, dropout: float, device: str = "cpu"):
+def build_step(kind: str, dropout: float, device: str = "cpu", cpu_kernels: bool = True):
     """A zero-argument function running one full training step (forward, backward, optimizer) of ``kind``."""
     if kind == "guide":
         from guide_reference import GuideConfig, guide_step, make_guide
@@ -76,7 +76,7 @@ def build_step(kind: str, dropout: float, device: str = "cpu"):
     from sifirdan.model import GPT, GPTConfig
     from sifirdan.train import Trainer, TrainConfig, TrainData
 
-    model = GPT(GPTConfig.from_preset("guide", dropout=dropout, attention=kind))
+    model = GPT(GPTConfig.from_preset("guide", dropout=dropout, attention=kind, cpu_kernels=cpu_kernels))
     cfg = TrainConfig(max_iters=1_000_000, final_eval=False, device=device)
     trainer = Trainer(model, cfg, TrainData(train=[RandomBatches(VOCAB, B, T)]), verbose=False)
 
@@ -87,8 +87,8 @@ def build_step(kind: str, dropout: float, device: str = "cpu"):
     return step
 
 
-def _worker(kind: str, dropout: float, device: str, warmup: int, conn) -> None:
-    step = build_step(kind, dropout, device)
+def _worker(kind: str, dropout: float, device: str, warmup: int, conn, cpu_kernels: bool = True) -> None:
+    step = build_step(kind, dropout, device, cpu_kernels)
     for _ in range(warmup):
         step()
     conn.send(("ready", None))
@@ -106,18 +106,22 @@ def _worker(kind: str, dropout: float, device: str, warmup: int, conn) -> None:
 
 
 def throughput(args) -> None:
+    from sifirdan.model import kernels
+
+    k = f"sifirdan C kernels ({kernels.describe()})"
     variants = [
-        ("a", "guide's code (fp32, explicit attention, separate q/k/v, AdamW), dropout 0.1", "guide", 0.1),
-        ("b", "sifirdan Trainer, guide preset as is (sdpa, dropout 0.1)", "sdpa", 0.1),
-        ("c", f"sifirdan Trainer, default path (sdpa, dropout {args.dropout:g})", "sdpa", args.dropout),
+        ("a", "guide's code (fp32, explicit attention, separate q/k/v, AdamW), dropout 0.1", "guide", 0.1, False),
+        ("b", f"sifirdan Trainer, guide preset as is (sdpa, dropout 0.1), {k}", "sdpa", 0.1, True),
+        ("c", f"sifirdan Trainer, default path (sdpa, dropout {args.dropout:g}), {k}", "sdpa", args.dropout, True),
+        ("d", f"as (c) with PyTorch's ops only (cpu_kernels=False)", "sdpa", args.dropout, False),
     ]
     if args.explicit:
-        variants.append(("d", f"sifirdan Trainer, explicit attention, dropout {args.dropout:g}", "explicit", args.dropout))
+        variants.append(("e", f"sifirdan Trainer, explicit attention, dropout {args.dropout:g}", "explicit", args.dropout, True))
     ctx = mp.get_context("spawn")
     workers = []
-    for key, label, kind, dropout in variants:
+    for key, label, kind, dropout, cpu_kernels in variants:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(kind, dropout, args.device, args.warmup, child), daemon=True)
+        proc = ctx.Process(target=_worker, args=(kind, dropout, args.device, args.warmup, child, cpu_kernels), daemon=True)
         proc.start()
         workers.append((key, label, parent, proc))
     for key, _, conn, _ in workers:  # build + warm up one after another would be nicer, but they idle on recv
