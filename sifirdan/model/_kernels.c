@@ -40,8 +40,7 @@ static inline int rup(int x, int m) { return (x + m - 1) / m * m; }
 
 /* ---------------------------------------------------------------------------------------------- attention
  * qkv: (B, T, 3C) with C = H * D, the packed output of the qkv projection: q | k | v, each head's D
- * channels side by side. kt, vt: (B, H, D, T), keys and values transposed (kernels.py makes them with one
- * torch copy each). out: (B, T, C), heads concatenated (what the output projection reads).
+ * channels side by side. out: (B, T, C), heads concatenated (what the output projection reads).
  * lse: (B, H, T) log-sum-exp of each query's scores, kept for backward (which recomputes the
  * probabilities from it instead of storing the T x T matrix: memory stays O(T)). */
 
@@ -74,22 +73,12 @@ static void scratch_free(Scratch *s) {
     free(s->dk); free(s->dv); free(s->p); free(s->ds);
 }
 
-/* Where a head's rows live. q, k, v rows are read in place from the packed qkv (row stride 3C) when the
- * head size is a multiple of 16; otherwise (and for the transposed keys when T is not a multiple of 16)
- * they are first copied into zero-padded scratch so every vector load stays inside the data. */
-typedef struct {
-    const float *kt; /* (D, ldk): keys along the lanes */
-    int ldk;
-    const float *v; /* rows of V, stride ldv */
-    size_t ldv;
-} HeadView;
-
 /* ---------------------------------------------------------------------------------- one copy per ISA
  * The kernel bodies (_kernels_impl.h) are compiled once for the baseline ISA and, on x86-64 with GCC,
  * again for AVX2+FMA and for AVX-512; PyInit picks the widest one this CPU runs (__builtin_cpu_supports). */
-typedef void (*attn_fwd_fn)(const float *, const float *, float *, float *, int, int, int, int, int, float, Scratch *);
-typedef void (*attn_bwd_fn)(const float *, const float *, const float *, const float *, const float *, float *, int,
-                            int, int, int, int, float, Scratch *);
+typedef void (*attn_fwd_fn)(const float *, float *, float *, int, int, int, int, int, float, Scratch *);
+typedef void (*attn_bwd_fn)(const float *, const float *, const float *, float *, int, int, int, int, int, float,
+                            Scratch *);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
 
@@ -140,8 +129,8 @@ static void pick_isa(void) {
 }
 
 /* Forward when dout is NULL, else backward. Returns 0, or -1 when scratch memory could not be had. */
-static int attention(const float *qkv, const float *kt, const float *vt, const float *dout, float *out, float *lse,
-                     float *dqkv, int B, int T, int H, int D, float scale) {
+static int attention(const float *qkv, const float *dout, float *out, float *lse, float *dqkv, int B, int T, int H,
+                     int D, float scale) {
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
     {
@@ -150,11 +139,8 @@ static int attention(const float *qkv, const float *kt, const float *vt, const f
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             if (failed) continue;
-            size_t head = (size_t)bh * D * T; /* this head's (D, T) block of kt / vt */
-            if (dout)
-                attention_backward_head(qkv, kt + head, vt + head, dout, lse, dqkv, bh / H, bh % H, T, H, D, scale, &s);
-            else
-                attention_forward_head(qkv, kt + head, out, lse, bh / H, bh % H, T, H, D, scale, &s);
+            if (dout) attention_backward_head(qkv, dout, lse, dqkv, bh / H, bh % H, T, H, D, scale, &s);
+            else attention_forward_head(qkv, out, lse, bh / H, bh % H, T, H, D, scale, &s);
         }
         scratch_free(&s);
     }
@@ -206,25 +192,24 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
 #define PTR(x) ((float *)(uintptr_t)(x))
 
 static PyObject *py_attention_forward(PyObject *self, PyObject *args) {
-    unsigned long long qkv, kt, out, lse;
+    unsigned long long qkv, out, lse;
     int B, T, H, D, rc;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKKiiiif", &qkv, &kt, &out, &lse, &B, &T, &H, &D, &scale)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKiiiif", &qkv, &out, &lse, &B, &T, &H, &D, &scale)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = attention(PTR(qkv), PTR(kt), NULL, NULL, PTR(out), PTR(lse), NULL, B, T, H, D, scale);
+    rc = attention(PTR(qkv), NULL, PTR(out), PTR(lse), NULL, B, T, H, D, scale);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
 static PyObject *py_attention_backward(PyObject *self, PyObject *args) {
-    unsigned long long qkv, kt, vt, dout, lse, dqkv;
+    unsigned long long qkv, dout, lse, dqkv;
     int B, T, H, D, rc;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKKKKiiiif", &qkv, &kt, &vt, &dout, &lse, &dqkv, &B, &T, &H, &D, &scale))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "KKKKiiiif", &qkv, &dout, &lse, &dqkv, &B, &T, &H, &D, &scale)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = attention(PTR(qkv), PTR(kt), PTR(vt), PTR(dout), NULL, PTR(lse), PTR(dqkv), B, T, H, D, scale);
+    rc = attention(PTR(qkv), PTR(dout), NULL, PTR(lse), PTR(dqkv), B, T, H, D, scale);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;

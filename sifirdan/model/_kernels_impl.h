@@ -11,7 +11,7 @@
 #define vexp SFX(vexp)
 #define attention_forward_head SFX(attention_forward_head)
 #define attention_backward_head SFX(attention_backward_head)
-#define head_view SFX(head_view)
+#define transpose_head SFX(transpose_head)
 #define gelu_parts SFX(gelu_parts)
 #define bias_gelu_rows SFX(bias_gelu_rows)
 #define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
@@ -155,32 +155,62 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
     }
 }
 
-static HeadView head_view(const float *base, const float *kt, const float *vt_src, int T, int C, int D,
-                          Scratch *s) {
-    const int C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
-    HeadView hv = {kt, T, base + 2 * C, (size_t)C3};
-    if (T % W) { /* pad the transposed keys to whole 16-key tiles */
-        for (int d = 0; d < D; d++) memcpy(s->kt + (size_t)d * Tp, kt + (size_t)d * T, sizeof(float) * T);
-        hv.kt = s->kt;
-        hv.ldk = Tp;
+/* dst (D, Tp) = the transpose of a head's T rows of D channels (row stride `stride`): keys or values along the
+ * vector lanes. Whole 16 x 16 blocks go through registers (16 loads, 4 rounds of 16 two-vector shuffles,
+ * 16 stores: each round swaps the off-diagonal sub-blocks of half the size), the rest element by element.
+ * Columns T..Tp-1 of dst stay zero (calloc'd scratch). */
+static void transpose_head(const float *src, size_t stride, int T, int D, float *dst, int Tp) {
+    int j0 = 0;
+#if defined(__GNUC__) && !defined(__clang__)
+    static const i16 lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const i16 hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const i16 lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    static const i16 hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    static const i16 lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    static const i16 hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    static const i16 lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    static const i16 hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    for (; j0 + W <= T; j0 += W) {
+        int d0 = 0;
+        for (; d0 + W <= D; d0 += W) {
+            v16 r[W];
+            for (int l = 0; l < W; l++) r[l] = ld(src + (size_t)(j0 + l) * stride + d0);
+#define ROUND(h, LO, HI)                                  \
+    for (int i = 0; i < W; i++)                           \
+        if (!(i & h)) {                                   \
+            v16 a = r[i], b = r[i + h];                   \
+            r[i] = __builtin_shuffle(a, b, LO);           \
+            r[i + h] = __builtin_shuffle(a, b, HI);       \
+        }
+            ROUND(8, lo8, hi8)
+            ROUND(4, lo4, hi4)
+            ROUND(2, lo2, hi2)
+            ROUND(1, lo1, hi1)
+#undef ROUND
+            for (int l = 0; l < W; l++) st(dst + (size_t)(d0 + l) * Tp + j0, r[l]);
+        }
+        for (int d = d0; d < D; d++)
+            for (int j = j0; j < j0 + W; j++) dst[(size_t)d * Tp + j] = src[(size_t)j * stride + d];
     }
-    if (D % W) {
-        for (int j = 0; j < T; j++) memcpy(s->vs + (size_t)j * Dp, base + (size_t)j * C3 + 2 * C, sizeof(float) * D);
-        hv.v = s->vs;
-        hv.ldv = Dp;
-    }
-    (void)vt_src;
-    return hv;
+#endif
+    for (int d = 0; d < D; d++)
+        for (int j = j0; j < T; j++) dst[(size_t)d * Tp + j] = src[(size_t)j * stride + d];
 }
 
 /* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
- * to the diagonal are computed (causal: the rest would be masked anyway).
- * kt: this head's keys transposed, (D, T), made by kernels.py with one torch copy for all heads. */
-static void attention_forward_head(const float *qkv, const float *kt, float *out, float *lse, int b, int h, int T,
-                                   int H, int D, float scale, Scratch *s) {
-    const int C = H * D, C3 = 3 * C, Tp = rup(T, W);
+ * to the diagonal are computed (causal: the rest would be masked anyway). */
+static void attention_forward_head(const float *qkv, float *out, float *lse, int b, int h, int T, int H, int D,
+                                   float scale, Scratch *s) {
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
-    HeadView hv = head_view(base, kt, NULL, T, C, D, s);
+    transpose_head(base + C, C3, T, D, s->kt, Tp);
+    const float *vrows = base + 2 * C; /* V rows in place, or zero-padded copies when D % 16 != 0 */
+    size_t ldv = C3;
+    if (D % W) {
+        for (int j = 0; j < T; j++) memcpy(s->vs + (size_t)j * Dp, vrows + (size_t)j * C3, sizeof(float) * D);
+        vrows = s->vs;
+        ldv = Dp;
+    }
     float *pr = s->p; /* R rows of scores, then probabilities (unnormalised) */
     for (int i0 = 0; i0 < T; i0 += R) {
         const float *q[R]; /* query rows; rows past T repeat the last one (computed, never stored) */
@@ -191,7 +221,7 @@ static void attention_forward_head(const float *qkv, const float *kt, float *out
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r] = bc(0.f);
             for (int d = 0; d < D; d++) {
-                v16 k = ld(hv.kt + (size_t)d * hv.ldk + j0);
+                v16 k = ld(s->kt + (size_t)d * Tp + j0);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) acc[r] += bc(q[r][d]) * k;
             }
@@ -229,7 +259,7 @@ static void attention_forward_head(const float *qkv, const float *kt, float *out
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r] = bc(0.f);
             for (int j = 0; j < jmax; j++) {
-                v16 v = ld(hv.v + j * hv.ldv + d0);
+                v16 v = ld(vrows + j * ldv + d0);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) acc[r] += bc(pr[r * Tp + j]) * v;
             }
@@ -245,26 +275,17 @@ static void attention_forward_head(const float *qkv, const float *kt, float *out
 }
 
 /* One (batch, head) pair, backward: recompute P from lse, then
- *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q.
- * kt, vt: this head's keys and values transposed, (D, T). */
-static void attention_backward_head(const float *qkv, const float *kt, const float *vt, const float *dout,
-                                    const float *lse, float *dqkv, int b, int h, int T, int H, int D, float scale,
-                                    Scratch *s) {
+ *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q. */
+static void attention_backward_head(const float *qkv, const float *dout, const float *lse, float *dqkv, int b,
+                                    int h, int T, int H, int D, float scale, Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *dbase = dout + (size_t)b * T * C + (size_t)h * D;
-    const float *ktp = kt, *vtp = vt, *qs = base, *ks = base + C, *dys = dbase;
-    int ldt = T;
+    transpose_head(base + C, C3, T, D, s->kt, Tp);
+    transpose_head(base + 2 * C, C3, T, D, s->vt, Tp);
+    const float *ktp = s->kt, *vtp = s->vt, *qs = base, *ks = base + C, *dys = dbase;
+    const int ldt = Tp;
     size_t ldq = C3, ldy = C;
-    if (T % W) {
-        for (int d = 0; d < D; d++) {
-            memcpy(s->kt + (size_t)d * Tp, kt + (size_t)d * T, sizeof(float) * T);
-            memcpy(s->vt + (size_t)d * Tp, vt + (size_t)d * T, sizeof(float) * T);
-        }
-        ktp = s->kt;
-        vtp = s->vt;
-        ldt = Tp;
-    }
     if (D % W) { /* rows padded to whole vectors */
         for (int j = 0; j < T; j++) {
             memcpy(s->qs + (size_t)j * Dp, base + (size_t)j * C3, sizeof(float) * D);
@@ -392,7 +413,7 @@ static void attention_backward_head(const float *qkv, const float *kt, const flo
 #undef vexp
 #undef attention_forward_head
 #undef attention_backward_head
-#undef head_view
+#undef transpose_head
 #undef gelu_parts
 #undef bias_gelu_rows
 #undef bias_gelu_backward_rows

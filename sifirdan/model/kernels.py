@@ -52,39 +52,25 @@ class CausalAttention(torch.autograd.Function):
         B, T, C3 = qkv.shape
         C = C3 // 3
         D = C // n_head
-        kt = _transposed(qkv, 1, n_head)  # keys along the vector lanes for Q K^T
         out = qkv.new_empty(B, T, C)
         lse = qkv.new_empty(B, n_head, T)
-        _kernels.attention_forward(
-            qkv.data_ptr(), kt.data_ptr(), out.data_ptr(), lse.data_ptr(), B, T, n_head, D, 1.0 / math.sqrt(D)
-        )
-        ctx.save_for_backward(qkv, kt, lse)
+        _kernels.attention_forward(qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), B, T, n_head, D, 1.0 / math.sqrt(D))
+        ctx.save_for_backward(qkv, lse)
         ctx.n_head = n_head
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: torch.Tensor):
-        qkv, kt, lse = ctx.saved_tensors
+        qkv, lse = ctx.saved_tensors
         dout = dout.contiguous()
         B, T, C3 = qkv.shape
         D = C3 // 3 // ctx.n_head
-        vt = _transposed(qkv, 2, ctx.n_head)  # values along the lanes for dP = dY V^T
         dqkv = torch.empty_like(qkv)
         _kernels.attention_backward(
-            qkv.data_ptr(), kt.data_ptr(), vt.data_ptr(), dout.data_ptr(), lse.data_ptr(), dqkv.data_ptr(),
-            B, T, ctx.n_head, D, 1.0 / math.sqrt(D),
+            qkv.data_ptr(), dout.data_ptr(), lse.data_ptr(), dqkv.data_ptr(), B, T, ctx.n_head, D, 1.0 / math.sqrt(D)
         )
         return dqkv, None
-
-
-def _transposed(qkv: torch.Tensor, which: int, n_head: int) -> torch.Tensor:
-    """Part ``which`` (0 q, 1 k, 2 v) of packed (B, T, 3C) qkv as a contiguous (B, n_head, head_size, T):
-    one torch copy for all heads (cheaper than transposing head by head inside the kernel)."""
-    B, T, C3 = qkv.shape
-    C = C3 // 3
-    part = qkv[:, :, which * C : (which + 1) * C].view(B, T, n_head, C // n_head)
-    return part.permute(0, 2, 3, 1).contiguous()
 
 
 def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
