@@ -132,3 +132,28 @@ def test_kernels_step_aside_where_they_do_not_apply():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations: PyTorch's sdpa and GELU
         a, b = ours(idx)[0], torch_only(idx)[0]
     torch.testing.assert_close(a.float(), b.float())
+
+
+@pytest.mark.parametrize("N,V", [(300, 500), (37, 33), (5, 4096), (3, 1)])
+def test_cross_entropy_matches_pytorch_with_ignored_rows(N, V):
+    g = torch.Generator().manual_seed(N + V)
+    x = torch.randn(N, V, generator=g, dtype=torch.float64) * 4
+    t = torch.randint(0, V, (N,), generator=g)
+    t[::4] = -100  # ignored rows (response-only loss masks prompts this way)
+    ours, ref = x.float().requires_grad_(), x.clone().requires_grad_()
+    loss = kernels.cross_entropy(ours, t)
+    loss_ref = F.cross_entropy(ref, t, ignore_index=-100)
+    (loss * 0.5).backward()  # a scale other than 1 takes the multiply in backward
+    (loss_ref * 0.5).backward()
+    torch.testing.assert_close(loss.double(), loss_ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(ours.grad.double(), ref.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_cross_entropy_rejects_out_of_range_targets_and_needs_no_grad_in_eval():
+    x = torch.randn(4, 10)
+    with pytest.raises(IndexError, match="out of bounds"):
+        kernels.cross_entropy(x, torch.tensor([1, 2, 10, 3]))
+    with torch.no_grad():
+        loss = kernels.cross_entropy(x.requires_grad_(), torch.tensor([1, 2, 9, 3]))
+    torch.testing.assert_close(loss, F.cross_entropy(x.detach(), torch.tensor([1, 2, 9, 3])))
+    assert torch.isnan(kernels.cross_entropy(torch.randn(2, 5), torch.tensor([-100, -100])))

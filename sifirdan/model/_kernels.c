@@ -79,6 +79,8 @@ static void scratch_free(Scratch *s) {
 typedef void (*attn_fwd_fn)(const float *, float *, float *, int, int, int, int, int, float, Scratch *);
 typedef void (*attn_bwd_fn)(const float *, const float *, const float *, float *, int, int, int, int, int, float,
                             Scratch *);
+typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_t, int, int64_t, float, int64_t *,
+                       int64_t *);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
 
@@ -104,6 +106,7 @@ typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *
 
 static attn_fwd_fn attention_forward_head = attention_forward_head_generic;
 static attn_bwd_fn attention_backward_head = attention_backward_head_generic;
+static ce_fn cross_entropy_rows = cross_entropy_rows_generic;
 static gelu_fwd_fn bias_gelu_rows = bias_gelu_rows_generic;
 static gelu_bwd_fn bias_gelu_backward_rows = bias_gelu_backward_rows_generic;
 static const char *isa = "generic";
@@ -116,12 +119,14 @@ static void pick_isa(void) {
         attention_forward_head = attention_forward_head_avx512;
         attention_backward_head = attention_backward_head_avx512;
         bias_gelu_rows = bias_gelu_rows_avx512;
+        cross_entropy_rows = cross_entropy_rows_avx512;
         bias_gelu_backward_rows = bias_gelu_backward_rows_avx512;
         isa = "avx512";
     } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         attention_forward_head = attention_forward_head_avx2;
         attention_backward_head = attention_backward_head_avx2;
         bias_gelu_rows = bias_gelu_rows_avx2;
+        cross_entropy_rows = cross_entropy_rows_avx2;
         bias_gelu_backward_rows = bias_gelu_backward_rows_avx2;
         isa = "avx2";
     }
@@ -186,6 +191,45 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
     return 0;
 }
 
+/* ------------------------------------------------------------------------------------------ cross-entropy
+ * Mean cross-entropy of logits (N, V) against targets (N), skipping ignore_index, and -- when grad is not
+ * NULL -- its gradient (softmax - onehot) / n_valid, written in the same pass over the logits: PyTorch
+ * writes log-probabilities, then in backward zero-fills a one-hot buffer and reads both again. n_valid
+ * must be counted first (it scales the gradient): the caller passes it in. Per-thread sums are added in
+ * thread order (deterministic for a thread count). Returns 0, -1 (no memory) or -2 (bad target in *bad). */
+static int cross_entropy(const float *logits, const int64_t *targets, float *grad, int64_t N, int V,
+                         int64_t ignore_index, int64_t n_valid, double *loss, int64_t *bad) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    double *sums = calloc(nt, sizeof(double));
+    int64_t *bads = malloc(nt * sizeof(int64_t));
+    if (!sums || !bads) { free(sums); free(bads); return -1; }
+    for (int t = 0; t < nt; t++) bads[t] = ignore_index;
+    float inv_n = n_valid > 0 ? 1.f / (float)n_valid : 0.f;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, used = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        used = omp_get_num_threads();
+#endif
+        int64_t chunk = (N + used - 1) / used, r0 = t * chunk, r1 = r0 + chunk < N ? r0 + chunk : N, count = 0;
+        if (r0 < r1) sums[t] = cross_entropy_rows(logits, targets, grad, r0, r1, V, ignore_index, inv_n, &count, &bads[t]);
+    }
+    int rc = 0;
+    double total = 0.0;
+    for (int t = 0; t < nt; t++) {
+        total += sums[t];
+        if (bads[t] != ignore_index && rc == 0) { *bad = bads[t]; rc = -2; }
+    }
+    *loss = n_valid > 0 ? total / (double)n_valid : NAN;
+    free(sums);
+    free(bads);
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------ Python glue
  * The functions take raw data pointers (tensor.data_ptr()) and sizes: kernels.py is the only caller and
  * checks dtype, device, shape and contiguity before it calls. The GIL is released while they run. */
@@ -239,9 +283,25 @@ static PyObject *py_bias_gelu_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_cross_entropy(PyObject *self, PyObject *args) {
+    unsigned long long logits, targets, grad;
+    long long N, ignore_index, n_valid, bad = 0;
+    int V, rc;
+    double loss = 0.0;
+    if (!PyArg_ParseTuple(args, "KKKLiLL", &logits, &targets, &grad, &N, &V, &ignore_index, &n_valid)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = cross_entropy(PTR(logits), (const int64_t *)(uintptr_t)targets, grad ? PTR(grad) : NULL, N, V, ignore_index,
+                       n_valid, &loss, (int64_t *)&bad);
+    Py_END_ALLOW_THREADS
+    if (rc == -1) return PyErr_NoMemory();
+    if (rc == -2) return PyErr_Format(PyExc_IndexError, "Target %lld is out of bounds.", bad);
+    return PyFloat_FromDouble(loss);
+}
+
 static PyMethodDef methods[] = {
     {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see kernels.py)"},
     {"attention_backward", py_attention_backward, METH_VARARGS, "its gradient with respect to qkv"},
+    {"cross_entropy", py_cross_entropy, METH_VARARGS, "mean cross-entropy and its gradient (see kernels.py)"},
     {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see kernels.py)"},
     {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},
     {NULL, NULL, 0, NULL},

@@ -12,6 +12,7 @@
 #define attention_forward_head SFX(attention_forward_head)
 #define attention_backward_head SFX(attention_backward_head)
 #define transpose_head SFX(transpose_head)
+#define cross_entropy_rows SFX(cross_entropy_rows)
 #define gelu_parts SFX(gelu_parts)
 #define bias_gelu_rows SFX(bias_gelu_rows)
 #define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
@@ -404,6 +405,51 @@ static void attention_backward_head(const float *qkv, const float *dout, const f
     }
 }
 
+/* Cross-entropy rows row0..row1-1 of logits (N, V): returns the sum of (logsumexp(x) - x[target]) over rows
+ * whose target is not ignore_index (their count goes to *count); when grad is not NULL it also writes
+ * grad = (softmax(x) - onehot(target)) * inv_n for those rows and zeros for ignored ones. A target outside
+ * [0, V) stops the work and is reported through *bad (the caller raises, as F.cross_entropy does). */
+static double cross_entropy_rows(const float *logits, const int64_t *targets, float *grad, int64_t row0,
+                                 int64_t row1, int V, int64_t ignore_index, float inv_n, int64_t *count,
+                                 int64_t *bad) {
+    double total = 0.0;
+    for (int64_t i = row0; i < row1; i++) {
+        const float *x = logits + i * V;
+        float *gr = grad ? grad + i * V : NULL;
+        int64_t t = targets[i];
+        if (t == ignore_index) {
+            if (gr) memset(gr, 0, sizeof(float) * V);
+            continue;
+        }
+        if (t < 0 || t >= V) {
+            *bad = t;
+            return total;
+        }
+        int j = 0;
+        v16 mv = bc(-INFINITY);
+        for (; j + W <= V; j += W) {
+            v16 v = ld(x + j);
+            mv = sel(v > mv, v, mv);
+        }
+        float m = hmax(mv);
+        for (; j < V; j++) m = x[j] > m ? x[j] : m;
+        v16 sv = bc(0.f), mm = bc(m);
+        for (j = 0; j + W <= V; j += W) sv += vexp(ld(x + j) - mm);
+        float sum = hsum(sv);
+        for (; j < V; j++) sum += expf(x[j] - m);
+        float lse = m + logf(sum);
+        total += (double)lse - (double)x[t];
+        ++*count;
+        if (gr) { /* softmax * inv_n = exp(x - lse) * inv_n */
+            v16 l = bc(lse), sc = bc(inv_n);
+            for (j = 0; j + W <= V; j += W) st(gr + j, vexp(ld(x + j) - l) * sc);
+            for (; j < V; j++) gr[j] = expf(x[j] - lse) * inv_n;
+            gr[t] -= inv_n;
+        }
+    }
+    return total;
+}
+
 #undef ld
 #undef st
 #undef bc
@@ -417,3 +463,4 @@ static void attention_backward_head(const float *qkv, const float *dout, const f
 #undef gelu_parts
 #undef bias_gelu_rows
 #undef bias_gelu_backward_rows
+#undef cross_entropy_rows

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sifirdan.model import kernels
 from sifirdan.model.block import TransformerBlock
 from sifirdan.model.config import GPTConfig
 from sifirdan.model.embeddings import Embeddings
@@ -99,9 +100,12 @@ class GPT(nn.Module):
 
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX
-            )
+            flat = logits.view(-1, logits.size(-1)).float()
+            if self.config.cpu_kernels and kernels.applies(flat):
+                # the same mean cross-entropy; its gradient is written in the same pass over the logits
+                loss = kernels.cross_entropy(flat, targets.reshape(-1), IGNORE_INDEX)
+            else:
+                loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     @staticmethod

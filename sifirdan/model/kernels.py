@@ -107,3 +107,36 @@ class BiasGELU(torch.autograd.Function):
 def bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """GELU(h + bias) over the last dimension; h is (..., N), bias is (N,)."""
     return BiasGELU.apply(h, bias)
+
+
+class CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over rows whose target is not ``ignore_index`` (F.cross_entropy's default
+    reduction). Forward writes the gradient too, in the same pass over the logits, when one is needed."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        logits = logits.contiguous()
+        targets = targets.contiguous().long()
+        N, V = logits.shape
+        n_valid = int((targets != ignore_index).sum())
+        grad = torch.empty_like(logits) if logits.requires_grad else None
+        loss = _kernels.cross_entropy(
+            logits.data_ptr(), targets.data_ptr(), grad.data_ptr() if grad is not None else 0, N, V, ignore_index,
+            n_valid,
+        )
+        if grad is not None:
+            ctx.save_for_backward(grad)
+        return logits.new_tensor(loss)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        if not (g.numel() == 1 and float(g) == 1.0):  # usual case: loss.backward() straight on the mean
+            grad = grad * g
+        return grad, None, None
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """F.cross_entropy(logits (N, V), targets (N), ignore_index=...) with the default mean reduction."""
+    return CrossEntropy.apply(logits, targets, ignore_index)
