@@ -30,20 +30,24 @@ def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
 SHAPES = [(2, 128, 4, 32), (3, 37, 3, 24), (1, 1, 2, 16), (2, 200, 2, 40), (1, 9, 1, 8), (2, 64, 8, 64)]
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("B,T,H,D", SHAPES)
-def test_attention_matches_reference_in_outputs_and_gradients(B, T, H, D):
+def test_attention_matches_reference_in_outputs_and_gradients(B, T, H, D, with_bias):
     g = torch.Generator().manual_seed(B * 1000 + T)
     x = torch.randn(B, T, 3 * H * D, generator=g, dtype=torch.float64)
-    ours = x.float().requires_grad_()
-    ref = x.clone().requires_grad_()
-    y = kernels.causal_attention(ours, H)
-    y_ref = reference_attention(ref, H)
+    b = torch.randn(3 * H * D, generator=g, dtype=torch.float64)
+    ours, ours_b = x.float().requires_grad_(), b.float().requires_grad_()
+    ref, ref_b = x.clone().requires_grad_(), b.clone().requires_grad_()
+    y = kernels.causal_attention(ours, H, ours_b if with_bias else None)
+    y_ref = reference_attention(ref + ref_b if with_bias else ref, H)
     grad = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
     y.backward(grad.float())
     y_ref.backward(grad)
     assert y.shape == (B, T, H * D)
     torch.testing.assert_close(y.double(), y_ref, atol=2e-6, rtol=1e-5)
     torch.testing.assert_close(ours.grad.double(), ref.grad, atol=2e-5, rtol=1e-4)
+    if with_bias:
+        torch.testing.assert_close(ours_b.grad.double(), ref_b.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_attention_is_stable_for_large_scores_and_propagates_nan():
@@ -157,3 +161,15 @@ def test_cross_entropy_rejects_out_of_range_targets_and_needs_no_grad_in_eval():
         loss = kernels.cross_entropy(x.requires_grad_(), torch.tensor([1, 2, 9, 3]))
     torch.testing.assert_close(loss, F.cross_entropy(x.detach(), torch.tensor([1, 2, 9, 3])))
     assert torch.isnan(kernels.cross_entropy(torch.randn(2, 5), torch.tensor([-100, -100])))
+
+
+def test_kernels_refuse_tensors_they_cannot_read():
+    # the C code reads raw float32 memory: anything else must be refused, not read past its buffer
+    with pytest.raises(TypeError, match="float32"):
+        kernels.causal_attention(torch.zeros(1, 4, 12, dtype=torch.bfloat16), 2)
+    with pytest.raises(TypeError, match="float32"):
+        kernels.bias_gelu(torch.zeros(3, 8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float32"):
+        kernels.cross_entropy(torch.zeros(3, 8, dtype=torch.float16), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="bias"):
+        kernels.bias_gelu(torch.zeros(3, 8), torch.zeros(7))

@@ -53,17 +53,17 @@ static int scratch_alloc(Scratch *s, int T, int D, int backward) {
     memset(s, 0, sizeof *s);
     s->kt = calloc(D * Tp, sizeof(float));
     s->vs = calloc(Tp * Dp, sizeof(float));
+    s->qs = calloc(Tp * Dp, sizeof(float));
     s->p = calloc(R * Tp, sizeof(float));
-    int ok = s->kt && s->vs && s->p;
+    int ok = s->kt && s->vs && s->qs && s->p;
     if (backward) {
         s->vt = calloc(D * Tp, sizeof(float));
-        s->qs = calloc(Tp * Dp, sizeof(float));
         s->ks = calloc(Tp * Dp, sizeof(float));
         s->dys = calloc(Tp * Dp, sizeof(float));
         s->dk = calloc(Tp * Dp, sizeof(float));
         s->dv = calloc(Tp * Dp, sizeof(float));
         s->ds = calloc(R * Tp, sizeof(float));
-        ok = ok && s->vt && s->qs && s->ks && s->dys && s->dk && s->dv && s->ds;
+        ok = ok && s->vt && s->ks && s->dys && s->dk && s->dv && s->ds;
     }
     return ok;
 }
@@ -76,9 +76,9 @@ static void scratch_free(Scratch *s) {
 /* ---------------------------------------------------------------------------------- one copy per ISA
  * The kernel bodies (_kernels_impl.h) are compiled once for the baseline ISA and, on x86-64 with GCC,
  * again for AVX2+FMA and for AVX-512; PyInit picks the widest one this CPU runs (__builtin_cpu_supports). */
-typedef void (*attn_fwd_fn)(const float *, float *, float *, int, int, int, int, int, float, Scratch *);
-typedef void (*attn_bwd_fn)(const float *, const float *, const float *, float *, int, int, int, int, int, float,
-                            Scratch *);
+typedef void (*attn_fwd_fn)(const float *, const float *, float *, float *, int, int, int, int, int, float, Scratch *);
+typedef void (*attn_bwd_fn)(const float *, const float *, const float *, const float *, float *, float *, int, int, int,
+                            int, int, float, Scratch *);
 typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_t, int, int64_t, float, int64_t *,
                        int64_t *);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
@@ -133,21 +133,44 @@ static void pick_isa(void) {
 #endif
 }
 
-/* Forward when dout is NULL, else backward. Returns 0, or -1 when scratch memory could not be had. */
-static int attention(const float *qkv, const float *dout, float *out, float *lse, float *dqkv, int B, int T, int H,
-                     int D, float scale) {
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
+/* Forward when dout is NULL, else backward. bias (3C) may be NULL; in backward dbias (3C) gets its gradient
+ * (per-thread partial sums added in thread order). Returns 0, or -1 when scratch memory could not be had. */
+static int attention(const float *qkv, const float *bias, const float *dout, float *out, float *lse, float *dqkv,
+                     float *dbias, int B, int T, int H, int D, float scale) {
+    int nt = 1, failed = 0;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    const size_t C3 = 3 * (size_t)H * D;
+    float *partial = NULL;
+    if (dout && bias && dbias) {
+        partial = calloc(nt * C3, sizeof(float));
+        if (!partial) return -1;
+    }
+#pragma omp parallel num_threads(nt) reduction(| : failed)
     {
+        int t = 0;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+#endif
         Scratch s;
         if (!scratch_alloc(&s, T, D, dout != NULL)) failed = 1;
+        float *mine = partial ? partial + t * C3 : NULL;
 #pragma omp for schedule(static)
         for (int bh = 0; bh < B * H; bh++) {
             if (failed) continue;
-            if (dout) attention_backward_head(qkv, dout, lse, dqkv, bh / H, bh % H, T, H, D, scale, &s);
-            else attention_forward_head(qkv, out, lse, bh / H, bh % H, T, H, D, scale, &s);
+            if (dout) attention_backward_head(qkv, bias, dout, lse, dqkv, mine, bh / H, bh % H, T, H, D, scale, &s);
+            else attention_forward_head(qkv, bias, out, lse, bh / H, bh % H, T, H, D, scale, &s);
         }
         scratch_free(&s);
+    }
+    if (partial) {
+        for (size_t c = 0; c < C3; c++) {
+            float acc = 0.f;
+            for (int t = 0; t < nt; t++) acc += partial[t * C3 + c];
+            dbias[c] = acc;
+        }
+        free(partial);
     }
     return failed ? -1 : 0;
 }
@@ -236,24 +259,26 @@ static int cross_entropy(const float *logits, const int64_t *targets, float *gra
 #define PTR(x) ((float *)(uintptr_t)(x))
 
 static PyObject *py_attention_forward(PyObject *self, PyObject *args) {
-    unsigned long long qkv, out, lse;
+    unsigned long long qkv, bias, out, lse;
     int B, T, H, D, rc;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKiiiif", &qkv, &out, &lse, &B, &T, &H, &D, &scale)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKKiiiif", &qkv, &bias, &out, &lse, &B, &T, &H, &D, &scale)) return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = attention(PTR(qkv), NULL, PTR(out), PTR(lse), NULL, B, T, H, D, scale);
+    rc = attention(PTR(qkv), bias ? PTR(bias) : NULL, NULL, PTR(out), PTR(lse), NULL, NULL, B, T, H, D, scale);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
 static PyObject *py_attention_backward(PyObject *self, PyObject *args) {
-    unsigned long long qkv, dout, lse, dqkv;
+    unsigned long long qkv, bias, dout, lse, dqkv, dbias;
     int B, T, H, D, rc;
     float scale;
-    if (!PyArg_ParseTuple(args, "KKKKiiiif", &qkv, &dout, &lse, &dqkv, &B, &T, &H, &D, &scale)) return NULL;
+    if (!PyArg_ParseTuple(args, "KKKKKKiiiif", &qkv, &bias, &dout, &lse, &dqkv, &dbias, &B, &T, &H, &D, &scale))
+        return NULL;
     Py_BEGIN_ALLOW_THREADS
-    rc = attention(PTR(qkv), PTR(dout), NULL, PTR(lse), PTR(dqkv), B, T, H, D, scale);
+    rc = attention(PTR(qkv), bias ? PTR(bias) : NULL, PTR(dout), NULL, PTR(lse), PTR(dqkv), dbias ? PTR(dbias) : NULL,
+                   B, T, H, D, scale);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;

@@ -12,6 +12,8 @@
 #define attention_forward_head SFX(attention_forward_head)
 #define attention_backward_head SFX(attention_backward_head)
 #define transpose_head SFX(transpose_head)
+#define gather_rows SFX(gather_rows)
+#define add_row_bias SFX(add_row_bias)
 #define cross_entropy_rows SFX(cross_entropy_rows)
 #define gelu_parts SFX(gelu_parts)
 #define bias_gelu_rows SFX(bias_gelu_rows)
@@ -198,24 +200,46 @@ static void transpose_head(const float *src, size_t stride, int T, int D, float 
         for (int j = j0; j < T; j++) dst[(size_t)d * Tp + j] = src[(size_t)j * stride + d];
 }
 
+/* dst rows (stride Dp) = (src rows + bias) * mul for a head's T rows of D channels (src row stride `stride`);
+ * bias may be NULL. Gathering into zero-padded scratch keeps every vector load inside the data. */
+static void gather_rows(const float *src, size_t stride, const float *bias, float mul, int T, int D, float *dst,
+                        int Dp) {
+    for (int j = 0; j < T; j++) {
+        const float *row = src + (size_t)j * stride;
+        float *o = dst + (size_t)j * Dp;
+        int d0 = 0;
+        for (; d0 + W <= D; d0 += W) st(o + d0, (ld(row + d0) + (bias ? ld(bias + d0) : bc(0.f))) * mul);
+        for (int d = d0; d < D; d++) o[d] = (row[d] + (bias ? bias[d] : 0.f)) * mul;
+    }
+}
+
+/* kt (D rows, stride Tp) += bias[d] on columns 0..T-1 */
+static void add_row_bias(float *kt, const float *bias, int T, int D, int Tp) {
+    if (!bias) return;
+    for (int d = 0; d < D; d++) {
+        float *row = kt + (size_t)d * Tp;
+        v16 b = bc(bias[d]);
+        int j = 0;
+        for (; j + W <= T; j += W) st(row + j, ld(row + j) + b);
+        for (; j < T; j++) row[j] += bias[d];
+    }
+}
+
 /* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
  * to the diagonal are computed (causal: the rest would be masked anyway). */
-static void attention_forward_head(const float *qkv, float *out, float *lse, int b, int h, int T, int H, int D,
-                                   float scale, Scratch *s) {
+static void attention_forward_head(const float *qkv, const float *bias, float *out, float *lse, int b, int h, int T,
+                                   int H, int D, float scale, Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
-    transpose_head(base + C, C3, T, D, s->kt, Tp);
-    const float *vrows = base + 2 * C; /* V rows in place, or zero-padded copies when D % 16 != 0 */
-    size_t ldv = C3;
-    if (D % W) {
-        for (int j = 0; j < T; j++) memcpy(s->vs + (size_t)j * Dp, vrows + (size_t)j * C3, sizeof(float) * D);
-        vrows = s->vs;
-        ldv = Dp;
-    }
+    const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
+    gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled by 1/sqrt(D) */
+    transpose_head(base + C, C3, T, D, s->kt, Tp);     /* k^T: keys along the lanes */
+    add_row_bias(s->kt, bk, T, D, Tp);
+    gather_rows(base + 2 * C, C3, bv, 1.f, T, D, s->vs, Dp);
     float *pr = s->p; /* R rows of scores, then probabilities (unnormalised) */
     for (int i0 = 0; i0 < T; i0 += R) {
-        const float *q[R]; /* query rows; rows past T repeat the last one (computed, never stored) */
-        for (int r = 0; r < R; r++) q[r] = base + (size_t)(i0 + r < T ? i0 + r : T - 1) * C3;
+        const float *q[R]; /* query rows (rows past T are zero padding: computed, never stored) */
+        for (int r = 0; r < R; r++) q[r] = s->qs + (size_t)(i0 + r) * Dp;
         int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp; /* keys 0..n-1 cover rows i0..i0+R-1 */
         for (int j0 = 0; j0 < n; j0 += W) {                /* scores: Q K^T, one 16-key tile at a time */
             v16 acc[R];
@@ -229,7 +253,6 @@ static void attention_forward_head(const float *qkv, float *out, float *lse, int
             v16 jj = bc((float)j0) + IOTA;
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
-                acc[r] *= scale;
                 if (j0 + W > i0) /* the diagonal tile: key j is visible to query i only when j <= i */
                     acc[r] = sel(jj <= bc((float)(i0 + r)), acc[r], bc(-INFINITY));
                 st(pr + r * Tp + j0, acc[r]);
@@ -260,7 +283,7 @@ static void attention_forward_head(const float *qkv, float *out, float *lse, int
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r] = bc(0.f);
             for (int j = 0; j < jmax; j++) {
-                v16 v = ld(vrows + j * ldv + d0);
+                v16 v = ld(s->vs + j * Dp + d0);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) acc[r] += bc(pr[r * Tp + j]) * v;
             }
@@ -277,39 +300,32 @@ static void attention_forward_head(const float *qkv, float *out, float *lse, int
 
 /* One (batch, head) pair, backward: recompute P from lse, then
  *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q. */
-static void attention_backward_head(const float *qkv, const float *dout, const float *lse, float *dqkv, int b,
-                                    int h, int T, int H, int D, float scale, Scratch *s) {
+static void attention_backward_head(const float *qkv, const float *bias, const float *dout, const float *lse,
+                                    float *dqkv, float *dbias, int b, int h, int T, int H, int D, float scale,
+                                    Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
-    const float *dbase = dout + (size_t)b * T * C + (size_t)h * D;
+    const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
+    gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled */
+    gather_rows(base + C, C3, bk, 1.f, T, D, s->ks, Dp);
     transpose_head(base + C, C3, T, D, s->kt, Tp);
+    add_row_bias(s->kt, bk, T, D, Tp);
     transpose_head(base + 2 * C, C3, T, D, s->vt, Tp);
-    const float *ktp = s->kt, *vtp = s->vt, *qs = base, *ks = base + C, *dys = dbase;
+    add_row_bias(s->vt, bv, T, D, Tp);
+    gather_rows(dout + (size_t)b * T * C + (size_t)h * D, C, NULL, 1.f, T, D, s->dys, Dp);
+    const float *ktp = s->kt, *vtp = s->vt, *ks = s->ks;
     const int ldt = Tp;
-    size_t ldq = C3, ldy = C;
-    if (D % W) { /* rows padded to whole vectors */
-        for (int j = 0; j < T; j++) {
-            memcpy(s->qs + (size_t)j * Dp, base + (size_t)j * C3, sizeof(float) * D);
-            memcpy(s->ks + (size_t)j * Dp, base + (size_t)j * C3 + C, sizeof(float) * D);
-            memcpy(s->dys + (size_t)j * Dp, dbase + (size_t)j * C, sizeof(float) * D);
-        }
-        qs = s->qs;
-        ks = s->ks;
-        dys = s->dys;
-        ldq = ldy = Dp;
-    }
-    const size_t ldk = (D % W) ? (size_t)Dp : (size_t)C3;
+    const size_t ldk = Dp;
     memset(s->dk, 0, sizeof(float) * Tp * Dp);
     memset(s->dv, 0, sizeof(float) * Tp * Dp);
     float *p = s->p, *ds = s->ds;
     for (int i0 = 0; i0 < T; i0 += R) {
         const float *q[R], *dy[R];
         float L[R];
-        for (int r = 0; r < R; r++) {
-            int i = i0 + r < T ? i0 + r : T - 1; /* padded rows: P = 0 through L = +inf */
-            q[r] = qs + (size_t)i * ldq;
-            dy[r] = dys + (size_t)i * ldy;
-            L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i] : INFINITY;
+        for (int r = 0; r < R; r++) { /* padded rows (zeros in scratch) get P = 0 through L = +inf */
+            q[r] = s->qs + (size_t)(i0 + r) * Dp;
+            dy[r] = s->dys + (size_t)(i0 + r) * Dp;
+            L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i0 + r] : INFINITY;
         }
         int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp;
         v16 dot[R]; /* rowsum(P * dP) = dY_i . Y_i */
@@ -330,7 +346,7 @@ static void attention_backward_head(const float *qkv, const float *dout, const f
             v16 jj = bc((float)j0) + IOTA;
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
-                v16 pv = vexp(as[r] * scale - L[r]);
+                v16 pv = vexp(as[r] - L[r]); /* q is pre-scaled */
                 if (j0 + W > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
                 st(p + r * Tp + j0, pv);
                 st(ds + r * Tp + j0, ap[r]);
@@ -382,24 +398,43 @@ static void attention_backward_head(const float *qkv, const float *dout, const f
                 st(s->dv + j * Dp + d0, dv);
             }
             int width = D - d0 < W ? D - d0 : W;
+            v16 dqsum = bc(0.f);
             for (int r = 0; r < R && i0 + r < T; r++) {
                 float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + d0;
                 v16 g = dq[r] * scale;
+                dqsum += g;
                 if (width == W) st(o, g);
                 else { float t[W]; st(t, g); memcpy(o, t, sizeof(float) * width); }
             }
+            if (dbias) { /* padded lanes of dq are 0: k padding is zero */
+                float t[W];
+                st(t, dqsum);
+                for (int l = 0; l < width; l++) dbias[h * D + d0 + l] += t[l];
+            }
         }
     }
-    for (int j = 0; j < T; j++) { /* dK (times scale: q was not pre-scaled) and dV into the packed layout */
-        float *o = dqkv + ((size_t)b * T + j) * C3 + C + (size_t)h * D;
-        for (int d0 = 0; d0 < D; d0 += W) {
-            v16 dk = ld(s->dk + j * Dp + d0) * scale, dv = ld(s->dv + j * Dp + d0);
-            int width = D - d0 < W ? D - d0 : W;
+    for (int d0 = 0; d0 < D; d0 += W) { /* dK and dV into the packed layout; their column sums are d(bias) */
+        int width = D - d0 < W ? D - d0 : W;
+        v16 ksum = bc(0.f), vsum = bc(0.f);
+        for (int j = 0; j < T; j++) {
+            float *o = dqkv + ((size_t)b * T + j) * C3 + C + (size_t)h * D;
+            v16 dk = ld(s->dk + j * Dp + d0), dv = ld(s->dv + j * Dp + d0);
+            ksum += dk;
+            vsum += dv;
             if (width == W) { st(o + d0, dk); st(o + C + d0, dv); }
             else {
                 float t[W];
                 st(t, dk); memcpy(o + d0, t, sizeof(float) * width);
                 st(t, dv); memcpy(o + C + d0, t, sizeof(float) * width);
+            }
+        }
+        if (dbias) {
+            float tk[W], tv[W];
+            st(tk, ksum);
+            st(tv, vsum);
+            for (int l = 0; l < width; l++) {
+                dbias[C + h * D + d0 + l] += tk[l];
+                dbias[2 * C + h * D + d0 + l] += tv[l];
             }
         }
     }
@@ -464,3 +499,5 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
 #undef bias_gelu_rows
 #undef bias_gelu_backward_rows
 #undef cross_entropy_rows
+#undef gather_rows
+#undef add_row_bias

@@ -47,12 +47,15 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, channels (n_embd)
-        qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
-        if (
-            self.kind == "sdpa" and self.cpu_kernels and kv_cache is None and attn_mask is None
-            and not self.record_attention and kernels.applies(qkv)
-        ):
-            return self.proj(kernels.causal_attention(qkv, self.n_head))  # the same math as below, in C
+        fused = self.kind == "sdpa" and self.cpu_kernels and kv_cache is None and attn_mask is None
+        if fused and not self.record_attention and kernels.applies(x):
+            qkv = F.linear(x, self.qkv.weight)  # (B, T, 3 * n_embd), bias not yet added
+            if kernels.applies(qkv):  # float32 (under bf16 autocast it is not: PyTorch's path below)
+                # the same math as below, in C; the kernel adds the qkv bias as it reads q, k and v
+                return self.proj(kernels.causal_attention(qkv, self.n_head, self.qkv.bias))
+            qkv = qkv + self.qkv.bias if self.qkv.bias is not None else qkv
+        else:
+            qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
         q, k, v = qkv.split(C, dim=2)  # each (B, T, n_embd)
         # (B, T, n_embd) -> (B, T, n_head, head_size) -> (B, n_head, T, head_size): heads become a batch dim
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)

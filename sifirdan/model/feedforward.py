@@ -26,10 +26,12 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc = self.fc
-        if self.cpu_kernels and fc.bias is not None and kernels.applies(x, fc.weight):
-            # the same GELU(x W_1 + b_1), with b_1 added inside the C GELU kernel: PyTorch's addmm would first
-            # write the bias into the whole 4x-wide activation, and its gradient would need a pass of its own
-            hidden = kernels.bias_gelu(F.linear(x, fc.weight), fc.bias)
+        if self.cpu_kernels and fc.bias is not None and kernels.applies(x):
+            h = F.linear(x, fc.weight)  # bias not yet added
+            # float32 (under bf16 autocast it is not): GELU(h + b_1) in C, which adds b_1 inside its pass:
+            # PyTorch's addmm would first write the bias into the whole 4x-wide activation, and its gradient
+            # would need a pass of its own
+            hidden = kernels.bias_gelu(h, fc.bias) if kernels.applies(h) else self.gelu(h + fc.bias)
         else:
             hidden = self.gelu(fc(x))
         return self.dropout(self.proj(hidden))  # (B, T, n_embd) -> (B, T, n_embd)

@@ -42,40 +42,62 @@ def applies(*tensors: torch.Tensor) -> bool:
     return available() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
+def _check(name: str, *tensors: torch.Tensor | None) -> None:
+    """The C code reads raw float32 memory: refuse anything else rather than read past a buffer."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise TypeError(f"sifirdan kernel {name}: needs float32 CPU tensors, got {t.dtype} on {t.device}")
+
+
 class CausalAttention(torch.autograd.Function):
-    """Causal multi-head attention on packed qkv; backward recomputes the probabilities from the saved
-    log-sum-exp of each query's scores (O(T) memory, like FlashAttention)."""
+    """Causal multi-head attention on packed qkv (plus the qkv projection's bias, added as the kernel reads
+    q, k and v); backward recomputes the probabilities from the saved log-sum-exp of each query's scores
+    (O(T) memory, like FlashAttention) and sums the bias gradient as it writes d(qkv)."""
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    def forward(ctx, qkv: torch.Tensor, bias: torch.Tensor | None, n_head: int) -> torch.Tensor:
+        _check("causal_attention", qkv, bias)
         qkv = qkv.contiguous()
+        bias = bias.contiguous() if bias is not None else None
         B, T, C3 = qkv.shape
+        if C3 % (3 * n_head) or (bias is not None and bias.shape != (C3,)):
+            raise ValueError(f"causal_attention: qkv {tuple(qkv.shape)} / bias do not fit {n_head} heads")
         C = C3 // 3
         D = C // n_head
         out = qkv.new_empty(B, T, C)
         lse = qkv.new_empty(B, n_head, T)
-        _kernels.attention_forward(qkv.data_ptr(), out.data_ptr(), lse.data_ptr(), B, T, n_head, D, 1.0 / math.sqrt(D))
-        ctx.save_for_backward(qkv, lse)
+        _kernels.attention_forward(
+            qkv.data_ptr(), _ptr(bias), out.data_ptr(), lse.data_ptr(), B, T, n_head, D, 1.0 / math.sqrt(D)
+        )
+        ctx.save_for_backward(qkv, bias, lse)
         ctx.n_head = n_head
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dout: torch.Tensor):
-        qkv, lse = ctx.saved_tensors
+        qkv, bias, lse = ctx.saved_tensors
+        _check("causal_attention backward", dout)
         dout = dout.contiguous()
         B, T, C3 = qkv.shape
         D = C3 // 3 // ctx.n_head
         dqkv = torch.empty_like(qkv)
+        dbias = torch.empty_like(bias) if bias is not None and ctx.needs_input_grad[1] else None
         _kernels.attention_backward(
-            qkv.data_ptr(), dout.data_ptr(), lse.data_ptr(), dqkv.data_ptr(), B, T, ctx.n_head, D, 1.0 / math.sqrt(D)
+            qkv.data_ptr(), _ptr(bias), dout.data_ptr(), lse.data_ptr(), dqkv.data_ptr(), _ptr(dbias),
+            B, T, ctx.n_head, D, 1.0 / math.sqrt(D),
         )
-        return dqkv, None
+        return dqkv, dbias, None
 
 
-def causal_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
-    """(B, T, 3*n_embd) packed q|k|v -> (B, T, n_embd) causal attention output, heads concatenated."""
-    return CausalAttention.apply(qkv, n_head)
+def _ptr(t: torch.Tensor | None) -> int:
+    return t.data_ptr() if t is not None else 0
+
+
+def causal_attention(qkv: torch.Tensor, n_head: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, 3*n_embd) packed q|k|v (+ bias (3*n_embd,), if given) -> (B, T, n_embd) causal attention output,
+    heads concatenated."""
+    return CausalAttention.apply(qkv, bias, n_head)
 
 
 class BiasGELU(torch.autograd.Function):
@@ -84,9 +106,12 @@ class BiasGELU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        _check("bias_gelu", h, bias)
         h = h.contiguous()
         bias = bias.contiguous()
         N = h.shape[-1]
+        if bias.shape != (N,):
+            raise ValueError(f"bias_gelu: bias {tuple(bias.shape)} does not match the last dimension {N}")
         out = torch.empty_like(h)
         _kernels.bias_gelu_forward(h.data_ptr(), bias.data_ptr(), out.data_ptr(), h.numel() // N, N)
         ctx.save_for_backward(h, bias)
@@ -96,6 +121,7 @@ class BiasGELU(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         h, bias = ctx.saved_tensors
+        _check("bias_gelu backward", g)
         g = g.contiguous()
         N = h.shape[-1]
         dh = torch.empty_like(h)
@@ -115,9 +141,12 @@ class CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        _check("cross_entropy", logits)
         logits = logits.contiguous()
         targets = targets.contiguous().long()
         N, V = logits.shape
+        if targets.shape != (N,):
+            raise ValueError(f"cross_entropy: targets {tuple(targets.shape)} do not match logits {tuple(logits.shape)}")
         n_valid = int((targets != ignore_index).sum())
         grad = torch.empty_like(logits) if logits.requires_grad else None
         loss = _kernels.cross_entropy(
@@ -132,6 +161,7 @@ class CrossEntropy(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor):
         (grad,) = ctx.saved_tensors
+        _check("cross_entropy backward", g)
         if not (g.numel() == 1 and float(g) == 1.0):  # usual case: loss.backward() straight on the mean
             grad = grad * g
         return grad, None, None
