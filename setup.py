@@ -41,7 +41,7 @@ setup(
             "sifirdan.model._kernels",
             sources=["sifirdan/model/_kernels.c"],
             # no -ffast-math: the kernels keep IEEE semantics (inf masks, NaN propagation)
-            extra_compile_args=["-O3", "-fno-math-errno", "-fno-trapping-math", *OPENMP],
+            extra_compile_args=["-O3", "-funroll-loops", "-fno-math-errno", "-fno-trapping-math", *OPENMP],
             extra_link_args=[*OPENMP],
             optional=True,
         ),
