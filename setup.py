@@ -40,6 +40,7 @@ setup(
         Extension(
             "sifirdan.model._kernels",
             sources=["sifirdan/model/_kernels.c"],
+            depends=["sifirdan/model/_kernels_impl.h"],  # included once per instruction set
             # no -ffast-math: the kernels keep IEEE semantics (inf masks, NaN propagation)
             extra_compile_args=["-O3", "-funroll-loops", "-fno-math-errno", "-fno-trapping-math", *OPENMP],
             extra_link_args=[*OPENMP],
