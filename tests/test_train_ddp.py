@@ -1,4 +1,5 @@
-"""DDP: 2 CPU processes x batch B == 1 process x batch B x grad_accum 2 (same data streams, same loss curve)."""
+"""DDP: 2 CPU processes x batch B == 1 process x batch B x grad_accum 2 (same data streams, same loss curve),
+and a DDP run stopped and resumed == the same DDP run straight through."""
 
 import json
 import os
@@ -21,6 +22,8 @@ from sifirdan.train.distributed import env_dist_info, shutdown_distributed
 from sifirdan.train.pretrain import pretrain_data
 
 data_dir, out, accum = sys.argv[1], sys.argv[2], int(sys.argv[3])
+stop_at = (int(sys.argv[4]) or None) if len(sys.argv) > 4 else None  # stop (with a checkpoint) after this many steps
+resume = len(sys.argv) > 5 and sys.argv[5] == "resume"
 tok = BPETokenizer.load(data_dir + "/tok.json")
 bins = prepare_bins(data_dir + "/tiny.txt", tok, DataConfig(), cache_dir=data_dir + "/cache", progress=False)
 dist = env_dist_info()
@@ -28,7 +31,9 @@ torch.manual_seed(0)
 model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=32, n_head=2, n_layer=2, dropout=0.0))
 cfg = TrainConfig(batch_size=4, grad_accum=accum, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1,
                   sample_interval=0, checkpoint_interval=4, threads=1, final_eval=False, learning_rate=3e-3)
-Trainer(model, cfg, pretrain_data(bins, cfg, 16, dist), tokenizer=tok, out_dir=out, dist_info=dist, verbose=False).fit()
+trainer = Trainer(model, cfg, pretrain_data(bins, cfg, 16, dist), tokenizer=tok, out_dir=out, dist_info=dist,
+                  resume=resume, verbose=False)
+trainer.fit(stop_at=stop_at)
 shutdown_distributed()
 """
 
@@ -74,3 +79,19 @@ def test_two_processes_match_grad_accumulation(tmp_path):
     # rank 0 saved a checkpoint holding both ranks' sampler/RNG states
     state = json.loads((tmp_path / "ddp" / "last" / "trainer_state.json").read_text())
     assert len(state["ranks"]) == 2
+
+    # stop the same DDP run after 4 steps, resume it in fresh processes: the same losses as straight through
+    def ddp_run(*extra):
+        run = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+             str(tmp_path), str(tmp_path / "ddp_resumed"), "1", *extra],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    ddp_run("4")
+    ddp_run("0", "resume")
+    c = _losses(tmp_path / "ddp_resumed")
+    assert sorted(c) == sorted(b)
+    for key in b:
+        assert c[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), key
