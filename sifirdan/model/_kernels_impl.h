@@ -230,6 +230,7 @@ static void add_row_bias(float *kt, const float *bias, int T, int D, int Tp) {
 static void attention_forward_head(const float *qkv, const float *bias, float *out, float *lse, int b, int h, int T,
                                    int H, int D, float scale, Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    const ptrdiff_t TpZ = Tp; /* row stride of the score tiles, pointer-sized: no index arithmetic per FMA */
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled by 1/sqrt(D) */
@@ -284,8 +285,9 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
             for (int r = 0; r < R; r++) acc[r] = bc(0.f);
             for (int j = 0; j < jmax; j++) {
                 v16 v = ld(s->vs + j * Dp + d0);
+                const float *pj = pr + j; /* row r's probability of key j is pj[r * Tp] */
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) acc[r] += bc(pr[r * Tp + j]) * v;
+                for (int r = 0; r < R; r++) acc[r] += bc(pj[r * TpZ]) * v;
             }
             int width = D - d0 < W ? D - d0 : W;
             for (int r = 0; r < R && i0 + r < T; r++) {
@@ -304,6 +306,7 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
                                     float *dqkv, float *dbias, int b, int h, int T, int H, int D, float scale,
                                     Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    const ptrdiff_t TpZ = Tp;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled */
@@ -368,8 +371,9 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
             }
             for (int j = 0; j < jmax; j++) { /* dQ rows: R independent accumulators */
                 v16 k = ld(ks + j * ldk + d0);
+                const float *dsj = ds + j;
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) dq[r] += bc(ds[r * Tp + j]) * k;
+                for (int r = 0; r < R; r++) dq[r] += bc(dsj[r * TpZ]) * k;
             }
             /* dK and dV rows sum over the R query rows: a chain of R dependent adds per key, so take
              * keys 2 at a time -- 4 chains in flight hide the FMA latency */
@@ -377,9 +381,10 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
             for (; j + 2 <= jmax; j += 2) {
                 float *k0 = s->dk + j * Dp + d0, *k1 = k0 + Dp, *v0 = s->dv + j * Dp + d0, *v1 = v0 + Dp;
                 v16 dk0 = ld(k0), dk1 = ld(k1), dv0 = ld(v0), dv1 = ld(v1);
+                const float *dsj = ds + j, *pj = p + j;
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
-                    const float *dsr = ds + r * Tp + j, *pr = p + r * Tp + j;
+                    const float *dsr = dsj + r * TpZ, *pr = pj + r * TpZ;
                     dk0 += bc(dsr[0]) * qv[r];
                     dk1 += bc(dsr[1]) * qv[r];
                     dv0 += bc(pr[0]) * gv[r];
@@ -391,8 +396,8 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
                 v16 dk = ld(s->dk + j * Dp + d0), dv = ld(s->dv + j * Dp + d0);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
-                    dk += bc(ds[r * Tp + j]) * qv[r];
-                    dv += bc(p[r * Tp + j]) * gv[r];
+                    dk += bc(ds[r * TpZ + j]) * qv[r];
+                    dv += bc(p[r * TpZ + j]) * gv[r];
                 }
                 st(s->dk + j * Dp + d0, dk);
                 st(s->dv + j * Dp + d0, dv);
