@@ -42,7 +42,7 @@ setup(
             sources=["sifirdan/model/_kernels.c"],
             depends=["sifirdan/model/_kernels_impl.h"],  # included once per instruction set
             # no -ffast-math: the kernels keep IEEE semantics (inf masks, NaN propagation)
-            extra_compile_args=["-O3", "-funroll-loops", "-fno-math-errno", "-fno-trapping-math", *OPENMP],
+            extra_compile_args=["-O3", "-funroll-loops", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi", *OPENMP],
             extra_link_args=[*OPENMP],
             optional=True,
         ),

@@ -203,6 +203,10 @@ RECIPES = {
     "d-t64-b32": dict(preset=None, vocab=None, model={"block_size": 64}, train={"batch_size": 32}),
     "d-wd0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.0}),
     "v2048-b64": dict(preset="guide", vocab=2048, model={"dropout": 0.0, "block_size": 64}, train={**_T, "batch_size": 64}),
+    # with the C kernels the default recipe runs ~11 epochs of Nutuk in the guide's wall time: regularise?
+    "d-drop0.1": dict(preset=None, vocab=None, model={"dropout": 0.1}, train={}),
+    "d-wd0.3": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.3}),
+    "d-192-drop0.1": dict(preset=None, vocab=None, model={"n_embd": 192, "n_head": 6, "dropout": 0.1}, train={}),
 }
 
 

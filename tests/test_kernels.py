@@ -173,3 +173,34 @@ def test_kernels_refuse_tensors_they_cannot_read():
         kernels.cross_entropy(torch.zeros(3, 8, dtype=torch.float16), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="bias"):
         kernels.bias_gelu(torch.zeros(3, 8), torch.zeros(7))
+
+
+def test_dropout_kernel_is_inverted_dropout_with_a_reproducible_mask():
+    x = torch.randn(64, 1000) + 3.0  # no exact zeros in x: a zero in the output means "dropped"
+    x.requires_grad_()
+    torch.manual_seed(7)
+    y = kernels.dropout(x, 0.1)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.01  # 64,000 draws: ~0.0012 standard deviation
+    torch.testing.assert_close(y[kept], x.detach()[kept] / 0.9)
+    g = torch.randn_like(y)
+    y.backward(g)
+    # backward regenerates the same mask from the seed
+    torch.testing.assert_close(x.grad, torch.where(kept, g / 0.9, torch.zeros_like(g)))
+    torch.manual_seed(7)
+    assert torch.equal(kernels.dropout(x.detach(), 0.1), y.detach())  # the seed comes from torch's RNG
+    assert not torch.equal(kernels.dropout(x.detach(), 0.1), y.detach())  # ... which moved on
+    # rows of the mask are not copies of each other (the hash mixes the whole index)
+    assert not torch.equal(kept[0], kept[1])
+    assert torch.equal(kernels.dropout(x.detach(), 0.0), x.detach())
+
+
+def test_model_dropout_uses_the_kernel_in_training_only():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_embd=32, n_head=2, n_layer=1, dropout=0.5))
+    idx = torch.randint(0, 50, (2, 16))
+    model.eval()
+    a, b = model(idx)[0], model(idx)[0]
+    assert torch.equal(a, b)  # no dropout in eval mode
+    model.train()
+    assert not torch.equal(model(idx)[0], model(idx)[0])  # dropout in training

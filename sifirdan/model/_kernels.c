@@ -35,6 +35,7 @@ typedef int32_t i16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
+typedef uint32_t u16v __attribute__((vector_size(64)));
 #define IOTA ((v16){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
 
 static inline int rup(int x, int m) { return (x + m - 1) / m * m; }
@@ -82,6 +83,7 @@ typedef void (*attn_bwd_fn)(const float *, const float *, const float *, const f
                             int, int, float, Scratch *);
 typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_t, int, int64_t, float, int64_t *,
                        int64_t *);
+typedef void (*dropout_fn)(const float *, float *, int64_t, int64_t, uint32_t, float, uint32_t, uint32_t);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
 
@@ -108,6 +110,7 @@ typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *
 static attn_fwd_fn attention_forward_head = attention_forward_head_generic;
 static attn_bwd_fn attention_backward_head = attention_backward_head_generic;
 static ce_fn cross_entropy_rows = cross_entropy_rows_generic;
+static dropout_fn dropout_range = dropout_range_generic;
 static gelu_fwd_fn bias_gelu_rows = bias_gelu_rows_generic;
 static gelu_bwd_fn bias_gelu_backward_rows = bias_gelu_backward_rows_generic;
 static const char *isa = "generic";
@@ -121,6 +124,7 @@ static void pick_isa(void) {
         attention_backward_head = attention_backward_head_avx512;
         bias_gelu_rows = bias_gelu_rows_avx512;
         cross_entropy_rows = cross_entropy_rows_avx512;
+        dropout_range = dropout_range_avx512;
         bias_gelu_backward_rows = bias_gelu_backward_rows_avx512;
         isa = "avx512";
     } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
@@ -128,6 +132,7 @@ static void pick_isa(void) {
         attention_backward_head = attention_backward_head_avx2;
         bias_gelu_rows = bias_gelu_rows_avx2;
         cross_entropy_rows = cross_entropy_rows_avx2;
+        dropout_range = dropout_range_avx2;
         bias_gelu_backward_rows = bias_gelu_backward_rows_avx2;
         isa = "avx2";
     }
@@ -254,6 +259,26 @@ static int cross_entropy(const float *logits, const int64_t *targets, float *gra
     return rc;
 }
 
+/* ------------------------------------------------------------------------------------------------ dropout
+ * out = x * keep / (1 - p) with keep drawn per element from (seed, element index): see dropout_range.
+ * Threads take contiguous ranges; the mask does not depend on how the range is split. */
+static void dropout(const float *x, float *out, int64_t n, double p, uint64_t seed) {
+    uint32_t threshold = p >= 1.0 ? UINT32_MAX : (uint32_t)(p * 4294967296.0);
+    float scale = p >= 1.0 ? 0.f : (float)(1.0 / (1.0 - p));
+#pragma omp parallel
+    {
+        int t = 0, used = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        used = omp_get_num_threads();
+#endif
+        int64_t chunk = (n + used - 1) / used;
+        chunk = (chunk + W - 1) / W * W; /* whole vectors per thread */
+        int64_t i0 = t * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        if (i0 < i1) dropout_range(x, out, i0, i1, threshold, scale, (uint32_t)seed, (uint32_t)(seed >> 32));
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ Python glue
  * The functions take raw data pointers (tensor.data_ptr()) and sizes: kernels.py is the only caller and
  * checks dtype, device, shape and contiguity before it calls. The GIL is released while they run. */
@@ -324,9 +349,21 @@ static PyObject *py_cross_entropy(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(loss);
 }
 
+static PyObject *py_dropout(PyObject *self, PyObject *args) {
+    unsigned long long x, out, seed;
+    long long n;
+    double p;
+    if (!PyArg_ParseTuple(args, "KKLdK", &x, &out, &n, &p, &seed)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    dropout(PTR(x), PTR(out), n, p, seed);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see kernels.py)"},
     {"attention_backward", py_attention_backward, METH_VARARGS, "its gradient with respect to qkv"},
+    {"dropout", py_dropout, METH_VARARGS, "dropout with a mask regenerated from a seed (see kernels.py)"},
     {"cross_entropy", py_cross_entropy, METH_VARARGS, "mean cross-entropy and its gradient (see kernels.py)"},
     {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see kernels.py)"},
     {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},

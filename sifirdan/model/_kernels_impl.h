@@ -15,6 +15,8 @@
 #define gather_rows SFX(gather_rows)
 #define add_row_bias SFX(add_row_bias)
 #define cross_entropy_rows SFX(cross_entropy_rows)
+#define mix32 SFX(mix32)
+#define dropout_range SFX(dropout_range)
 #define gelu_parts SFX(gelu_parts)
 #define bias_gelu_rows SFX(bias_gelu_rows)
 #define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
@@ -490,6 +492,39 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
     return total;
 }
 
+/* Dropout without a stored mask: element i is kept when hash(seed, i) >= p * 2^32, so backward regenerates
+ * the same mask from the seed. The hash is two rounds of MurmurHash3's 32-bit finaliser (each output bit
+ * depends on every input bit) over the element index mixed with the two halves of a 64-bit seed.
+ * out[i] = keep ? x[i] * scale : 0, for i in [i0, i1). */
+static inline u16v mix32(u16v h) {
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, uint32_t threshold, float scale,
+                          uint32_t seed_lo, uint32_t seed_hi) {
+    int64_t i = i0;
+    const u16v lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    for (; i + W <= i1; i += W) {
+        u16v idx = (u16v){0} + (uint32_t)i + lane;
+        u16v h = mix32(mix32(idx ^ seed_lo) ^ seed_hi);
+        i16 keep = (i16)(h >= threshold);
+        v16 y = ld(x + i) * scale;
+        st(out + i, sel(keep, y, bc(0.f)));
+    }
+    for (; i < i1; i++) { /* the same hash, one element at a time */
+        uint32_t h = (uint32_t)i ^ seed_lo;
+        h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+        h ^= seed_hi;
+        h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+        out[i] = h >= threshold ? x[i] * scale : 0.f;
+    }
+}
+
 #undef ld
 #undef st
 #undef bc
@@ -506,3 +541,5 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
 #undef cross_entropy_rows
 #undef gather_rows
 #undef add_row_bias
+#undef mix32
+#undef dropout_range

@@ -170,3 +170,36 @@ class CrossEntropy(torch.autograd.Function):
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """F.cross_entropy(logits (N, V), targets (N), ignore_index=...) with the default mean reduction."""
     return CrossEntropy.apply(logits, targets, ignore_index)
+
+
+class Dropout(torch.autograd.Function):
+    """Inverted dropout (keep with probability 1 - p, scale by 1 / (1 - p)) whose mask is a hash of a seed and
+    the element index: backward regenerates it, so no mask is stored. The seed comes from PyTorch's default
+    generator, so runs are reproducible and resume bit-exactly like PyTorch's own dropout (the random stream
+    differs from PyTorch's; the distribution is the same)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        _check("dropout", x)
+        x = x.contiguous()
+        seed = int(torch.randint(0, 2**63 - 1, (), dtype=torch.int64))
+        out = torch.empty_like(x)
+        _kernels.dropout(x.data_ptr(), out.data_ptr(), x.numel(), p, seed)
+        ctx.p, ctx.seed = p, seed
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):
+        _check("dropout backward", g)
+        g = g.contiguous()
+        dx = torch.empty_like(g)
+        _kernels.dropout(g.data_ptr(), dx.data_ptr(), g.numel(), ctx.p, ctx.seed)
+        return dx, None
+
+
+def dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """F.dropout(x, p, training=True) in distribution; see Dropout."""
+    if x.numel() >= 2**32:  # the hash indexes elements with 32 bits
+        return torch.nn.functional.dropout(x, p, True)
+    return Dropout.apply(x, p)
