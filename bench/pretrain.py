@@ -206,6 +206,8 @@ RECIPES = {
     # with the C kernels the default recipe runs ~11 epochs of Nutuk in the guide's wall time: regularise?
     "d-drop0.1": dict(preset=None, vocab=None, model={"dropout": 0.1}, train={}),
     "d-wd0.3": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.3}),
+    "d-wd0.6": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.6}),
+    "d-wd1.0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.0}),
     "d-192-drop0.1": dict(preset=None, vocab=None, model={"n_embd": 192, "n_head": 6, "dropout": 0.1}, train={}),
 }
 
