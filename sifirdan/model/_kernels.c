@@ -107,46 +107,67 @@ typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *
 #pragma GCC pop_options
 #endif
 
-static attn_fwd_fn attention_forward_head = attention_forward_head_generic;
-static attn_bwd_fn attention_backward_head = attention_backward_head_generic;
-static ce_fn cross_entropy_rows = cross_entropy_rows_generic;
-static dropout_fn dropout_range = dropout_range_generic;
-static gelu_fwd_fn bias_gelu_rows = bias_gelu_rows_generic;
-static gelu_bwd_fn bias_gelu_backward_rows = bias_gelu_backward_rows_generic;
-static const char *isa = "generic";
+static attn_fwd_fn attention_forward_head;
+static attn_bwd_fn attention_backward_head;
+static ce_fn cross_entropy_rows;
+static dropout_fn dropout_range;
+static gelu_fwd_fn bias_gelu_rows;
+static gelu_bwd_fn bias_gelu_backward_rows;
+static const char *isa;
+
+#define USE_ISA(sfx)                                              \
+    do {                                                          \
+        attention_forward_head = attention_forward_head_##sfx;    \
+        attention_backward_head = attention_backward_head_##sfx;  \
+        cross_entropy_rows = cross_entropy_rows_##sfx;            \
+        dropout_range = dropout_range_##sfx;                      \
+        bias_gelu_rows = bias_gelu_rows_##sfx;                    \
+        bias_gelu_backward_rows = bias_gelu_backward_rows_##sfx;  \
+        isa = #sfx;                                               \
+    } while (0)
 
 static void pick_isa(void) {
+    USE_ISA(generic);
 #ifdef SIFIRDAN_X86_CLONES
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-        attention_forward_head = attention_forward_head_avx512;
-        attention_backward_head = attention_backward_head_avx512;
-        bias_gelu_rows = bias_gelu_rows_avx512;
-        cross_entropy_rows = cross_entropy_rows_avx512;
-        dropout_range = dropout_range_avx512;
-        bias_gelu_backward_rows = bias_gelu_backward_rows_avx512;
-        isa = "avx512";
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        attention_forward_head = attention_forward_head_avx2;
-        attention_backward_head = attention_backward_head_avx2;
-        bias_gelu_rows = bias_gelu_rows_avx2;
-        cross_entropy_rows = cross_entropy_rows_avx2;
-        dropout_range = dropout_range_avx2;
-        bias_gelu_backward_rows = bias_gelu_backward_rows_avx2;
-        isa = "avx2";
-    }
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+        USE_ISA(avx512);
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        USE_ISA(avx2);
 #endif
+}
+
+/* ------------------------------------------------------------------------------------- thread helpers
+ * Row-wise kernels give each OpenMP thread one contiguous range (a multiple of `align` long): partial
+ * results then belong to a thread number, and are combined in thread order -- deterministic. */
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* Inside a parallel region: this thread's number and its range [*r0, *r1) of n items. */
+static int thread_range(int64_t n, int64_t align, int64_t *r0, int64_t *r1) {
+    int t = 0, used = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    used = omp_get_num_threads();
+#endif
+    int64_t chunk = (n + used - 1) / used;
+    chunk = (chunk + align - 1) / align * align;
+    *r0 = t * chunk;
+    *r1 = *r0 + chunk < n ? *r0 + chunk : n;
+    return t;
 }
 
 /* Forward when dout is NULL, else backward. bias (3C) may be NULL; in backward dbias (3C) gets its gradient
  * (per-thread partial sums added in thread order). Returns 0, or -1 when scratch memory could not be had. */
 static int attention(const float *qkv, const float *bias, const float *dout, float *out, float *lse, float *dqkv,
                      float *dbias, int B, int T, int H, int D, float scale) {
-    int nt = 1, failed = 0;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
+    int nt = max_threads(), failed = 0;
     const size_t C3 = 3 * (size_t)H * D;
     float *partial = NULL;
     if (dout && bias && dbias) {
@@ -186,10 +207,7 @@ static int attention(const float *qkv, const float *bias, const float *dout, flo
  * into one contiguous range per thread; each thread sums its own db, and the partial sums are added in
  * thread order, so db is the same on every run with the same thread count (like PyTorch's reductions). */
 static int bias_gelu(const float *g, const float *h, const float *b, float *out, float *db, int64_t M, int N) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
+    int nt = max_threads();
     size_t Np = rup(N, W);
     float *partial = NULL;
     if (g) {
@@ -198,12 +216,8 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
     }
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, used = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        used = omp_get_num_threads();
-#endif
-        int64_t chunk = (M + used - 1) / used, r0 = t * chunk, r1 = r0 + chunk < M ? r0 + chunk : M;
+        int64_t r0, r1;
+        int t = thread_range(M, 1, &r0, &r1);
         if (r0 < r1) {
             if (g) bias_gelu_backward_rows(g, h, b, out, partial + (size_t)t * Np, r0, r1, N);
             else bias_gelu_rows(h, b, out, r0, r1, N);
@@ -228,10 +242,7 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
  * thread order (deterministic for a thread count). Returns 0, -1 (no memory) or -2 (bad target in *bad). */
 static int cross_entropy(const float *logits, const int64_t *targets, float *grad, int64_t N, int V,
                          int64_t ignore_index, int64_t n_valid, double *loss, int64_t *bad) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
+    int nt = max_threads();
     double *sums = calloc(nt, sizeof(double));
     int64_t *bads = malloc(nt * sizeof(int64_t));
     if (!sums || !bads) { free(sums); free(bads); return -1; }
@@ -239,12 +250,8 @@ static int cross_entropy(const float *logits, const int64_t *targets, float *gra
     float inv_n = n_valid > 0 ? 1.f / (float)n_valid : 0.f;
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, used = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        used = omp_get_num_threads();
-#endif
-        int64_t chunk = (N + used - 1) / used, r0 = t * chunk, r1 = r0 + chunk < N ? r0 + chunk : N, count = 0;
+        int64_t r0, r1, count = 0;
+        int t = thread_range(N, 1, &r0, &r1);
         if (r0 < r1) sums[t] = cross_entropy_rows(logits, targets, grad, r0, r1, V, ignore_index, inv_n, &count, &bads[t]);
     }
     int rc = 0;
@@ -267,14 +274,8 @@ static void dropout(const float *x, float *out, int64_t n, double p, uint64_t se
     float scale = p >= 1.0 ? 0.f : (float)(1.0 / (1.0 - p));
 #pragma omp parallel
     {
-        int t = 0, used = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        used = omp_get_num_threads();
-#endif
-        int64_t chunk = (n + used - 1) / used;
-        chunk = (chunk + W - 1) / W * W; /* whole vectors per thread */
-        int64_t i0 = t * chunk, i1 = i0 + chunk < n ? i0 + chunk : n;
+        int64_t i0, i1;
+        thread_range(n, W, &i0, &i1); /* whole vectors per thread */
         if (i0 < i1) dropout_range(x, out, i0, i1, threshold, scale, (uint32_t)seed, (uint32_t)(seed >> 32));
     }
 }
