@@ -208,6 +208,8 @@ RECIPES = {
     "d-wd0.3": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.3}),
     "d-wd0.6": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.6}),
     "d-wd1.0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.0}),
+    "d-min0": dict(preset=None, vocab=None, model={}, train={"min_lr_ratio": 0.0}),
+    "d-b32": dict(preset=None, vocab=None, model={}, train={"batch_size": 32}),
     "d-192-drop0.1": dict(preset=None, vocab=None, model={"n_embd": 192, "n_head": 6, "dropout": 0.1}, train={}),
 }
 
