@@ -204,3 +204,40 @@ def test_model_dropout_uses_the_kernel_in_training_only():
     assert torch.equal(a, b)  # no dropout in eval mode
     model.train()
     assert not torch.equal(model(idx)[0], model(idx)[0])  # dropout in training
+
+
+CHECK_OTHER_ISA = """
+import math, torch, torch.nn.functional as F
+from sifirdan.model import kernels
+import sys
+assert kernels._kernels.isa == sys.argv[1], kernels._kernels.isa
+g = torch.Generator().manual_seed(0)
+x = torch.randn(2, 37, 3 * 3 * 24, generator=g, dtype=torch.float64)
+b = torch.randn(3 * 3 * 24, generator=g, dtype=torch.float64)
+q, k, v = (t.view(2, 37, 3, 24).transpose(1, 2) for t in (x + b).split(72, dim=2))
+ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 37, 72)
+out = kernels.causal_attention(x.float(), 3, b.float())
+assert (out.double() - ref).abs().max() < 1e-5
+h = torch.randn(5, 100, generator=g) * 3
+assert (kernels.bias_gelu(h, b[:100].float()) - F.gelu(h + b[:100].float())).abs().max() < 1e-5
+t = torch.randint(0, 100, (5,), generator=g)
+assert abs(kernels.cross_entropy(h, t).item() - F.cross_entropy(h, t).item()) < 1e-5
+y = kernels.dropout(h + 10, 0.5)
+assert ((y == 0) | ((y - (h + 10) * 2).abs() < 1e-4)).all() and 0 < (y == 0).sum() < 500
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_narrower_copies_of_the_kernels_compute_the_same(isa):
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if isa == "avx2" and (platform.machine() not in ("x86_64", "AMD64") or kernels._kernels.isa == "generic"):
+        pytest.skip("no AVX2 copy on this machine")
+    env = {**os.environ, "SIFIRDAN_KERNELS_ISA": isa}
+    run = subprocess.run([sys.executable, "-c", CHECK_OTHER_ISA, isa], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]

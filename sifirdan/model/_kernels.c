@@ -126,14 +126,20 @@ static const char *isa;
         isa = #sfx;                                               \
     } while (0)
 
+/* The widest copy this CPU runs; SIFIRDAN_KERNELS_ISA=generic|avx2 asks for a narrower one (tests and
+ * benchmarks of the other copies on a wider machine). */
 static void pick_isa(void) {
     USE_ISA(generic);
+    const char *want = getenv("SIFIRDAN_KERNELS_ISA");
+    if (want && strcmp(want, "generic") == 0) return;
 #ifdef SIFIRDAN_X86_CLONES
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+    if (avx512 && !(want && strcmp(want, "avx2") == 0))
         USE_ISA(avx512);
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    else if (avx2)
         USE_ISA(avx2);
 #endif
 }
