@@ -1,20 +1,26 @@
-/* sifirdan/model/_kernels.c -- a CPU kernel for causal attention, the hot spot of a small GPT's step.
+/* sifirdan/model/_kernels.c -- CPU kernels for the parts of a small GPT's training step that are not matmuls.
  *
  * Why: at the guide's shape (batch 32 x block 128, n_embd 128, 4 heads of 32) a CPU training step is
  * mostly matrix multiplies that already run near the chip's peak; what is left is memory traffic and
- * PyTorch's general-purpose kernels for small operations, of which causal attention is the largest:
- * torch's CPU flash kernel works in 128-key blocks, so at T = 128 it computes the
- * whole T x T score matrix although half of it is masked, and the (B, T, 3C) -> (B, H, T, D) layout
- * changes around it cost extra copies (a transpose, a cat and zero-fills in backward). Here each
- * (batch, head) pair reads q, k, v straight from the packed qkv projection, skips the masked tiles,
- * and writes its output (and in backward d(qkv)) straight into the packed layouts.
- * (A bias+GELU kernel was tried too and dropped: PyTorch's GELU is as fast once memory traffic counts.)
- * The math is the same as PyTorch's (tests hold both to the explicit reference); only float rounding
- * differs. Everything is float32, row-major and contiguous; the Python side (kernels.py) checks that.
+ * PyTorch's general-purpose kernels for small operations. Four of them are done here, each the same math
+ * as PyTorch's (tests hold them to it; only float rounding differs):
+ *   - causal attention. torch's CPU flash kernel works in 128-key blocks, so at T = 128 it computes the
+ *     whole T x T score matrix although half of it is masked, and the (B, T, 3C) -> (B, H, T, D) layout
+ *     changes around it cost extra copies (a transpose, a cat and zero-fills in backward). Here each
+ *     (batch, head) pair reads q, k, v (adding the qkv bias) straight from the packed projection, skips the
+ *     masked tiles, and writes its output -- in backward d(qkv) and d(bias) -- straight into packed layouts.
+ *   - bias + GELU: nn.Linear's addmm would broadcast the bias into the whole 4x-wide activation first, and
+ *     its gradient would need a pass of its own; here both ride along the GELU passes.
+ *   - cross-entropy: loss and gradient in one pass over the logits (PyTorch: log-probs, then a zero-filled
+ *     one-hot buffer and two more passes in backward).
+ *   - dropout: the mask is a hash of (seed, element index), regenerated in backward, never stored
+ *     (PyTorch's CPU bernoulli_ was ~4.5 ms per layer here).
+ * Everything is float32, row-major and contiguous; the Python side (kernels.py) checks that.
  *
  * Portable C: GCC/Clang vector extensions (16 floats per vector; the compiler splits them where the
- * machine's registers are narrower) and OpenMP threads over (batch, head) pairs. Each pair is one thread's
- * work from start to end, so results do not depend on the thread count or schedule.
+ * machine's registers are narrower), compiled once per instruction set (_kernels_impl.h), and OpenMP
+ * threads. Attention gives each (batch, head) pair to one thread from start to end, so its results do not
+ * depend on the thread count; the row-wise kernels add per-thread partial sums in thread order.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

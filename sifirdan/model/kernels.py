@@ -1,12 +1,18 @@
-"""sifirdan's CPU attention kernel (``_kernels.c``) as an autograd function, and when the model may use it.
+"""sifirdan's CPU kernels (``_kernels.c``) as autograd functions, and when the model may use them.
 
-``causal_attention(qkv, n_head)`` computes softmax(Q K^T / sqrt(head_size) + causal mask) V straight from the
-packed (B, T, 3*n_embd) output of the qkv projection and returns (B, T, n_embd), heads concatenated: the same
-function as the guide's explicit attention and as ``scaled_dot_product_attention`` (tests hold it to both),
-faster on a CPU at small head sizes (see the comment at the top of ``_kernels.c`` for why). The model uses
-it only where it applies -- float32 CPU tensors, no attention mask, no KV cache -- and falls back to
-PyTorch everywhere else (GPU, bf16 autocast, generation with a cache, masks), and when the extension was
-not built (no C compiler at install time) or ``GPTConfig.cpu_kernels`` is False.
+Four steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
+(tests hold outputs and gradients to it), faster because they move less memory (see the top of
+``_kernels.c``):
+
+  * ``causal_attention(qkv, n_head, bias)`` -- softmax(Q K^T / sqrt(head_size) + causal mask) V straight from
+    the packed (B, T, 3*n_embd) qkv projection (its bias added on the fly), returned as (B, T, n_embd);
+  * ``bias_gelu(h, bias)`` -- GELU(h + bias), the bias gradient summed in GELU's backward pass;
+  * ``cross_entropy(logits, targets)`` -- mean loss and its gradient in one pass over the logits;
+  * ``dropout(x, p)`` -- inverted dropout whose mask is regenerated from a seed, never stored.
+
+The model uses them only where they apply -- float32 CPU tensors on an AVX-512 CPU, no attention mask, no KV
+cache -- and PyTorch everywhere else (GPU, bf16 autocast, generation with a cache, masks), and when the
+extension was not built (no C compiler at install time) or ``GPTConfig.cpu_kernels`` is False.
 """
 
 from __future__ import annotations
