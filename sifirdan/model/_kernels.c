@@ -59,12 +59,14 @@ typedef struct {
 static int scratch_alloc(Scratch *s, int T, int D, int backward) {
     size_t Tp = rup(T, W), Dp = rup(D, W);
     memset(s, 0, sizeof *s);
-    s->kt = calloc(D * Tp, sizeof(float));
-    s->vs = calloc(Tp * Dp, sizeof(float));
+    s->kt = calloc(D * Tp, sizeof(float)); /* both passes: keys transposed, queries, one tile of P */
     s->qs = calloc(Tp * Dp, sizeof(float));
     s->p = calloc(R * Tp, sizeof(float));
-    int ok = s->kt && s->vs && s->qs && s->p;
-    if (backward) {
+    int ok = s->kt && s->qs && s->p;
+    if (!backward) { /* forward: value rows */
+        s->vs = calloc(Tp * Dp, sizeof(float));
+        ok = ok && s->vs;
+    } else { /* backward: values transposed, key rows, dY rows, dK / dV accumulators, one tile of dS */
         s->vt = calloc(D * Tp, sizeof(float));
         s->ks = calloc(Tp * Dp, sizeof(float));
         s->dys = calloc(Tp * Dp, sizeof(float));
@@ -87,8 +89,7 @@ static void scratch_free(Scratch *s) {
 typedef void (*attn_fwd_fn)(const float *, const float *, float *, float *, int, int, int, int, int, float, Scratch *);
 typedef void (*attn_bwd_fn)(const float *, const float *, const float *, const float *, float *, float *, int, int, int,
                             int, int, float, Scratch *);
-typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_t, int, int64_t, float, int64_t *,
-                       int64_t *);
+typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_t, int, int64_t, float, int64_t *);
 typedef void (*dropout_fn)(const float *, float *, int64_t, int64_t, uint32_t, float, uint32_t, uint32_t);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
@@ -262,9 +263,9 @@ static int cross_entropy(const float *logits, const int64_t *targets, float *gra
     float inv_n = n_valid > 0 ? 1.f / (float)n_valid : 0.f;
 #pragma omp parallel num_threads(nt)
     {
-        int64_t r0, r1, count = 0;
+        int64_t r0, r1;
         int t = thread_range(N, 1, &r0, &r1);
-        if (r0 < r1) sums[t] = cross_entropy_rows(logits, targets, grad, r0, r1, V, ignore_index, inv_n, &count, &bads[t]);
+        if (r0 < r1) sums[t] = cross_entropy_rows(logits, targets, grad, r0, r1, V, ignore_index, inv_n, &bads[t]);
     }
     int rc = 0;
     double total = 0.0;

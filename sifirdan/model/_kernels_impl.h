@@ -448,11 +448,11 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
 }
 
 /* Cross-entropy rows row0..row1-1 of logits (N, V): returns the sum of (logsumexp(x) - x[target]) over rows
- * whose target is not ignore_index (their count goes to *count); when grad is not NULL it also writes
+ * whose target is not ignore_index; when grad is not NULL it also writes
  * grad = (softmax(x) - onehot(target)) * inv_n for those rows and zeros for ignored ones. A target outside
  * [0, V) stops the work and is reported through *bad (the caller raises, as F.cross_entropy does). */
 static double cross_entropy_rows(const float *logits, const int64_t *targets, float *grad, int64_t row0,
-                                 int64_t row1, int V, int64_t ignore_index, float inv_n, int64_t *count,
+                                 int64_t row1, int V, int64_t ignore_index, float inv_n,
                                  int64_t *bad) {
     double total = 0.0;
     for (int64_t i = row0; i < row1; i++) {
@@ -481,7 +481,6 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
         for (; j < V; j++) sum += expf(x[j] - m);
         float lse = m + logf(sum);
         total += (double)lse - (double)x[t];
-        ++*count;
         if (gr) { /* softmax * inv_n = exp(x - lse) * inv_n */
             v16 l = bc(lse), sc = bc(inv_n);
             for (j = 0; j + W <= V; j += W) st(gr + j, vexp(ld(x + j) - l) * sc);

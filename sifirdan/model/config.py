@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sifirdan.configs import dataclass_from_dict
+from sifirdan.configs import check_choice, dataclass_from_dict
 from sifirdan.errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
@@ -26,8 +26,9 @@ class GPTConfig:
     dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
     bias: bool = True  # biases in Linear layers (the guide: yes)
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
-    # sifirdan's C attention kernel (model/_kernels.c) for the "sdpa" path on fp32 CPU tensors: the same
-    # function, computed faster; False = PyTorch's sdpa everywhere. Not part of the architecture.
+    # sifirdan's C kernels (model/_kernels.c) on fp32 tensors of an AVX-512 CPU: "sdpa" attention, bias+GELU,
+    # cross-entropy, dropout -- the same functions, computed faster; False = PyTorch's ops everywhere.
+    # Not part of the architecture.
     cpu_kernels: bool = True
     tie_weights: bool = False  # share the token embedding with the LM head (the guide: no)
     # "guide": N(0, 0.02) weights, zero biases (matches the guide's step-0 loss 6.244 at vocab 500)
@@ -54,10 +55,8 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.attention not in ATTENTION_KINDS:
-            raise UserError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, got {self.attention!r}")
-        if self.init not in INIT_KINDS:
-            raise UserError(f"init must be one of {', '.join(INIT_KINDS)}, got {self.init!r}")
+        check_choice("attention", self.attention, ATTENTION_KINDS)
+        check_choice("init", self.init, INIT_KINDS)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sifirdan.configs import dataclass_from_dict
+from sifirdan.configs import check_choice, dataclass_from_dict
 from sifirdan.errors import UserError
 
 SCHEDULES = ("cosine", "constant")
@@ -76,14 +76,12 @@ class TrainConfig:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; the guide uses 3e-4")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.lr_schedule not in SCHEDULES:
-            raise UserError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, got {self.lr_schedule!r}")
+        check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise UserError("weight_decay and grad_clip must be >= 0 (grad_clip 0 disables clipping)")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if self.dtype not in DTYPES:
-            raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_choice("dtype", self.dtype, DTYPES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
