@@ -208,6 +208,7 @@ def run(args) -> int:
         if dist.enabled:
             torch.distributed.barrier()
 
+    finished = False
     try:
         # ---- data source
         if saved is not None:
@@ -283,8 +284,9 @@ def run(args) -> int:
         if saved is not None:
             _say(f"resumed {out} at step {trainer.step}", main)
         result = trainer.fit()
+        finished = True
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait_for_others=finished)
 
     if result.status == "diverged":
         print(f"sifirdan: error: {result.message}", file=sys.stderr)

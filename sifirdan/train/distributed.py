@@ -60,9 +60,16 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_others: bool = True) -> None:
+    """Leave the process group. After a normal finish, first wait for every rank: a rank that tears down its
+    gloo connections while another still talks on them can kill that rank ("terminate called without an
+    active exception"). After an error, leave at once: the other ranks may never reach the barrier."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if wait_for_others:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
