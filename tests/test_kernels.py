@@ -26,8 +26,9 @@ def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return (att @ v).transpose(1, 2).reshape(B, T, C)
 
 
-# T not a multiple of 8 or 16, head sizes not a multiple of 16, a single token, more than one 128-key block
-SHAPES = [(2, 128, 4, 32), (3, 37, 3, 24), (1, 1, 2, 16), (2, 200, 2, 40), (1, 9, 1, 8), (2, 64, 8, 64)]
+# T not a multiple of 8 or 16, head sizes not a multiple of 16, a single token, more than one 128-key block,
+# more query rows than one backward chunk (256)
+SHAPES = [(2, 128, 4, 32), (3, 37, 3, 24), (1, 1, 2, 16), (2, 200, 2, 40), (1, 9, 1, 8), (2, 64, 8, 64), (1, 300, 2, 48)]
 
 
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -104,6 +105,64 @@ def test_bias_gelu_edge_values():
     finite = torch.isfinite(ref)
     torch.testing.assert_close(y[finite], ref[finite], atol=1e-6, rtol=1e-5)
     assert torch.isnan(y[0, 12])
+
+
+@pytest.mark.parametrize("M,N,with_bias,ln_bias", [(64, 128, True, True), (37, 40, False, True), (5, 7, True, False)])
+def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
+    """x + y (+ b) and its LayerNorm, with gradients for both outputs used (residual stream and next layer)."""
+    g = torch.Generator().manual_seed(M + N)
+    x, y = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64) * 3 + 1
+    b = torch.randn(N, generator=g, dtype=torch.float64)
+    ref_ln = torch.nn.LayerNorm(N, bias=ln_bias, dtype=torch.float64)
+    with torch.no_grad():
+        ref_ln.weight.normal_(generator=g)
+        if ln_bias:
+            ref_ln.bias.normal_(generator=g)
+    ln = torch.nn.LayerNorm(N, bias=ln_bias)
+    ln.load_state_dict({k: v.float() for k, v in ref_ln.state_dict().items()})
+    xr, yr, br = (t.clone().requires_grad_() for t in (x, y, b))
+    xf, yf, bf = (t.float().requires_grad_() for t in (x, y, b))
+    out_ref = xr + yr + br if with_bias else xr + yr
+    h_ref = ref_ln(out_ref)
+    out, h = kernels.add_layernorm(xf, yf, bf if with_bias else None, ln)
+    g1, g2 = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
+    ((out_ref * g1).sum() + (h_ref * g2).sum()).backward()
+    ((out * g1.float()).sum() + (h * g2.float()).sum()).backward()
+    close = torch.testing.assert_close
+    close(out.double(), out_ref, atol=1e-5, rtol=1e-5)
+    close(h.double(), h_ref, atol=1e-5, rtol=1e-5)
+    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
+    close(yf.grad.double(), yr.grad, atol=1e-4, rtol=1e-4)
+    close(ln.weight.grad.double(), ref_ln.weight.grad, atol=1e-3, rtol=1e-4)
+    if with_bias:
+        close(bf.grad.double(), br.grad, atol=1e-3, rtol=1e-4)
+    else:
+        assert bf.grad is None
+    if ln_bias:
+        close(ln.bias.grad.double(), ref_ln.bias.grad, atol=1e-3, rtol=1e-4)
+    # only h used (the last block's output goes to ln_f alone): the residual gradient is absent, not zero-filled
+    xf.grad = None
+    kernels.add_layernorm(xf, yf, None, ln)[1].sum().backward()
+    xr.grad = None
+    ref_ln(xr + yr).sum().backward()
+    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"dropout": 0.2}])
+def test_model_with_kernels_trains_like_model_without(kw):
+    """Training mode, where the blocks take the fused residual + LayerNorm path; dropout's mask differs
+    between the two (a hashed mask vs torch's RNG), so with dropout only the shapes and finiteness are compared."""
+    ours, torch_only = _model_pair(**kw)
+    ours.train(), torch_only.train()
+    idx = torch.randint(0, 97, (3, 40))
+    (la := ours(idx, idx)[1]).backward()
+    (lb := torch_only(idx, idx)[1]).backward()
+    if kw.get("dropout"):
+        assert torch.isfinite(la) and all(torch.isfinite(p.grad).all() for p in ours.parameters())
+        return
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(ours.named_parameters(), torch_only.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def _model_pair(**kw):
@@ -214,10 +273,20 @@ assert kernels._kernels.isa == sys.argv[1], kernels._kernels.isa
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 37, 3 * 3 * 24, generator=g, dtype=torch.float64)
 b = torch.randn(3 * 3 * 24, generator=g, dtype=torch.float64)
+x.requires_grad_()
 q, k, v = (t.view(2, 37, 3, 24).transpose(1, 2) for t in (x + b).split(72, dim=2))
 ref = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, 37, 72)
-out = kernels.causal_attention(x.float(), 3, b.float())
+xf = x.detach().float().requires_grad_()
+out = kernels.causal_attention(xf, 3, b.float())
 assert (out.double() - ref).abs().max() < 1e-5
+gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+ref.backward(gy)
+out.backward(gy.float())
+assert (xf.grad.double() - x.grad).abs().max() < 1e-4
+ln = torch.nn.LayerNorm(72)
+r0, r1 = torch.randn(2, 37, 72, generator=g), torch.randn(2, 37, 72, generator=g)
+xo, hn = kernels.add_layernorm(r0, r1, b[:72].float(), ln)
+assert (hn - ln(r0 + r1 + b[:72].float())).abs().max() < 1e-5
 h = torch.randn(5, 100, generator=g) * 3
 assert (kernels.bias_gelu(h, b[:100].float()) - F.gelu(h + b[:100].float())).abs().max() < 1e-5
 t = torch.randint(0, 100, (5,), generator=g)

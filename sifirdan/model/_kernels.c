@@ -35,6 +35,8 @@
 
 #define W 16 /* floats per vector */
 #define R 8  /* query rows per tile: 8 independent accumulators keep the FMA units busy */
+#define QC 256 /* backward: query rows per chunk (P and dS are kept for a chunk: QC x T floats each) */
+#define KB 4   /* backward: keys whose dK and dV rows stay in registers while a chunk's rows stream past */
 
 typedef float v16 __attribute__((vector_size(64)));
 typedef int32_t i16 __attribute__((vector_size(64)));
@@ -57,22 +59,22 @@ typedef struct {
 } Scratch; /* one per thread; zero padding is part of the algorithm, hence calloc */
 
 static int scratch_alloc(Scratch *s, int T, int D, int backward) {
-    size_t Tp = rup(T, W), Dp = rup(D, W);
+    size_t Tp = rup(T, W), Dp2 = rup(D, 2 * W), rows = backward ? (rup(T, R) < QC ? rup(T, R) : QC) : R;
     memset(s, 0, sizeof *s);
-    s->kt = calloc(D * Tp, sizeof(float)); /* both passes: keys transposed, queries, one tile of P */
-    s->qs = calloc(Tp * Dp, sizeof(float));
-    s->p = calloc(R * Tp, sizeof(float));
+    s->kt = calloc(D * Tp, sizeof(float)); /* both passes: keys transposed, queries, P (a tile / a chunk) */
+    s->qs = calloc(Tp * Dp2, sizeof(float));
+    s->p = calloc(rows * Tp, sizeof(float));
     int ok = s->kt && s->qs && s->p;
     if (!backward) { /* forward: value rows */
-        s->vs = calloc(Tp * Dp, sizeof(float));
+        s->vs = calloc(Tp * Dp2, sizeof(float));
         ok = ok && s->vs;
-    } else { /* backward: values transposed, key rows, dY rows, dK / dV accumulators, one tile of dS */
+    } else { /* backward: values transposed, key rows, dY rows, dK / dV accumulators, a chunk of dS */
         s->vt = calloc(D * Tp, sizeof(float));
-        s->ks = calloc(Tp * Dp, sizeof(float));
-        s->dys = calloc(Tp * Dp, sizeof(float));
-        s->dk = calloc(Tp * Dp, sizeof(float));
-        s->dv = calloc(Tp * Dp, sizeof(float));
-        s->ds = calloc(R * Tp, sizeof(float));
+        s->ks = calloc(Tp * Dp2, sizeof(float));
+        s->dys = calloc(Tp * Dp2, sizeof(float));
+        s->dk = calloc(Tp * Dp2, sizeof(float));
+        s->dv = calloc(Tp * Dp2, sizeof(float));
+        s->ds = calloc(rows * Tp, sizeof(float));
         ok = ok && s->vt && s->ks && s->dys && s->dk && s->dv && s->ds;
     }
     return ok;
@@ -93,6 +95,10 @@ typedef double (*ce_fn)(const float *, const int64_t *, float *, int64_t, int64_
 typedef void (*dropout_fn)(const float *, float *, int64_t, int64_t, uint32_t, float, uint32_t, uint32_t);
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
+typedef void (*addln_fwd_fn)(const float *, const float *, const float *, const float *, const float *, float *, float *,
+                             float *, float *, float, int64_t, int64_t, int);
+typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const float *, const float *, const float *,
+                             float *, float *, float *, float *, int64_t, int64_t, int);
 
 #define SFX(name) name##_generic
 #include "_kernels_impl.h"
@@ -120,6 +126,8 @@ static ce_fn cross_entropy_rows;
 static dropout_fn dropout_range;
 static gelu_fwd_fn bias_gelu_rows;
 static gelu_bwd_fn bias_gelu_backward_rows;
+static addln_fwd_fn add_layernorm_rows;
+static addln_bwd_fn add_layernorm_backward_rows;
 static const char *isa;
 
 #define USE_ISA(sfx)                                              \
@@ -130,6 +138,8 @@ static const char *isa;
         dropout_range = dropout_range_##sfx;                      \
         bias_gelu_rows = bias_gelu_rows_##sfx;                    \
         bias_gelu_backward_rows = bias_gelu_backward_rows_##sfx;  \
+        add_layernorm_rows = add_layernorm_rows_##sfx;            \
+        add_layernorm_backward_rows = add_layernorm_backward_rows_##sfx; \
         isa = #sfx;                                               \
     } while (0)
 
@@ -247,6 +257,48 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
     return 0;
 }
 
+/* ------------------------------------------------------------------------------ residual add + LayerNorm
+ * Forward (dh NULL): xo = x + y (+ b), h = LayerNorm(xo), mean / rstd per row. Backward: dx = dxo (may be
+ * NULL) + LayerNorm's input gradient, and the column sums dgamma, dbeta, db (each may be NULL) -- per-thread
+ * partial sums added in thread order, as in bias_gelu. */
+static int add_layernorm(const float *x, const float *y, const float *b, const float *gamma, const float *beta,
+                         float *xo, float *h, float *mean, float *rstd, float eps, const float *dh, const float *dxo,
+                         float *dx, float *dgamma, float *dbeta, float *db, int64_t M, int N) {
+    int nt = max_threads();
+    size_t Np = rup(N, W);
+    float *partial = NULL;
+    if (dh) {
+        partial = calloc((size_t)nt * 3 * Np, sizeof(float));
+        if (!partial) return -1;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t r0, r1;
+        int t = thread_range(M, 1, &r0, &r1);
+        if (r0 < r1) {
+            if (dh) {
+                float *mine = partial + (size_t)t * 3 * Np;
+                add_layernorm_backward_rows(dh, dxo, xo, mean, rstd, gamma, dx, dgamma ? mine : NULL,
+                                            dbeta ? mine + Np : NULL, db ? mine + 2 * Np : NULL, r0, r1, N);
+            } else
+                add_layernorm_rows(x, y, b, gamma, beta, xo, h, mean, rstd, eps, r0, r1, N);
+        }
+    }
+    if (partial) {
+        float *outs[3] = {dgamma, dbeta, db};
+        for (int k = 0; k < 3; k++) {
+            if (!outs[k]) continue;
+            for (int j = 0; j < N; j++) {
+                float acc = 0.f;
+                for (int t = 0; t < nt; t++) acc += partial[((size_t)t * 3 + k) * Np + j];
+                outs[k][j] = acc;
+            }
+        }
+        free(partial);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ cross-entropy
  * Mean cross-entropy of logits (N, V) against targets (N), skipping ignore_index, and -- when grad is not
  * NULL -- its gradient (softmax - onehot) / n_valid, written in the same pass over the logits: PyTorch
@@ -348,6 +400,36 @@ static PyObject *py_bias_gelu_backward(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_add_layernorm_forward(PyObject *self, PyObject *args) {
+    unsigned long long x, y, b, gamma, beta, xo, h, mean, rstd;
+    long long M;
+    int N, rc;
+    float eps;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKfLi", &x, &y, &b, &gamma, &beta, &xo, &h, &mean, &rstd, &eps, &M, &N))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = add_layernorm(PTR(x), PTR(y), b ? PTR(b) : NULL, PTR(gamma), beta ? PTR(beta) : NULL, PTR(xo), PTR(h),
+                       PTR(mean), PTR(rstd), eps, NULL, NULL, NULL, NULL, NULL, NULL, M, N);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_add_layernorm_backward(PyObject *self, PyObject *args) {
+    unsigned long long dh, dxo, xo, mean, rstd, gamma, dx, dgamma, dbeta, db;
+    long long M;
+    int N, rc;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKLi", &dh, &dxo, &xo, &mean, &rstd, &gamma, &dx, &dgamma, &dbeta, &db, &M, &N))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = add_layernorm(NULL, NULL, NULL, PTR(gamma), NULL, PTR(xo), NULL, PTR(mean), PTR(rstd), 0.f, PTR(dh),
+                       dxo ? PTR(dxo) : NULL, PTR(dx), dgamma ? PTR(dgamma) : NULL, dbeta ? PTR(dbeta) : NULL,
+                       db ? PTR(db) : NULL, M, N);
+    Py_END_ALLOW_THREADS
+    if (rc) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_cross_entropy(PyObject *self, PyObject *args) {
     unsigned long long logits, targets, grad;
     long long N, ignore_index, n_valid, bad = 0;
@@ -381,6 +463,8 @@ static PyMethodDef methods[] = {
     {"cross_entropy", py_cross_entropy, METH_VARARGS, "mean cross-entropy and its gradient (see kernels.py)"},
     {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see kernels.py)"},
     {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},
+    {"add_layernorm_forward", py_add_layernorm_forward, METH_VARARGS, "x + y (+ b), then LayerNorm (see kernels.py)"},
+    {"add_layernorm_backward", py_add_layernorm_backward, METH_VARARGS, "its gradients"},
     {NULL, NULL, 0, NULL},
 };
 

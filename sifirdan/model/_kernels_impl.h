@@ -20,6 +20,8 @@
 #define gelu_parts SFX(gelu_parts)
 #define bias_gelu_rows SFX(bias_gelu_rows)
 #define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
+#define add_layernorm_rows SFX(add_layernorm_rows)
+#define add_layernorm_backward_rows SFX(add_layernorm_backward_rows)
 
 static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, v16 v) { memcpy(p, &v, sizeof v); }
@@ -156,6 +158,97 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
             st(dt, d);
             memcpy(o + j0, dt, sizeof(float) * (N - j0));
             st(db + j0, ld(db + j0) + d); /* padded lanes add 0 * ... = 0 */
+        }
+    }
+}
+
+/* Residual add + LayerNorm, rows row0..row1-1 of (M, N):
+ *   xo = x + y (+ b);  h = (xo - mean) * rstd * gamma (+ beta),  rstd = 1 / sqrt(var + eps)
+ * mean and var over the row, var biased (as nn.LayerNorm). mean and rstd are saved for backward. */
+static void add_layernorm_rows(const float *x, const float *y, const float *b, const float *gamma, const float *beta,
+                               float *xo, float *h, float *mean, float *rstd, float eps, int64_t row0, int64_t row1,
+                               int N) {
+    for (int64_t i = row0; i < row1; i++) {
+        const float *xr = x + i * N, *yr = y + i * N;
+        float *o = xo + i * N, *hr = h + i * N;
+        int j = 0;
+        v16 sv = bc(0.f);
+        for (; j + W <= N; j += W) {
+            v16 v = ld(xr + j) + ld(yr + j);
+            if (b) v += ld(b + j);
+            st(o + j, v);
+            sv += v;
+        }
+        float sum = hsum(sv);
+        for (; j < N; j++) {
+            o[j] = xr[j] + yr[j] + (b ? b[j] : 0.f);
+            sum += o[j];
+        }
+        float m = sum / (float)N;
+        v16 mv = bc(m), qv = bc(0.f); /* second pass for the variance: no cancellation in E[x^2] - m^2 */
+        for (j = 0; j + W <= N; j += W) {
+            v16 d = ld(o + j) - mv;
+            qv += d * d;
+        }
+        float sq = hsum(qv);
+        for (; j < N; j++) sq += (o[j] - m) * (o[j] - m);
+        float r = 1.f / sqrtf(sq / (float)N + eps);
+        mean[i] = m;
+        rstd[i] = r;
+        v16 rv = bc(r);
+        for (j = 0; j + W <= N; j += W) {
+            v16 v = (ld(o + j) - mv) * rv * ld(gamma + j);
+            if (beta) v += ld(beta + j);
+            st(hr + j, v);
+        }
+        for (; j < N; j++) hr[j] = (o[j] - m) * r * gamma[j] + (beta ? beta[j] : 0.f);
+    }
+}
+
+/* Its backward, rows row0..row1-1. dh: gradient of h; dxo: gradient reaching xo from its other uses (the
+ * residual stream), may be NULL. dx = dxo + LayerNorm's input gradient -- the gradient of x, of y, and of b
+ * (summed over rows). Per-thread column sums go to dgamma, dbeta and db (each N, padded to 16; NULL = not
+ * wanted). With xhat = (xo - mean) rstd and g = dh gamma:
+ *   d(LN input) = rstd (g - mean(g) - xhat mean(g xhat)),  dgamma = sum dh xhat,  dbeta = sum dh. */
+static void add_layernorm_backward_rows(const float *dh, const float *dxo, const float *xo, const float *mean,
+                                        const float *rstd, const float *gamma, float *dx, float *dgamma,
+                                        float *dbeta, float *db, int64_t row0, int64_t row1, int N) {
+    for (int64_t i = row0; i < row1; i++) {
+        const float *dr = dh + i * N, *o = xo + i * N, *gr = dxo ? dxo + i * N : NULL;
+        float *out = dx + i * N;
+        const float m = mean[i], r = rstd[i];
+        const v16 mv = bc(m), rv = bc(r);
+        v16 s1 = bc(0.f), s2 = bc(0.f);
+        int j = 0;
+        for (; j + W <= N; j += W) {
+            v16 xh = (ld(o + j) - mv) * rv, d = ld(dr + j), g = d * ld(gamma + j);
+            s1 += g;
+            s2 += g * xh;
+            if (dgamma) st(dgamma + j, ld(dgamma + j) + d * xh);
+            if (dbeta) st(dbeta + j, ld(dbeta + j) + d);
+        }
+        float sg = hsum(s1), sgx = hsum(s2);
+        for (int k = j; k < N; k++) {
+            float xh = (o[k] - m) * r, d = dr[k], g = d * gamma[k];
+            sg += g;
+            sgx += g * xh;
+            if (dgamma) dgamma[k] += d * xh;
+            if (dbeta) dbeta[k] += d;
+        }
+        const float a = sg / (float)N, c = sgx / (float)N;
+        const v16 av = bc(a), cv = bc(c);
+        for (j = 0; j + W <= N; j += W) {
+            v16 xh = (ld(o + j) - mv) * rv;
+            v16 v = rv * (ld(dr + j) * ld(gamma + j) - av - xh * cv);
+            if (gr) v += ld(gr + j);
+            st(out + j, v);
+            if (db) st(db + j, ld(db + j) + v);
+        }
+        for (; j < N; j++) {
+            float xh = (o[j] - m) * r;
+            float v = r * (dr[j] * gamma[j] - a - xh * c) + (gr ? gr[j] : 0.f);
+            out[j] = v;
+            if (db) db[j] += v;
         }
     }
 }
@@ -303,120 +396,139 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
 }
 
 /* One (batch, head) pair, backward: recompute P from lse, then
- *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q. */
+ *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q.
+ * Query rows go in chunks of QC. Pass 1 walks the chunk R rows at a time: P and dS for those rows (kept for
+ * the whole chunk: QC x T floats each), and their dQ. Pass 2 walks the keys KB at a time: dK and dV sum over
+ * the chunk's query rows, so keeping those sums in registers while the rows stream past does each key's
+ * read-modify-write once per chunk instead of once per R rows. Rows of q, k, dY, dK and dV are padded to
+ * Dp2 = a multiple of 2 vectors: the dQ, dK and dV loops work on two vectors of channels at a time, so one
+ * broadcast of a P or dS element feeds two FMAs. */
 static void attention_backward_head(const float *qkv, const float *bias, const float *dout, const float *lse,
                                     float *dqkv, float *dbias, int b, int h, int T, int H, int D, float scale,
                                     Scratch *s) {
-    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp2 = rup(D, 2 * W);
     const ptrdiff_t TpZ = Tp;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
-    gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled */
-    gather_rows(base + C, C3, bk, 1.f, T, D, s->ks, Dp);
+    gather_rows(base, C3, bq, scale, T, D, s->qs, Dp2); /* q + b_q, pre-scaled */
+    gather_rows(base + C, C3, bk, 1.f, T, D, s->ks, Dp2);
     transpose_head(base + C, C3, T, D, s->kt, Tp);
     add_row_bias(s->kt, bk, T, D, Tp);
     transpose_head(base + 2 * C, C3, T, D, s->vt, Tp);
     add_row_bias(s->vt, bv, T, D, Tp);
-    gather_rows(dout + (size_t)b * T * C + (size_t)h * D, C, NULL, 1.f, T, D, s->dys, Dp);
+    gather_rows(dout + (size_t)b * T * C + (size_t)h * D, C, NULL, 1.f, T, D, s->dys, Dp2);
     const float *ktp = s->kt, *vtp = s->vt, *ks = s->ks;
-    const int ldt = Tp;
-    const size_t ldk = Dp;
-    memset(s->dk, 0, sizeof(float) * Tp * Dp);
-    memset(s->dv, 0, sizeof(float) * Tp * Dp);
-    float *p = s->p, *ds = s->ds;
-    for (int i0 = 0; i0 < T; i0 += R) {
-        const float *q[R], *dy[R];
-        float L[R];
-        for (int r = 0; r < R; r++) { /* padded rows (zeros in scratch) get P = 0 through L = +inf */
-            q[r] = s->qs + (size_t)(i0 + r) * Dp;
-            dy[r] = s->dys + (size_t)(i0 + r) * Dp;
-            L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i0 + r] : INFINITY;
-        }
-        int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp;
-        v16 dot[R]; /* rowsum(P * dP) = dY_i . Y_i */
+    memset(s->dk, 0, sizeof(float) * Tp * Dp2);
+    memset(s->dv, 0, sizeof(float) * Tp * Dp2);
+    for (int c0 = 0; c0 < T; c0 += QC) {
+        const int c1 = c0 + QC < T ? c0 + QC : T;
+        /* pass 1: P, dS and dQ, R query rows at a time */
+        for (int i0 = c0; i0 < c1; i0 += R) {
+            float *p = s->p + (size_t)(i0 - c0) * Tp, *ds = s->ds + (size_t)(i0 - c0) * Tp;
+            const float *q[R], *dy[R];
+            float L[R];
+            for (int r = 0; r < R; r++) { /* padded rows (zeros in scratch) get P = 0 through L = +inf */
+                q[r] = s->qs + (size_t)(i0 + r) * Dp2;
+                dy[r] = s->dys + (size_t)(i0 + r) * Dp2;
+                L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i0 + r] : INFINITY;
+            }
+            int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp;
+            v16 dot[R]; /* rowsum(P * dP) = dY_i . Y_i */
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) dot[r] = bc(0.f);
-        for (int j0 = 0; j0 < n; j0 += W) {
-            v16 as[R], ap[R];
+            for (int r = 0; r < R; r++) dot[r] = bc(0.f);
+            for (int j0 = 0; j0 < n; j0 += W) {
+                v16 as[R], ap[R];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) as[r] = ap[r] = bc(0.f);
-            for (int d = 0; d < D; d++) {
-                v16 k = ld(ktp + (size_t)d * ldt + j0), v = ld(vtp + (size_t)d * ldt + j0);
+                for (int r = 0; r < R; r++) as[r] = ap[r] = bc(0.f);
+                for (int d = 0; d < D; d++) {
+                    v16 k = ld(ktp + (size_t)d * Tp + j0), v = ld(vtp + (size_t)d * Tp + j0);
+#pragma GCC unroll 8
+                    for (int r = 0; r < R; r++) {
+                        as[r] += bc(q[r][d]) * k;
+                        ap[r] += bc(dy[r][d]) * v;
+                    }
+                }
+                v16 jj = bc((float)j0) + IOTA;
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++) {
-                    as[r] += bc(q[r][d]) * k;
-                    ap[r] += bc(dy[r][d]) * v;
+                    v16 pv = vexp(as[r] - L[r]); /* q is pre-scaled */
+                    if (j0 + W > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
+                    st(p + r * Tp + j0, pv);
+                    st(ds + r * Tp + j0, ap[r]);
+                    dot[r] += pv * ap[r];
                 }
             }
-            v16 jj = bc((float)j0) + IOTA;
-#pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
-                v16 pv = vexp(as[r] - L[r]); /* q is pre-scaled */
-                if (j0 + W > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
-                st(p + r * Tp + j0, pv);
-                st(ds + r * Tp + j0, ap[r]);
-                dot[r] += pv * ap[r];
+                v16 di = bc(hsum(dot[r]));
+                for (int j0 = 0; j0 < n; j0 += W) st(ds + r * Tp + j0, ld(p + r * Tp + j0) * (ld(ds + r * Tp + j0) - di));
+            }
+            int jmax = i0 + R < T ? i0 + R : T;
+            for (int d0 = 0; d0 < D; d0 += 2 * W) { /* dQ rows, two vectors of channels at a time */
+                v16 dq[R][2];
+#pragma GCC unroll 8
+                for (int r = 0; r < R; r++) dq[r][0] = dq[r][1] = bc(0.f);
+                for (int j = 0; j < jmax; j++) {
+                    v16 k0 = ld(ks + (size_t)j * Dp2 + d0), k1 = ld(ks + (size_t)j * Dp2 + d0 + W);
+                    const float *dsj = ds + j;
+#pragma GCC unroll 8
+                    for (int r = 0; r < R; r++) {
+                        v16 e = bc(dsj[r * TpZ]);
+                        dq[r][0] += e * k0;
+                        dq[r][1] += e * k1;
+                    }
+                }
+                for (int half = 0; half < 2 && d0 + half * W < D; half++) {
+                    int c = d0 + half * W, width = D - c < W ? D - c : W;
+                    v16 dqsum = bc(0.f);
+                    for (int r = 0; r < R && i0 + r < T; r++) {
+                        float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + c;
+                        v16 g = dq[r][half] * scale;
+                        dqsum += g;
+                        if (width == W) st(o, g);
+                        else { float t[W]; st(t, g); memcpy(o, t, sizeof(float) * width); }
+                    }
+                    if (dbias) { /* padded lanes of dq are 0: k padding is zero */
+                        float t[W];
+                        st(t, dqsum);
+                        for (int l = 0; l < width; l++) dbias[h * D + c + l] += t[l];
+                    }
+                }
             }
         }
-        for (int r = 0; r < R; r++) {
-            v16 di = bc(hsum(dot[r]));
-            for (int j0 = 0; j0 < n; j0 += W) st(ds + r * Tp + j0, ld(p + r * Tp + j0) * (ld(ds + r * Tp + j0) - di));
-        }
-        int jmax = i0 + R < T ? i0 + R : T;
-        for (int d0 = 0; d0 < Dp; d0 += W) {
-            v16 dq[R], qv[R], gv[R];
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                dq[r] = bc(0.f);
-                qv[r] = ld(q[r] + d0);
-                gv[r] = ld(dy[r] + d0);
-            }
-            for (int j = 0; j < jmax; j++) { /* dQ rows: R independent accumulators */
-                v16 k = ld(ks + j * ldk + d0);
-                const float *dsj = ds + j;
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) dq[r] += bc(dsj[r * TpZ]) * k;
-            }
-            /* dK and dV rows sum over the R query rows: a chain of R dependent adds per key, so take
-             * keys 2 at a time -- 4 chains in flight hide the FMA latency */
-            int j = 0;
-            for (; j + 2 <= jmax; j += 2) {
-                float *k0 = s->dk + j * Dp + d0, *k1 = k0 + Dp, *v0 = s->dv + j * Dp + d0, *v1 = v0 + Dp;
-                v16 dk0 = ld(k0), dk1 = ld(k1), dv0 = ld(v0), dv1 = ld(v1);
-                const float *dsj = ds + j, *pj = p + j;
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) {
-                    const float *dsr = dsj + r * TpZ, *pr = pj + r * TpZ;
-                    dk0 += bc(dsr[0]) * qv[r];
-                    dk1 += bc(dsr[1]) * qv[r];
-                    dv0 += bc(pr[0]) * gv[r];
-                    dv1 += bc(pr[1]) * gv[r];
+        /* pass 2: dK = dS^T Q and dV = P^T dY over this chunk's rows, KB keys at a time. Key j is seen by rows
+         * i >= j only; P and dS are zero above the diagonal and were computed up to each row block's last
+         * 16-key tile, which covers every key of a block starting at or before the row. */
+        for (int j0 = 0; j0 < c1; j0 += KB) {
+            const int i_start = j0 > c0 ? j0 : c0;
+            for (int d0 = 0; d0 < D; d0 += 2 * W) {
+                v16 dk[KB][2], dv[KB][2];
+#pragma GCC unroll 4
+                for (int kk = 0; kk < KB; kk++) {
+                    dk[kk][0] = ld(s->dk + (size_t)(j0 + kk) * Dp2 + d0);
+                    dk[kk][1] = ld(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + W);
+                    dv[kk][0] = ld(s->dv + (size_t)(j0 + kk) * Dp2 + d0);
+                    dv[kk][1] = ld(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + W);
                 }
-                st(k0, dk0); st(k1, dk1); st(v0, dv0); st(v1, dv1);
-            }
-            for (; j < jmax; j++) {
-                v16 dk = ld(s->dk + j * Dp + d0), dv = ld(s->dv + j * Dp + d0);
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) {
-                    dk += bc(ds[r * TpZ + j]) * qv[r];
-                    dv += bc(p[r * TpZ + j]) * gv[r];
+                for (int i = i_start; i < c1; i++) {
+                    const float *qi = s->qs + (size_t)i * Dp2 + d0, *gi = s->dys + (size_t)i * Dp2 + d0;
+                    v16 q0 = ld(qi), q1 = ld(qi + W), g0 = ld(gi), g1 = ld(gi + W);
+                    const float *pi = s->p + (size_t)(i - c0) * Tp + j0, *dsi = s->ds + (size_t)(i - c0) * Tp + j0;
+#pragma GCC unroll 4
+                    for (int kk = 0; kk < KB; kk++) {
+                        v16 e = bc(dsi[kk]), f = bc(pi[kk]);
+                        dk[kk][0] += e * q0;
+                        dk[kk][1] += e * q1;
+                        dv[kk][0] += f * g0;
+                        dv[kk][1] += f * g1;
+                    }
                 }
-                st(s->dk + j * Dp + d0, dk);
-                st(s->dv + j * Dp + d0, dv);
-            }
-            int width = D - d0 < W ? D - d0 : W;
-            v16 dqsum = bc(0.f);
-            for (int r = 0; r < R && i0 + r < T; r++) {
-                float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + d0;
-                v16 g = dq[r] * scale;
-                dqsum += g;
-                if (width == W) st(o, g);
-                else { float t[W]; st(t, g); memcpy(o, t, sizeof(float) * width); }
-            }
-            if (dbias) { /* padded lanes of dq are 0: k padding is zero */
-                float t[W];
-                st(t, dqsum);
-                for (int l = 0; l < width; l++) dbias[h * D + d0 + l] += t[l];
+#pragma GCC unroll 4
+                for (int kk = 0; kk < KB; kk++) {
+                    st(s->dk + (size_t)(j0 + kk) * Dp2 + d0, dk[kk][0]);
+                    st(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + W, dk[kk][1]);
+                    st(s->dv + (size_t)(j0 + kk) * Dp2 + d0, dv[kk][0]);
+                    st(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + W, dv[kk][1]);
+                }
             }
         }
     }
@@ -425,7 +537,7 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
         v16 ksum = bc(0.f), vsum = bc(0.f);
         for (int j = 0; j < T; j++) {
             float *o = dqkv + ((size_t)b * T + j) * C3 + C + (size_t)h * D;
-            v16 dk = ld(s->dk + j * Dp + d0), dv = ld(s->dv + j * Dp + d0);
+            v16 dk = ld(s->dk + (size_t)j * Dp2 + d0), dv = ld(s->dv + (size_t)j * Dp2 + d0);
             ksum += dk;
             vsum += dv;
             if (width == W) { st(o + d0, dk); st(o + C + d0, dv); }
@@ -537,6 +649,8 @@ static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, ui
 #undef gelu_parts
 #undef bias_gelu_rows
 #undef bias_gelu_backward_rows
+#undef add_layernorm_rows
+#undef add_layernorm_backward_rows
 #undef cross_entropy_rows
 #undef gather_rows
 #undef add_row_bias

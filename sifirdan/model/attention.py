@@ -45,14 +45,17 @@ class MultiHeadAttention(nn.Module):
         self.last_attention: torch.Tensor | None = None  # filled when record_attention is True
         self.record_attention = False
 
-    def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None, out_bias: bool = True
+    ) -> torch.Tensor:
+        """``out_bias=False`` leaves W_O's bias out: the block's fused residual + LayerNorm kernel adds it."""
         B, T, C = x.shape  # batch, time, channels (n_embd)
         fused = self.kind == "sdpa" and self.cpu_kernels and kv_cache is None and attn_mask is None
         if fused and not self.record_attention and kernels.applies(x):
             qkv = F.linear(x, self.qkv.weight)  # (B, T, 3 * n_embd), bias not yet added
             if kernels.applies(qkv):  # float32 (under bf16 autocast it is not: PyTorch's path below)
                 # the same math as below, in C; the kernel adds the qkv bias as it reads q, k and v
-                return self.proj(kernels.causal_attention(qkv, self.n_head, self.qkv.bias))
+                return self._project(kernels.causal_attention(qkv, self.n_head, self.qkv.bias), out_bias)
             qkv = qkv + self.qkv.bias if self.qkv.bias is not None else qkv
         else:
             qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
@@ -90,4 +93,7 @@ class MultiHeadAttention(nn.Module):
                 self.last_attention = att.detach()
             y = att @ v  # (B, n_head, T, S) @ (B, n_head, S, head_size) -> (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
-        return self.proj(y)
+        return self._project(y, out_bias)
+
+    def _project(self, y: torch.Tensor, out_bias: bool) -> torch.Tensor:
+        return self.proj(y) if out_bias else F.linear(y, self.proj.weight)

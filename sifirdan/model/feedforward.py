@@ -24,7 +24,9 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.cpu_kernels = config.cpu_kernels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_bias: bool = True) -> torch.Tensor:
+        """``out_bias=False`` (no dropout active only) leaves b_2 out: the block's fused residual + LayerNorm
+        kernel adds it."""
         fc = self.fc
         if self.cpu_kernels and fc.bias is not None and kernels.applies(x):
             h = F.linear(x, fc.weight)  # bias not yet added
@@ -34,6 +36,10 @@ class FeedForward(nn.Module):
             hidden = kernels.bias_gelu(h, fc.bias) if kernels.applies(h) else self.gelu(h + fc.bias)
         else:
             hidden = self.gelu(fc(x))
+        if not out_bias:
+            if self.training and self.dropout.p > 0:
+                raise ValueError("FeedForward: out_bias=False needs dropout off (the bias comes before dropout)")
+            return F.linear(hidden, self.proj.weight)  # (B, T, n_embd)
         out = self.proj(hidden)  # (B, T, n_embd)
         if self.training and self.dropout.p > 0 and self.cpu_kernels and kernels.applies(out):
             # the same inverted dropout, with a hashed mask: PyTorch's CPU bernoulli_ costs ~4 ms a layer here

@@ -89,11 +89,19 @@ class GPT(nn.Module):
             attn_mask = self._attention_mask(start, T, key_padding_mask, idx.device)
 
         x = self.embeddings(idx, positions)  # (B, T, n_embd)
-        for block in self.blocks:
-            x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
-        if kv_cache is not None:
-            kv_cache.advance(T)
-        x = self.ln_f(x)
+        if self.config.cpu_kernels and kv_cache is None and attn_mask is None and kernels.applies(x):
+            # the same blocks, with each residual add and the LayerNorm after it fused (TransformerBlock.forward_fused)
+            h = self.blocks[0].ln1(x) if self.blocks else self.ln_f(x)
+            for i, block in enumerate(self.blocks):
+                next_norm = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
+                x, h = block.forward_fused(x, h, next_norm)
+            x = h  # ln_f(x)
+        else:
+            for block in self.blocks:
+                x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
+            if kv_cache is not None:
+                kv_cache.advance(T)
+            x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
         logits = self.lm_head(x)  # (B, T, vocab_size)

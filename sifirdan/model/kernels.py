@@ -157,6 +157,57 @@ def bias_gelu(h: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return BiasGELU.apply(h, bias)
 
 
+class AddLayerNorm(torch.autograd.Function):
+    """The pre-LN block's seam: ``xo = x + y (+ bias)`` (the residual stream plus a sub-layer's output and that
+    sub-layer's output bias), then ``h = LayerNorm(xo)`` for the next sub-layer, in one pass over the rows.
+    Backward is one pass too: the residual gradient plus LayerNorm's, written once, with the column sums for
+    the LayerNorm's weight and bias and the output bias. PyTorch would take an addmm bias broadcast, an add,
+    a LayerNorm and, in backward, a LayerNorm backward, a gradient accumulation and a bias sum."""
+
+    @staticmethod
+    def forward(ctx, x, y, bias, weight, ln_bias, eps: float):
+        _check("add_layernorm", x, y, bias, weight, ln_bias)
+        x, y = x.contiguous(), y.contiguous()
+        N = x.shape[-1]
+        if y.shape != x.shape or weight.shape != (N,) or any(t is not None and t.shape != (N,) for t in (bias, ln_bias)):
+            raise ValueError(f"add_layernorm: shapes {tuple(x.shape)} / {tuple(y.shape)} / parameters do not fit")
+        M = x.numel() // N
+        xo, h = torch.empty_like(x), torch.empty_like(x)
+        mean, rstd = x.new_empty(M), x.new_empty(M)
+        _kernels.add_layernorm_forward(
+            x.data_ptr(), y.data_ptr(), _ptr(bias), weight.contiguous().data_ptr(), _ptr(ln_bias), xo.data_ptr(),
+            h.data_ptr(), mean.data_ptr(), rstd.data_ptr(), float(eps), M, N,
+        )
+        ctx.save_for_backward(xo, mean, rstd, weight)
+        ctx.has = (bias is not None, ln_bias is not None)
+        return xo, h
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dxo, dh):
+        xo, mean, rstd, weight = ctx.saved_tensors
+        _check("add_layernorm backward", dxo, dh)
+        N = xo.shape[-1]
+        dh = torch.zeros_like(xo) if dh is None else dh.contiguous()
+        dxo = dxo.contiguous() if dxo is not None else None
+        dx = torch.empty_like(xo)
+        need = ctx.needs_input_grad
+        db = xo.new_empty(N) if ctx.has[0] and need[2] else None
+        dweight = xo.new_empty(N) if need[3] else None
+        dln_bias = xo.new_empty(N) if ctx.has[1] and need[4] else None
+        _kernels.add_layernorm_backward(
+            dh.data_ptr(), _ptr(dxo), xo.data_ptr(), mean.data_ptr(), rstd.data_ptr(), weight.contiguous().data_ptr(),
+            dx.data_ptr(), _ptr(dweight), _ptr(dln_bias), _ptr(db), xo.numel() // N, N,
+        )
+        # x and y get the same gradient; autograd never adds into a tensor it shares, so one tensor serves both
+        return dx if need[0] else None, dx if need[1] else None, db, dweight, dln_bias, None
+
+
+def add_layernorm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, norm: torch.nn.LayerNorm):
+    """``xo = x + y (+ bias)``; returns ``(xo, norm(xo))``. ``norm`` is an nn.LayerNorm over the last dimension."""
+    return AddLayerNorm.apply(x, y, bias, norm.weight, norm.bias, norm.eps)
+
+
 class CrossEntropy(torch.autograd.Function):
     """Mean cross-entropy over rows whose target is not ``ignore_index`` (F.cross_entropy's default
     reduction). Forward writes the gradient too, in the same pass over the logits, when one is needed."""
