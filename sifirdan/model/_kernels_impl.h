@@ -321,22 +321,26 @@ static void add_row_bias(float *kt, const float *bias, int T, int D, int Tp) {
 }
 
 /* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
- * to the diagonal are computed (causal: the rest would be masked anyway). */
+ * to the diagonal are computed (causal: the rest would be masked anyway). Each row's running maximum is
+ * kept in a register as the score tiles are made, so softmax reads the scores once. */
 static void attention_forward_head(const float *qkv, const float *bias, float *out, float *lse, int b, int h, int T,
                                    int H, int D, float scale, Scratch *s) {
-    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W);
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W), Dp2 = rup(D, 2 * W);
     const ptrdiff_t TpZ = Tp; /* row stride of the score tiles, pointer-sized: no index arithmetic per FMA */
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled by 1/sqrt(D) */
     transpose_head(base + C, C3, T, D, s->kt, Tp);     /* k^T: keys along the lanes */
     add_row_bias(s->kt, bk, T, D, Tp);
-    gather_rows(base + 2 * C, C3, bv, 1.f, T, D, s->vs, Dp);
+    gather_rows(base + 2 * C, C3, bv, 1.f, T, D, s->vs, Dp2); /* rows padded to two vectors: see P V below */
     float *pr = s->p; /* R rows of scores, then probabilities (unnormalised) */
     for (int i0 = 0; i0 < T; i0 += R) {
         const float *q[R]; /* query rows (rows past T are zero padding: computed, never stored) */
         for (int r = 0; r < R; r++) q[r] = s->qs + (size_t)(i0 + r) * Dp;
         int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp; /* keys 0..n-1 cover rows i0..i0+R-1 */
+        v16 mx[R];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) mx[r] = bc(-INFINITY);
         for (int j0 = 0; j0 < n; j0 += W) {                /* scores: Q K^T, one 16-key tile at a time */
             v16 acc[R];
 #pragma GCC unroll 8
@@ -351,21 +355,17 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
             for (int r = 0; r < R; r++) {
                 if (j0 + W > i0) /* the diagonal tile: key j is visible to query i only when j <= i */
                     acc[r] = sel(jj <= bc((float)(i0 + r)), acc[r], bc(-INFINITY));
+                mx[r] = sel(acc[r] > mx[r], acc[r], mx[r]);
                 st(pr + r * Tp + j0, acc[r]);
             }
         }
         float inv[R];
         for (int r = 0; r < R; r++) { /* softmax numerators and 1/denominator, row by row */
             float *row = pr + r * Tp;
-            v16 mv = bc(-INFINITY);
+            float m = hmax(mx[r]);
+            v16 sum = bc(0.f), mv = bc(m);
             for (int j0 = 0; j0 < n; j0 += W) {
-                v16 x = ld(row + j0);
-                mv = sel(x > mv, x, mv);
-            }
-            float m = hmax(mv);
-            v16 sum = bc(0.f);
-            for (int j0 = 0; j0 < n; j0 += W) {
-                v16 e = vexp(ld(row + j0) - m);
+                v16 e = vexp(ld(row + j0) - mv);
                 st(row + j0, e);
                 sum += e;
             }
@@ -374,22 +374,28 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
             if (i0 + r < T) lse[((size_t)b * H + h) * T + i0 + r] = m + logf(l);
         }
         int jmax = i0 + R < T ? i0 + R : T;
-        for (int d0 = 0; d0 < D; d0 += W) { /* out = P V, 16 channels at a time */
-            v16 acc[R];
+        for (int d0 = 0; d0 < D; d0 += 2 * W) { /* out = P V, two vectors of channels per broadcast */
+            v16 acc[R][2];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) acc[r] = bc(0.f);
+            for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = bc(0.f);
             for (int j = 0; j < jmax; j++) {
-                v16 v = ld(s->vs + j * Dp + d0);
+                v16 v0 = ld(s->vs + (size_t)j * Dp2 + d0), v1 = ld(s->vs + (size_t)j * Dp2 + d0 + W);
                 const float *pj = pr + j; /* row r's probability of key j is pj[r * Tp] */
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) acc[r] += bc(pj[r * TpZ]) * v;
+                for (int r = 0; r < R; r++) {
+                    v16 e = bc(pj[r * TpZ]);
+                    acc[r][0] += e * v0;
+                    acc[r][1] += e * v1;
+                }
             }
-            int width = D - d0 < W ? D - d0 : W;
-            for (int r = 0; r < R && i0 + r < T; r++) {
-                float *o = out + ((size_t)b * T + i0 + r) * C + (size_t)h * D + d0;
-                v16 y = acc[r] * inv[r];
-                if (width == W) st(o, y);
-                else { float t[W]; st(t, y); memcpy(o, t, sizeof(float) * width); }
+            for (int half = 0; half < 2 && d0 + half * W < D; half++) {
+                int c = d0 + half * W, width = D - c < W ? D - c : W;
+                for (int r = 0; r < R && i0 + r < T; r++) {
+                    float *o = out + ((size_t)b * T + i0 + r) * C + (size_t)h * D + c;
+                    v16 y = acc[r][half] * inv[r];
+                    if (width == W) st(o, y);
+                    else { float t[W]; st(t, y); memcpy(o, t, sizeof(float) * width); }
+                }
             }
         }
     }
