@@ -105,6 +105,7 @@ typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const 
 #undef SFX
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
 #define SIFIRDAN_X86_CLONES 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -115,7 +116,9 @@ typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
 #define SFX(name) name##_avx512
+#define SIFIRDAN_AVX512 1 /* lets _kernels_impl.h use AVX-512 instructions the vector extensions do not reach */
 #include "_kernels_impl.h"
+#undef SIFIRDAN_AVX512
 #undef SFX
 #pragma GCC pop_options
 #endif

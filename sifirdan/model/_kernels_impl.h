@@ -62,10 +62,21 @@ static inline float hmax(v16 v) {
     return m;
 }
 /* exp(x) for x <= ~88: Cody-Waite range reduction x = k ln2 + r, a degree-6 polynomial for e^r (Cephes'
- * expf coefficients, ~1 ulp), then 2^k built in the exponent bits. k = round(x / ln2) comes from adding
- * 1.5 * 2^23, which leaves the integer in the low mantissa bits (no float->int conversions needed).
- * Below -87 (including -inf) it returns exactly 0. */
+ * expf coefficients, ~1 ulp), then the result scaled by 2^k. Below -87 (including -inf) it returns exactly 0.
+ * The AVX-512 copy rounds with vrndscaleps and scales with vscalefps; the others round by adding 1.5 * 2^23,
+ * which leaves k in the low mantissa bits, and build 2^k in the exponent bits. */
 static inline v16 vexp(v16 x) {
+#ifdef SIFIRDAN_AVX512
+    __m512 xv;
+    memcpy(&xv, &x, sizeof xv);
+    __mmask16 keep = _mm512_cmp_ps_mask(xv, _mm512_set1_ps(-87.f), _CMP_GE_OQ) |
+                     _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q); /* NaN stays NaN */
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v16 kk, r;
+    memcpy(&kk, &k, sizeof kk);
+    r = x - kk * 0.693359375f + kk * 2.12194440e-4f;
+#else
     i16 tiny = x < bc(-87.f);
     x = sel(tiny, bc(-87.f), x);
     v16 t = x * 1.44269504088896341f + 12582912.f;
@@ -73,6 +84,7 @@ static inline v16 vexp(v16 x) {
     i16 ti;
     memcpy(&ti, &t, sizeof ti);
     v16 r = x - k * 0.693359375f + k * 2.12194440e-4f;
+#endif
     v16 p = bc(1.9875691500E-4f);
     p = p * r + 1.3981999507E-3f;
     p = p * r + 8.3334519073E-3f;
@@ -80,10 +92,18 @@ static inline v16 vexp(v16 x) {
     p = p * r + 1.6666665459E-1f;
     p = p * r + 5.0000001201E-1f;
     p = p * r * r + r + 1.f;
+#ifdef SIFIRDAN_AVX512
+    __m512 pv;
+    memcpy(&pv, &p, sizeof pv);
+    pv = _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(pv, k));
+    memcpy(&p, &pv, sizeof p);
+    return p;
+#else
     i16 e = (ti - 0x4B400000 + 127) << 23; /* 0x4B400000: the bits of 1.5 * 2^23 */
     v16 two_k;
     memcpy(&two_k, &e, sizeof two_k);
     return sel(tiny, bc(0.f), p * two_k);
+#endif
 }
 
 /* GELU(x) = x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, the exact (erf) form of nn.GELU(). erf from
