@@ -211,6 +211,11 @@ RECIPES = {
     "d-min0": dict(preset=None, vocab=None, model={}, train={"min_lr_ratio": 0.0}),
     "d-b32": dict(preset=None, vocab=None, model={}, train={"batch_size": 32}),
     "d-192-drop0.1": dict(preset=None, vocab=None, model={"n_embd": 192, "n_head": 6, "dropout": 0.1}, train={}),
+    # after the fused residual + LayerNorm kernel (~6 % faster step): longer context, depth, tied embeddings
+    "d-t256-b8": dict(preset=None, vocab=None, model={"block_size": 256}, train={"batch_size": 8}),
+    "d-l6": dict(preset=None, vocab=None, model={"n_layer": 6}, train={}),
+    "d-tied": dict(preset=None, vocab=None, model={"tie_weights": True}, train={}),
+    "d-beta2-0.99": dict(preset=None, vocab=None, model={}, train={"beta2": 0.99}),
 }
 
 
