@@ -216,6 +216,11 @@ RECIPES = {
     "d-l6": dict(preset=None, vocab=None, model={"n_layer": 6}, train={}),
     "d-tied": dict(preset=None, vocab=None, model={"tie_weights": True}, train={}),
     "d-beta2-0.99": dict(preset=None, vocab=None, model={}, train={"beta2": 0.99}),
+    # tied embeddings won the round above (1.824 vs 1.850): around them
+    "d-tied-v8192": dict(preset=None, vocab=8192, model={"tie_weights": True}, train={}),
+    "d-tied-v2048": dict(preset=None, vocab=2048, model={"tie_weights": True}, train={}),
+    "d-tied-wd0.3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"weight_decay": 0.3}),
+    "d-tied-lr5e-3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"learning_rate": 5e-3}),
 }
 
 
