@@ -282,8 +282,8 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
     from sifirdan.train import Trainer, TrainConfig
     from sifirdan.train.pretrain import pretrain_data
 
-    if recipe["preset"] is None:
-        mcfg = GPTConfig(**recipe.get("model", {}))
+    if recipe["preset"] is None:  # the defaults, with the recipe's vocab when it names one
+        mcfg = GPTConfig(**({"vocab_size": recipe["vocab"]} if recipe["vocab"] else {}), **recipe.get("model", {}))
     else:
         mcfg = GPTConfig.from_preset(recipe["preset"], vocab_size=recipe["vocab"], **recipe.get("model", {}))
     train = dict(recipe.get("train", {}))
