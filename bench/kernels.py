@@ -4,7 +4,8 @@
 
 1. Each kernel, forward + backward, against its PyTorch twin on the same inputs, interleaved, median of
    rounds: causal attention (vs sdpa with its head transposes), bias+GELU (vs addmm-style bias add + GELU),
-   cross-entropy (vs F.cross_entropy), dropout 0.1 (vs F.dropout).
+   cross-entropy (vs F.cross_entropy), dropout 0.1 (vs F.dropout), residual add + LayerNorm (vs the output
+   projection's bias broadcast, the add and nn.LayerNorm).
 2. A guide-shape training step (guide preset, dropout 0, B32 x T128) with the kernels on and off, once per
    instruction-set copy (avx512 / avx2 / generic, forced with SIFIRDAN_KERNELS_ISA in a fresh process): the
    reason the model uses the kernels on AVX-512 CPUs only.
@@ -83,11 +84,30 @@ def ops(rounds: int = 7) -> list[list]:
     def drop_torch():
         F.dropout(x, 0.1, True).backward(dy)
 
+    xr = torch.randn(B, T, C, generator=g).requires_grad_()
+    w_out = torch.randn(C, C, generator=g) * 0.05
+    y_in = torch.randn(B, T, C, generator=g)
+    b_out = torch.randn(C, generator=g).requires_grad_()
+    norm = torch.nn.LayerNorm(C)
+    dh_ln = torch.randn(B, T, C, generator=g)
+
+    # both sides include the output projection (PyTorch's bias lives in its addmm), so the difference is the
+    # bias broadcast, the add and the LayerNorm -- forward and backward, with the residual gradient flowing too
+    def addln_ours():
+        xo, hn = kernels.add_layernorm(xr, torch.nn.functional.linear(y_in, w_out), b_out, norm)
+        torch.autograd.backward([xo, hn], [dy, dh_ln])
+
+    def addln_torch():
+        xo = xr + torch.nn.functional.linear(y_in, w_out, b_out)
+        torch.autograd.backward([xo, norm(xo)], [dy, dh_ln])
+
     pairs = [
         ("causal attention + qkv bias (B32 T128, 4 heads of 32)", attn_ours, attn_torch, "sdpa + head transposes"),
         ("bias + GELU (4096 x 512)", gelu_ours, gelu_torch, "h + b, F.gelu"),
         ("cross-entropy (4096 x 500)", ce_ours, ce_torch, "F.cross_entropy"),
         ("dropout 0.1 (4096 x 128)", drop_ours, drop_torch, "F.dropout"),
+        ("output projection + residual add + LayerNorm (4096 x 128)", addln_ours, addln_torch,
+         "addmm with bias, add, nn.LayerNorm"),
     ]
     rows = []
     for name, ours, ref, ref_name in pairs:

@@ -221,6 +221,8 @@ RECIPES = {
     "d-tied-v2048": dict(preset=None, vocab=2048, model={"tie_weights": True}, train={}),
     "d-tied-wd0.3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"weight_decay": 0.3}),
     "d-tied-lr5e-3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"learning_rate": 5e-3}),
+    "d-tied-wd1.0": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"weight_decay": 1.0}),
+    "d-tied-lr2e-3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"learning_rate": 2e-3}),
 }
 
 
