@@ -104,7 +104,7 @@ def test_our_model_computes_the_guides_function():
     torch.manual_seed(0)
     gc = GuideConfig(vocab_size=61, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
     ref = GuideGPT(gc).eval()
-    ours = GPT(tiny(attention="explicit")).eval()
+    ours = GPT(tiny(attention="explicit", tie_weights=False)).eval()  # the guide's head is its own matrix
     sd = {
         "embeddings.token_embedding.weight": ref.token_embedding.weight,
         "embeddings.position_embedding.weight": ref.position_embedding.weight,
@@ -166,10 +166,11 @@ def test_step0_loss_matches_the_guides():
 
 
 def test_tie_weights_shares_storage_and_gradients():
+    assert GPTConfig().tie_weights and not GPTConfig.from_preset("guide").tie_weights  # default on; the guide's off
     model = GPT(tiny(tie_weights=True))
     emb, head = model.embeddings.token_embedding.weight, model.lm_head.weight
     assert head is emb and head.data_ptr() == emb.data_ptr()
-    untied = GPT(tiny())
+    untied = GPT(tiny(tie_weights=False))
     assert untied.num_parameters() - model.num_parameters() == 61 * 32
     idx = torch.randint(0, 61, (2, 8))
     model(idx, idx)[1].backward()
