@@ -2,7 +2,7 @@
  *
  * Why: at the guide's shape (batch 32 x block 128, n_embd 128, 4 heads of 32) a CPU training step is
  * mostly matrix multiplies that already run near the chip's peak; what is left is memory traffic and
- * PyTorch's general-purpose kernels for small operations. Four of them are done here, each the same math
+ * PyTorch's general-purpose kernels for small operations. Five of them are done here, each the same math
  * as PyTorch's (tests hold them to it; only float rounding differs):
  *   - causal attention. torch's CPU flash kernel works in 128-key blocks, so at T = 128 it computes the
  *     whole T x T score matrix although half of it is masked, and the (B, T, 3C) -> (B, H, T, D) layout
@@ -15,6 +15,10 @@
  *     one-hot buffer and two more passes in backward).
  *   - dropout: the mask is a hash of (seed, element index), regenerated in backward, never stored
  *     (PyTorch's CPU bernoulli_ was ~4.5 ms per layer here).
+ *   - residual add + LayerNorm: a pre-LN block's "x + sublayer(...)" is followed by the LayerNorm of the next
+ *     sub-layer; PyTorch broadcasts the sub-layer's output bias (addmm), adds, normalises, and in backward
+ *     runs the LayerNorm backward, accumulates the residual gradient and sums the bias gradient, each a
+ *     pass over the (B*T, n_embd) activations. Here forward and backward are one pass each.
  * Everything is float32, row-major and contiguous; the Python side (kernels.py) checks that.
  *
  * Portable C: GCC/Clang vector extensions (16 floats per vector; the compiler splits them where the

@@ -1,6 +1,6 @@
 """sifirdan's CPU kernels (``_kernels.c``) as autograd functions, and when the model may use them.
 
-Four steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
+Five steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
 (tests hold outputs and gradients to it), faster because they move less memory (see the top of
 ``_kernels.c``):
 
@@ -8,7 +8,9 @@ Four steps of a small GPT's CPU training step, each the same function as the PyT
     the packed (B, T, 3*n_embd) qkv projection (its bias added on the fly), returned as (B, T, n_embd);
   * ``bias_gelu(h, bias)`` -- GELU(h + bias), the bias gradient summed in GELU's backward pass;
   * ``cross_entropy(logits, targets)`` -- mean loss and its gradient in one pass over the logits;
-  * ``dropout(x, p)`` -- inverted dropout whose mask is regenerated from a seed, never stored.
+  * ``dropout(x, p)`` -- inverted dropout whose mask is regenerated from a seed, never stored;
+  * ``add_layernorm(x, y, bias, norm)`` -- the residual add (with the sub-layer's output bias) and the
+    LayerNorm that reads it next, forward and backward each in one pass (``TransformerBlock.forward_fused``).
 
 The model uses them only where they apply -- float32 CPU tensors on an AVX-512 CPU, no attention mask, no KV
 cache -- and PyTorch everywhere else (GPU, bf16 autocast, generation with a cache, masks), and when the
@@ -29,9 +31,11 @@ except ImportError:  # pragma: no cover - depends on the install
 
 
 # Copies of the kernels that beat PyTorch. The AVX2 and generic copies compute the same results (tests run
-# them through SIFIRDAN_KERNELS_ISA) but are not tuned yet: on this project's AVX-512 test machine, forcing
-# the AVX2 copy made a guide-shape training step 1.6x *slower* than PyTorch's ops (16 vector accumulators
-# become 32 narrower ones and spill). So the model uses the kernels on AVX-512 CPUs only, unless
+# them through SIFIRDAN_KERNELS_ISA) but are slow: on this project's AVX-512 test machine, forcing the AVX2
+# copy made a guide-shape training step 1.6-1.9x *slower* than PyTorch's ops. The kernels are written with
+# 16-float vectors, and GCC lowers those badly where registers hold 8 floats -- a broadcast, for one, is
+# built lane by lane on the stack (seen in the AVX2 copy's machine code). Native 8-float vectors in that
+# copy are the fix, not done yet. So the model uses the kernels on AVX-512 CPUs only, unless
 # SIFIRDAN_KERNELS_ISA names a copy explicitly.
 FAST_ISAS = ("avx512",)
 
