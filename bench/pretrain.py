@@ -374,7 +374,7 @@ def _describe(r: dict) -> str:
 
         m, t = GPTConfig(), TrainConfig()
         return (f"sifirdan defaults: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
-                f"dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
+                f"{'tied' if m.tie_weights else 'untied'} embeddings, dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
                 f"(warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x), AdamW {t.beta1}/{t.beta2} wd {t.weight_decay}, "
                 f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}"
                 + "".join(f"; {k}={v}" for k, v in {**r.get("model", {}), **r.get("train", {})}.items()))
