@@ -223,6 +223,10 @@ RECIPES = {
     "d-tied-lr5e-3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"learning_rate": 5e-3}),
     "d-tied-wd1.0": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"weight_decay": 1.0}),
     "d-tied-lr2e-3": dict(preset=None, vocab=None, model={"tie_weights": True}, train={"learning_rate": 2e-3}),
+    # tied is now the default: the defaults plus one change each
+    "d-wd1.0-min0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.0, "min_lr_ratio": 0.0}),
+    "d-h2": dict(preset=None, vocab=None, model={"n_head": 2}, train={}),
+    "d-wd1.5": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.5}),
 }
 
 
