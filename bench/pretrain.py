@@ -227,6 +227,8 @@ RECIPES = {
     "d-wd1.0-min0": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.0, "min_lr_ratio": 0.0}),
     "d-h2": dict(preset=None, vocab=None, model={"n_head": 2}, train={}),
     "d-wd1.5": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.5}),
+    "d-wd1.0-min0-h2": dict(preset=None, vocab=None, model={"n_head": 2},
+                            train={"weight_decay": 1.0, "min_lr_ratio": 0.0}),
 }
 
 
