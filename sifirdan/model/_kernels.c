@@ -56,7 +56,8 @@ static inline int rup(int x, int m) { return (x + m - 1) / m * m; }
  * qkv: (B, T, 3C) with C = H * D, the packed output of the qkv projection: q | k | v, each head's D
  * channels side by side. out: (B, T, C), heads concatenated (what the output projection reads).
  * lse: (B, H, T) log-sum-exp of each query's scores, kept for backward (which recomputes the
- * probabilities from it instead of storing the T x T matrix: memory stays O(T)). */
+ * probabilities from it instead of storing the T x T matrix: what is kept between the passes is O(T); the
+ * backward's scratch holds P and dS for up to QC query rows, O(QC x T) per thread). */
 
 typedef struct {
     float *kt, *vt, *vs, *qs, *ks, *dys, *dk, *dv, *p, *ds;
