@@ -9,6 +9,8 @@
 #define hsum SFX(hsum)
 #define hmax SFX(hmax)
 #define vexp SFX(vexp)
+#define st_n SFX(st_n)
+#define rows_times_keys SFX(rows_times_keys)
 #define attention_forward_head SFX(attention_forward_head)
 #define attention_backward_head SFX(attention_backward_head)
 #define transpose_head SFX(transpose_head)
@@ -25,6 +27,10 @@
 
 static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+static inline void st_n(float *p, v16 v, int n) { /* the first n <= W lanes of v */
+    if (n == W) st(p, v);
+    else { float t[W]; st(t, v); memcpy(p, t, sizeof(float) * n); }
+}
 static inline v16 bc(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 static inline v16 sel(i16 m, v16 a, v16 b) { /* lane-wise m ? a : b (m: all ones or all zeros) */
     i16 ai, bi, r;
@@ -340,13 +346,31 @@ static void add_row_bias(float *kt, const float *bias, int T, int D, int Tp) {
     }
 }
 
+/* acc[r][0..1] = sum over keys j < jmax of m[r * ldm + j] * (x[j * ldx], x[j * ldx + W]): R rows of a
+ * query-by-key matrix (P, or dS) times key rows (V, or K) at one offset of two vectors of channels. Each
+ * broadcast of an m element feeds two FMAs. ldm is pointer-sized: no index arithmetic per FMA. */
+static inline void rows_times_keys(const float *m, ptrdiff_t ldm, const float *x, size_t ldx, int jmax,
+                                   v16 acc[R][2]) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = bc(0.f);
+    for (int j = 0; j < jmax; j++) {
+        v16 x0 = ld(x + (size_t)j * ldx), x1 = ld(x + (size_t)j * ldx + W);
+        const float *mj = m + j;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            v16 e = bc(mj[r * ldm]);
+            acc[r][0] += e * x0;
+            acc[r][1] += e * x1;
+        }
+    }
+}
+
 /* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
  * to the diagonal are computed (causal: the rest would be masked anyway). Each row's running maximum is
  * kept in a register as the score tiles are made, so softmax reads the scores once. */
 static void attention_forward_head(const float *qkv, const float *bias, float *out, float *lse, int b, int h, int T,
                                    int H, int D, float scale, Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W), Dp2 = rup(D, 2 * W);
-    const ptrdiff_t TpZ = Tp; /* row stride of the score tiles, pointer-sized: no index arithmetic per FMA */
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled by 1/sqrt(D) */
@@ -396,25 +420,12 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
         int jmax = i0 + R < T ? i0 + R : T;
         for (int d0 = 0; d0 < D; d0 += 2 * W) { /* out = P V, two vectors of channels per broadcast */
             v16 acc[R][2];
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = bc(0.f);
-            for (int j = 0; j < jmax; j++) {
-                v16 v0 = ld(s->vs + (size_t)j * Dp2 + d0), v1 = ld(s->vs + (size_t)j * Dp2 + d0 + W);
-                const float *pj = pr + j; /* row r's probability of key j is pj[r * Tp] */
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) {
-                    v16 e = bc(pj[r * TpZ]);
-                    acc[r][0] += e * v0;
-                    acc[r][1] += e * v1;
-                }
-            }
+            rows_times_keys(pr, Tp, s->vs + d0, Dp2, jmax, acc);
             for (int half = 0; half < 2 && d0 + half * W < D; half++) {
                 int c = d0 + half * W, width = D - c < W ? D - c : W;
                 for (int r = 0; r < R && i0 + r < T; r++) {
                     float *o = out + ((size_t)b * T + i0 + r) * C + (size_t)h * D + c;
-                    v16 y = acc[r][half] * inv[r];
-                    if (width == W) st(o, y);
-                    else { float t[W]; st(t, y); memcpy(o, t, sizeof(float) * width); }
+                    st_n(o, acc[r][half] * inv[r], width);
                 }
             }
         }
@@ -433,7 +444,6 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
                                     float *dqkv, float *dbias, int b, int h, int T, int H, int D, float scale,
                                     Scratch *s) {
     const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp2 = rup(D, 2 * W);
-    const ptrdiff_t TpZ = Tp;
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp2); /* q + b_q, pre-scaled */
@@ -491,18 +501,7 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
             int jmax = i0 + R < T ? i0 + R : T;
             for (int d0 = 0; d0 < D; d0 += 2 * W) { /* dQ rows, two vectors of channels at a time */
                 v16 dq[R][2];
-#pragma GCC unroll 8
-                for (int r = 0; r < R; r++) dq[r][0] = dq[r][1] = bc(0.f);
-                for (int j = 0; j < jmax; j++) {
-                    v16 k0 = ld(ks + (size_t)j * Dp2 + d0), k1 = ld(ks + (size_t)j * Dp2 + d0 + W);
-                    const float *dsj = ds + j;
-#pragma GCC unroll 8
-                    for (int r = 0; r < R; r++) {
-                        v16 e = bc(dsj[r * TpZ]);
-                        dq[r][0] += e * k0;
-                        dq[r][1] += e * k1;
-                    }
-                }
+                rows_times_keys(ds, Tp, ks + d0, Dp2, jmax, dq);
                 for (int half = 0; half < 2 && d0 + half * W < D; half++) {
                     int c = d0 + half * W, width = D - c < W ? D - c : W;
                     v16 dqsum = bc(0.f);
@@ -510,8 +509,7 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
                         float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + c;
                         v16 g = dq[r][half] * scale;
                         dqsum += g;
-                        if (width == W) st(o, g);
-                        else { float t[W]; st(t, g); memcpy(o, t, sizeof(float) * width); }
+                        st_n(o, g, width);
                     }
                     if (dbias) { /* padded lanes of dq are 0: k padding is zero */
                         float t[W];
@@ -566,12 +564,8 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
             v16 dk = ld(s->dk + (size_t)j * Dp2 + d0), dv = ld(s->dv + (size_t)j * Dp2 + d0);
             ksum += dk;
             vsum += dv;
-            if (width == W) { st(o + d0, dk); st(o + C + d0, dv); }
-            else {
-                float t[W];
-                st(t, dk); memcpy(o + d0, t, sizeof(float) * width);
-                st(t, dv); memcpy(o + C + d0, t, sizeof(float) * width);
-            }
+            st_n(o + d0, dk, width);
+            st_n(o + C + d0, dv, width);
         }
         if (dbias) {
             float tk[W], tv[W];
@@ -669,6 +663,8 @@ static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, ui
 #undef hsum
 #undef hmax
 #undef vexp
+#undef st_n
+#undef rows_times_keys
 #undef attention_forward_head
 #undef attention_backward_head
 #undef transpose_head
