@@ -148,12 +148,11 @@ static void bias_gelu_rows(const float *h, const float *b, float *out, int64_t r
             st(o + j0, x * cdf);
         }
         if (j0 < N) {
-            float xt[W] = {0}, yt[W];
+            float xt[W] = {0};
             for (int l = 0; j0 + l < N; l++) xt[l] = hr[j0 + l] + b[j0 + l];
             v16 x = ld(xt), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
-            st(yt, x * cdf);
-            memcpy(o + j0, yt, sizeof(float) * (N - j0));
+            st_n(o + j0, x * cdf, N - j0);
         }
     }
 }
@@ -173,7 +172,7 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
             st(db + j0, ld(db + j0) + d);
         }
         if (j0 < N) {
-            float xt[W] = {0}, gt[W] = {0}, dt[W];
+            float xt[W] = {0}, gt[W] = {0};
             for (int l = 0; j0 + l < N; l++) {
                 xt[l] = hr[j0 + l] + b[j0 + l];
                 gt[l] = gr[j0 + l];
@@ -181,8 +180,7 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
             v16 x = ld(xt), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
             v16 d = ld(gt) * (cdf + x * pdf);
-            st(dt, d);
-            memcpy(o + j0, dt, sizeof(float) * (N - j0));
+            st_n(o + j0, d, N - j0);
             st(db + j0, ld(db + j0) + d); /* padded lanes add 0 * ... = 0 */
         }
     }

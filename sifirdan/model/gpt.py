@@ -91,7 +91,7 @@ class GPT(nn.Module):
         x = self.embeddings(idx, positions)  # (B, T, n_embd)
         if self.config.cpu_kernels and kv_cache is None and attn_mask is None and kernels.applies(x):
             # the same blocks, with each residual add and the LayerNorm after it fused (TransformerBlock.forward_fused)
-            h = self.blocks[0].ln1(x) if self.blocks else self.ln_f(x)
+            h = self.blocks[0].ln1(x)  # n_layer >= 1 (GPTConfig.validate)
             for i, block in enumerate(self.blocks):
                 next_norm = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
                 x, h = block.forward_fused(x, h, next_norm)
