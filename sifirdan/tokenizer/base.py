@@ -30,7 +30,7 @@ import regex
 from sifirdan.errors import UserError
 from sifirdan.fileio import atomic_write_text
 from sifirdan.tokenizer.bytelevel import str_to_token, token_to_str
-from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, GPT2_PATTERN
+from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, GPT2_PATTERN, make_splitter
 
 # The special tokens later stages rely on: end of text, padding, and the instruction-tuning markers.
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<PAD>", "<INST>", "</INST>", "<RESP>", "</RESP>")
@@ -121,6 +121,9 @@ class Tokenizer:
                 raise UserError(f"the vocabulary has no token for byte {b}; a byte-level BPE needs all 256 bytes")
             self._byte_ids[b] = found[b]
         self._compiled = regex.compile(self.pattern)
+        # text -> pieces as HF's Split(Isolated) cuts it: the text between matches of a foreign pattern such
+        # as \w+ is kept (findall would drop it); our own patterns match everything and stay a bare findall
+        self._split = make_splitter(self.pattern)
         self._cache: dict[str, list[int]] = {}
         self._special_re = None
         self._inverse_special: dict[int, str] = {}
@@ -219,7 +222,7 @@ class Tokenizer:
         cache = self._cache
         fast = self._fast_core()
         bpe = fast.encode if fast is not None else self._bpe
-        for piece in self._compiled.findall(text):
+        for piece in self._split(text):
             ids = cache.get(piece)
             if ids is None:
                 ids = bpe(text_to_bytes(piece))
@@ -355,12 +358,18 @@ class Tokenizer:
         except json.JSONDecodeError as e:
             hint = "it looks truncated" if e.pos >= len(text.rstrip()) else "it is not valid JSON"
             raise UserError(f"{path} cannot be read: {hint} ({e.msg} at line {e.lineno}); save or download it again") from None
+        except RecursionError:
+            # json's C decoder recurses once per [ or {; a file of 100,000 [ would otherwise end in a traceback
+            raise UserError(
+                f"{path} nests too deeply to be a tokenizer.json (arrays or objects thousands of levels inside each "
+                "other); pass a real tokenizer.json"
+            ) from None
         return cls.from_json(obj, source=str(path))
 
     @classmethod
     def from_json(cls, obj, source: str = "tokenizer.json"):
-        def bad(problem: str):
-            return UserError(f"{source} {problem}; use a byte-level BPE tokenizer.json such as `sifirdan tokenizer train` writes")
+        def bad(problem: str, fix: str = "use a byte-level BPE tokenizer.json such as `sifirdan tokenizer train` writes"):
+            return UserError(f"{source} {problem}; {fix}")
 
         if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
             raise bad("has no 'model' object, so it is not a Hugging Face tokenizer.json")
@@ -380,23 +389,30 @@ class Tokenizer:
         raw_vocab = model.get("vocab")
         if not isinstance(raw_vocab, dict):
             raise bad("has no model.vocab object")
-        vocab: dict[int, bytes] = {}
-        by_str: dict[str, int] = {}
+        raw_added = obj.get("added_tokens")
+        if raw_added is None:
+            raw_added = []
+        if not isinstance(raw_added, list):
+            raise bad(f"has added_tokens of type {type(raw_added).__name__}, not a list")
+        token_bytes: dict[str, bytes] = {}
         for s, i in raw_vocab.items():
             tok = str_to_token(s)
-            if tok is None or not tok or not isinstance(i, int) or i < 0:
-                raise bad(f"has the vocab entry {s!r}: {i!r}, which is not a byte-level token")
-            if i in vocab:
-                raise bad(f"gives id {i} to two tokens")
-            vocab[i] = tok
-            by_str[s] = i
-        have = {t[0] for t in vocab.values() if len(t) == 1}
+            if tok is None or not tok:
+                raise bad(f"has model.vocab[{s!r}] = {i!r}, whose key is not a byte-level token")
+            token_bytes[s] = tok
+        have = {t[0] for t in token_bytes.values() if len(t) == 1}
         if len(have) != 256:
-            raise bad(f"has {len(have)} single-byte tokens instead of 256, so it is not byte-level")
+            raise bad(f"has {len(have)} single-byte tokens in model.vocab instead of 256, so it is not byte-level")
+        # The numbers before anything is built per id: the largest id sets vocab_size, and a model allocates
+        # an embedding row per id, so one added token at id 10**12 must not get past this point.
+        specials = _checked_ids(raw_vocab, raw_added, bad)
+        vocab = {raw_vocab[s]: tok for s, tok in token_bytes.items()}
+        by_str: dict[str, int] = raw_vocab  # token string -> id, all checked above
         raw_merges = model.get("merges")
         if not isinstance(raw_merges, list):
             raise bad("has no model.merges list")
         merges = []
+        first_rank: dict[tuple[int, int], int] = {}
         for k, m in enumerate(raw_merges):
             if isinstance(m, str):
                 parts = m.split(" ")
@@ -405,19 +421,16 @@ class Tokenizer:
             else:
                 parts = None
             if not parts or len(parts) != 2 or not all(isinstance(p, str) for p in parts):
-                raise bad(f"has a malformed merge #{k}: {m!r} (want two tokens)")
+                raise bad(f"has a malformed merge #{k} (model.merges[{k}]): {m!r} (want two tokens)")
             a, b = by_str.get(parts[0]), by_str.get(parts[1])
             new = by_str.get(parts[0] + parts[1])
             if a is None or b is None or new is None:
-                raise bad(f"has merge #{k} {m!r} whose parts or result are not in the vocab")
+                raise bad(f"has merge #{k} (model.merges[{k}]) {m!r} whose parts or result are not in the vocab")
+            j = first_rank.setdefault((a, b), k)
+            if j != k:
+                # HF ranks a repeated pair by its last listing and we by its first: the file means two things
+                raise bad(f"lists the merge {m!r} twice, as model.merges[{j}] and model.merges[{k}]", "delete one of them")
             merges.append((a, b, new))
-        specials = {}
-        for t in obj.get("added_tokens") or []:
-            if not isinstance(t, dict) or not isinstance(t.get("content"), str) or not isinstance(t.get("id"), int):
-                raise bad(f"has a malformed added_tokens entry {t!r}")
-            if t["id"] in vocab:
-                continue  # an added token that is also a BPE token: the BPE token covers it
-            specials[t["content"]] = t["id"]
         try:
             regex.compile(pattern)
         except regex.error as e:
@@ -428,6 +441,76 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, merges={len(self.merge_list)}, special_tokens={len(self.special_tokens)})"
+
+
+def _is_id(i) -> bool:
+    return isinstance(i, int) and not isinstance(i, bool)  # JSON true/false arrive as bool, a subclass of int
+
+
+def _checked_ids(raw_vocab: dict, raw_added: list, bad) -> dict[str, int]:
+    """Check every id in a tokenizer.json; return the special tokens (added tokens that are not BPE tokens).
+
+    The ids of ``model.vocab`` and of those special tokens must be exactly 0..N-1, each used once. Only sets
+    and dicts the size of the file are built, never a table as long as the largest id.
+    """
+    owner: dict[int, str | int] = {}  # id -> its model.vocab key (str) or its added_tokens index (int)
+
+    def field(x) -> str:
+        return f"model.vocab[{x!r}]" if isinstance(x, str) else f"added_tokens[{x}].id"
+
+    for s, i in raw_vocab.items():
+        if not _is_id(i) or i < 0:
+            raise bad(f"has model.vocab[{s!r}] = {i!r}, which is not a non-negative integer id")
+        if i in owner:
+            raise bad(f"gives id {i} to two tokens, {field(owner[i])} and {field(s)}")
+        owner[i] = s
+    specials: dict[str, int] = {}
+    by_content: dict[str, int] = {}
+    by_id: dict[int, int] = {}
+    last_special = -1
+    for k, t in enumerate(raw_added):
+        if not isinstance(t, dict):
+            raise bad(f"has a malformed added_tokens[{k}] {t!r} (want an object with content and id)")
+        content, i = t.get("content"), t.get("id")
+        if not _is_id(i) or i < 0:
+            raise bad(f"has added_tokens[{k}].id = {i!r}, which is not a non-negative integer id")
+        if not isinstance(content, str) or not content:
+            raise bad(f"has added_tokens[{k}].content = {content!r}, which is not a non-empty string")
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad(f"has added_tokens[{k}].content = {content!r}, which holds a lone surrogate") from None
+        if content in by_content:
+            raise bad(
+                f"lists the added token {content!r} twice, as added_tokens[{by_content[content]}].content and "
+                f"added_tokens[{k}].content",
+                "delete one of them",
+            )
+        if i in by_id:
+            raise bad(f"gives id {i} to two added tokens, added_tokens[{by_id[i]}].id and added_tokens[{k}].id")
+        by_content[content] = k
+        by_id[i] = k
+        if i in owner:
+            if isinstance(owner[i], str) and str_to_token(owner[i]) == content.encode("utf-8"):
+                continue  # an added token that is also this BPE token: the BPE token covers it
+            raise bad(f"gives added_tokens[{k}] ({content!r}) the id {i}, which {field(owner[i])} already has")
+        if i < last_special:
+            # HF numbers added tokens that are not in the vocab in the order they are listed, whatever ids
+            # the file gives them: an out-of-order list would mean other ids there than here
+            raise bad(f"lists added_tokens[{k}] (id {i}) after a token with a higher id", "list added_tokens in id order")
+        owner[i] = k
+        specials[content] = i
+        last_special = i
+    n = len(owner)
+    top = max(owner, default=-1)
+    if top >= n:  # n distinct ids >= 0 fill 0..n-1 exactly when none is >= n
+        missing = next(j for j in range(n) if j not in owner)
+        raise bad(
+            f"has {field(owner[top])} = {top}, but its {n} tokens must use exactly the ids 0..{n - 1} "
+            f"(id {missing} is unused)",
+            "renumber the ids without gaps",
+        )
+    return specials
 
 
 def _pattern_from_pre_tokenizer(pre, bad) -> str:

@@ -11,19 +11,27 @@ import regex
 
 from sifirdan.errors import UserError
 from sifirdan.tokenizer.base import DEFAULT_SPECIAL_TOKENS, Tokenizer, text_to_bytes, validate_special_tokens
-from sifirdan.tokenizer.pattern import DEFAULT_PATTERN
+from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, make_splitter
 from sifirdan.tokenizer.train import learn_merges
 
 
 def count_pieces(texts: Iterable[str], pattern: str = DEFAULT_PATTERN) -> Counter:
-    """Pre-tokenize a stream of texts and count each distinct piece (the only table training keeps)."""
-    compiled = regex.compile(pattern)
+    """Pre-tokenize a stream of texts and count each distinct piece (the only table training keeps).
+
+    The pieces are exactly the ones ``encode`` cuts (the same ``make_splitter``), so a pattern that leaves
+    gaps between its matches trains on those gaps too instead of on text the tokenizer never sees."""
+    split = make_splitter(pattern)
     counts: Counter = Counter()
     for text in texts:
         if not isinstance(text, str):
             raise UserError(f"training texts must be str, got {type(text).__name__}; decode bytes first")
-        counts.update(compiled.findall(text))
+        counts.update(split(text))
     return counts
+
+
+# Token bins store ids as uint32, and a vocabulary this large has no text left to learn merges from anyway;
+# the bound keeps a typo (--vocab-size 100000000000000000000) from reaching the C core's size_t.
+MAX_VOCAB_SIZE = 1 << 24
 
 
 class BPETokenizer(Tokenizer):
@@ -56,6 +64,9 @@ class BPETokenizer(Tokenizer):
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise UserError(f"vocab_size must be an integer, not {vocab_size!r}")
         minimum = 256 + len(specials)
+        if vocab_size > MAX_VOCAB_SIZE:
+            raise UserError(f"vocab_size {vocab_size:,} is larger than any BPE vocabulary needs (at most "
+                            f"{MAX_VOCAB_SIZE:,}); pass e.g. --vocab-size 8192")
         if vocab_size < minimum:
             raise UserError(
                 f"vocab_size {vocab_size} is too small: 256 byte tokens + {len(specials)} special tokens need at "
