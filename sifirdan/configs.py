@@ -1,20 +1,62 @@
-"""Rules every config dataclass shares: how it is built from a dict (a TOML file, a checkpoint), and how a
-field with a fixed set of values is checked."""
+"""Rules every config dataclass shares: how it is built from a dict (a TOML file, a checkpoint, the
+command line), and how a field with a fixed set of values is checked."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 
 from sifirdan.errors import UserError
 
+# Seeds feed torch.manual_seed and 64-bit hashes; larger ones overflow there with a traceback.
+MAX_SEED = 2**63 - 1
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_field_type(name: str, value, want) -> None:
+    """A one-line error when ``value`` is not of the field's type ``want`` (bool / int / float / str).
+
+    Strict where a wrong type would be silently misread: ``"3e-4"`` (a TOML string) is not a number, ``"no"``
+    is not false, ``1.5`` is not an integer seed, ``null`` is nothing. A float field also refuses NaN and inf,
+    which no hyperparameter can mean (NaN compares false to every bound, so range checks let it through).
+    """
+    if want is bool:
+        ok = isinstance(value, bool)
+    elif want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value!r}")
+    elif want is str:
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        fix = "write it without quotes in the config file" if isinstance(value, str) else "fix it in the config file"
+        raise UserError(f"{name} must be {_KINDS[want]}, got {value!r} ({type(value).__name__}); {fix}, "
+                        f"or pass --{name.replace('_', '-')} on the command line")
+
 
 def dataclass_from_dict(cls, d: dict, section: str):
-    """``cls(**d)``, but a key that is not a field is a one-line error listing the known keys."""
+    """``cls(**d)``, but a key that is not a field, or a value not of its field's type, is a one-line error."""
+    if not isinstance(d, dict):
+        raise UserError(f"the {section} config must be a table of keys, got {type(d).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise UserError(f"unknown {section} config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return cls(**d)
+        raise UserError(f"unknown {section} config key(s): {', '.join(map(str, unknown))}; known keys: {', '.join(sorted(known))}")
+    return cls(**d)  # its validate() checks the types (check_types)
+
+
+def check_types(obj) -> None:
+    """``check_field_type`` for every field of a config dataclass; each ``validate()`` starts with it, so a
+    config built in Python is held to the same rules as one read from a file or the command line."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        check_field_type(f.name, getattr(obj, f.name), hints.get(f.name))
 
 
 def check_choice(name: str, value, choices) -> None:

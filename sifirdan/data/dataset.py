@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, iter_file_texts, resolve_inputs
+from sifirdan.configs import check_types
 from sifirdan.errors import UserError
 from sifirdan.fileio import atomic_directory
 
@@ -85,6 +86,7 @@ class DataConfig:
     text_field: str = "text"  # the field holding the text in jsonl / json / csv records
 
     def validate(self) -> DataConfig:
+        check_types(self)
         vf = self.val_fraction
         if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not (0.0 < float(vf) < 1.0) or math.isnan(vf):
             raise UserError(f"val_fraction must be between 0 and 1 (exclusive), not {vf!r}; e.g. --val-fraction 0.1")
@@ -491,17 +493,19 @@ def prepare_bins(
     cfg: DataConfig | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    known_corpus_hash: str | None = None,
 ) -> TokenBins:
     """Tokenize the corpus once into ``<cache_dir>/bins/<key>/{train,val}.bin`` + ``meta.json``; reuse it after.
 
     ``paths``: a file, a folder, or a list of them; ``None`` -> the default corpus (``meta['source_label']`` says
     so: print ``bins.describe()``). ``cache_dir`` is the cache root (default ``default_cache_dir()``). The key
     covers the corpus content, ``tokenizer.fingerprint()`` and ``cfg``; the files are built in a temporary folder
-    and renamed into place, so an interrupted run leaves nothing half-written.
+    and renamed into place, so an interrupted run leaves nothing half-written. ``known_corpus_hash``: the
+    caller already computed ``corpus_hash(paths)`` (it reads the whole input; no need to do that twice).
     """
     cfg = (cfg or DataConfig()).validate()
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    c_hash = corpus_hash(paths)
+    c_hash = known_corpus_hash or corpus_hash(paths)
     tok_fp = tokenizer.fingerprint()
     key = _cache_key(c_hash, tok_fp, cfg)
     out = root / "bins" / key
@@ -565,7 +569,7 @@ def prepare_bins(
 
 
 # ================================================================================================ batches
-def _check_length(data, block_size: int, name: str) -> int:
+def check_length(data, block_size: int, name: str) -> int:
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise UserError(f"block_size must be a positive integer, not {block_size!r}; e.g. --block-size 128")
     n = len(data)
@@ -622,7 +626,7 @@ class BatchSampler:
             raise UserError(f"batch_size must be a positive integer, not {batch_size!r}; e.g. --batch-size 32")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise UserError(f"rank {rank!r} is not in 0..world_size-1 (world_size {world_size!r}); check the launcher")
-        self.n = _check_length(data, block_size, name)
+        self.n = check_length(data, block_size, name)
         self.data = data
         self.batch_size = batch_size
         self.block_size = block_size
@@ -687,7 +691,7 @@ def iter_eval_batches(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size must be a positive integer, not {batch_size!r}; e.g. --batch-size 32")
-    n = _check_length(data, block_size, name)
+    n = check_length(data, block_size, name)
     T = block_size
     full = (n - 1) // T
     tail = (n - 1) - full * T  # targets left after the full windows

@@ -16,6 +16,7 @@ from sifirdan.errors import UserError
 MAX_NEW_TOKENS_CAP = 32768
 
 FINISH_REASONS = ("stop", "length")
+MAX_SEED = 2**63 - 1 - 1024  # torch.Generator.manual_seed takes 64-bit seeds, and row i of a batch uses seed + i
 
 
 @dataclass
@@ -52,8 +53,9 @@ class GenerationConfig:
         r = self.repetition_penalty
         if not _is_number(r) or not math.isfinite(r) or r <= 0:
             raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {r!r}; pass e.g. --repetition-penalty 1.2")
-        if self.seed is not None and not _is_int(self.seed):
-            raise UserError(f"seed must be an integer, got {self.seed!r}; pass e.g. --seed 42")
+        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+            # row i of a batch uses seed + i: room is left for the rows
+            raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise UserError(f"stop strings must be non-empty strings, got {s!r}")

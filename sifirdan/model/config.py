@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sifirdan.configs import check_choice, dataclass_from_dict
+from sifirdan.configs import check_choice, check_types, dataclass_from_dict
 from sifirdan.errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
@@ -48,6 +48,7 @@ class GPTConfig:
         return self.n_embd // self.n_head
 
     def validate(self) -> None:
+        check_types(self)
         for name in ("vocab_size", "block_size", "n_embd", "n_head", "n_layer"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

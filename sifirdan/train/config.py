@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sifirdan.configs import check_choice, dataclass_from_dict
+from sifirdan.configs import MAX_SEED, check_choice, check_types, dataclass_from_dict
 from sifirdan.errors import UserError
 
 SCHEDULES = ("cosine", "constant")
@@ -21,6 +21,10 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 # What ``--dtype auto`` means on a CPU. bf16 autocast halves memory traffic but is only faster on CPUs with
 # native bf16 (AVX512-BF16 / AMX); measurements decide. One place to change it.
 CPU_DEFAULT_DTYPE = "fp32"
+
+# Upper bounds on counts that make one object each (a sampler per micro-step, a batch per eval iteration, a
+# thread): a typo such as --grad-accum 1000000000 must be a message, not a hang while they are created.
+LIMITS = {"grad_accum": 4096, "eval_iters": 10_000, "threads": 1024, "sample_tokens": 32768}
 
 
 @dataclass
@@ -64,6 +68,7 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        check_types(self)
         positive = ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters", "log_interval")
         for name in positive:
             v = getattr(self, name)
@@ -73,6 +78,11 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise UserError(f"{name} must be an integer >= 0, got {v!r}")
+        for name, top in LIMITS.items():
+            if getattr(self, name) > top:
+                raise UserError(f"{name} must be at most {top:,}, got {getattr(self, name):,}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed}; pass e.g. --seed 1337")
         if not self.learning_rate > 0:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; the guide uses 3e-4")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
