@@ -1,16 +1,30 @@
 """Atomic file and directory writes: a crash or a full disk never leaves a half-written file behind.
 
 Everything the toolkit saves goes through here: write to a temporary sibling, flush + fsync, then
-``os.replace`` (atomic on POSIX and Windows) onto the final name.
+``os.replace`` (atomic on POSIX and Windows) onto the final name. A directory cannot be replaced in one
+rename, so ``atomic_directory`` takes two, and ``recover_directory`` puts things right after a crash between
+them. Also here: the checks that a path can be written at all, and JSON parsing that turns every way a file
+can be malformed (a deep nesting included) into a one-line ``UserError``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
+
+from sifirdan.errors import UserError
+
+# Fault injection for tests: called with (step, path) at each step of the directory swap in
+# ``atomic_directory`` -- "written" (the temp directory is complete, nothing renamed yet), "old-moved" (the
+# previous directory is now ``<name>.old``), "new-moved" (the new one is in place), "old-removed". A test sets it to kill the process at one step and checks the recovery.
+on_swap_step: Callable[[str, Path], None] | None = None
+
 
 
 def _umask() -> int:
@@ -72,15 +86,109 @@ def atomic_directory(path: str | os.PathLike):
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
-        old = path.with_name(path.name + ".old")
+        _swap_step("written", path)
+        old = _old_twin(path)
         if old.exists():
             shutil.rmtree(old)
         if path.exists():
             os.replace(path, old)
+            _swap_step("old-moved", path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        _swap_step("new-moved", path)
         if old.exists():
             shutil.rmtree(old, ignore_errors=True)
+            _swap_step("old-removed", path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _old_twin(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def _swap_step(step: str, path: Path) -> None:
+    if on_swap_step is not None:
+        on_swap_step(step, path)
+
+
+def recover_directory(path: str | os.PathLike, is_complete: Callable[[Path], bool]) -> str | None:
+    """Undo what a crash inside ``atomic_directory(path)`` left behind; returns what was done, or None.
+
+    The swap is: write ``.<name>.XXXX.tmp`` completely, rename ``<name>`` -> ``<name>.old``, rename the temp
+    directory -> ``<name>``, delete ``<name>.old``. A kill between the two renames leaves no ``<name>``: then
+    the temp directory is promoted if ``is_complete`` says it is whole (it is the newer one), else
+    ``<name>.old`` is restored. A leftover ``<name>.old`` beside a ``<name>`` and stale temp directories are
+    deleted. Call it only while holding the run directory's lock (no other writer may be mid-swap).
+    """
+    path = Path(path)
+    old = _old_twin(path)
+    temps = sorted(path.parent.glob(f".{path.name}.*.tmp"), key=lambda p: p.stat().st_mtime, reverse=True)
+    temps = [t for t in temps if t.is_dir()]
+    done = None
+    if not path.exists():
+        complete = next((t for t in temps if is_complete(t)), None)
+        if complete is not None:
+            os.replace(complete, path)
+            temps.remove(complete)
+            done = f"promoted the complete new {path.name}/ that a crash left unrenamed"
+        elif old.is_dir():
+            os.replace(old, path)
+            done = f"restored {path.name}/ from {old.name}/ (a crash interrupted saving the newer one)"
+    if path.exists() and old.exists():
+        shutil.rmtree(old)
+        done = done or f"removed the leftover {old.name}/"
+    for t in temps:
+        shutil.rmtree(t, ignore_errors=True)
+        done = done or f"removed the unfinished {t.name}/"
+    _fsync_dir(path.parent)
+    return done
+
+
+# ------------------------------------------------------------------------------------------ writable paths
+def check_writable_dir(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Fail now, with one line, if files cannot be created in ``path`` (created if missing).
+
+    Run before slow work, so a read-only disk or a typo costs nothing. Permission bits are not enough (root
+    ignores them, a read-only mount does not show in them): a probe file is created and removed.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sifirdan-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be written ({os_reason(e)}); {fix}") from None
+
+
+def os_reason(e: OSError) -> str:
+    """A short reason for an OS error: 'read-only file system', 'no space left on device', ..."""
+    if e.errno is not None:
+        return os.strerror(e.errno).lower()
+    return str(e)
+
+
+DISK_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG)
+    if code is not None
+)
+
+
+# ------------------------------------------------------------------------------------------ reading JSON
+def parse_json(text: str, source: str, fix: str) -> Any:
+    """``json.loads`` whose every failure is a one-line ``UserError`` naming ``source``.
+
+    A hostile nesting (``[[[[...`` 100,000 deep) makes the C parser raise RecursionError at Python's recursion
+    limit, before it allocates much; that becomes a message too.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{source} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+    except RecursionError:
+        raise UserError(f"{source} nests brackets too deeply to be a file sifirdan wrote or reads; {fix}") from None

@@ -13,13 +13,22 @@ import sys
 
 from sifirdan import __version__
 from sifirdan.errors import UserError
+from sifirdan.fileio import DISK_ERRNOS, os_reason
 
 # subcommand modules, in the order ``--help`` lists them (the guide's order)
 COMMANDS = ["tokenizer", "params", "pretrain", "eval", "generate", "attention"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (what is wrong, and where the help is) like every other user error,
+    not the usage block plus the error. Subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sifirdan",
         description="Sıfırdan Fine-Tuning'e: train a Turkish BPE tokenizer and GPT from scratch.",
     )
@@ -31,12 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        # building the parser imports the config dataclasses (and so torch): a Ctrl-C there is an interrupt
+        # like any other, not a traceback from inside importlib
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         result = args.func(args)
     except UserError as e:
         print(f"sifirdan: error: {e}", file=sys.stderr)
@@ -46,4 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `sifirdan generate ... | head`
         return 0
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        # the disk, not the program: a full disk or a read-only folder found mid-run gets one line, and
+        # whatever was saved before (checkpoints are atomic) is still there to --resume from
+        where = f" {e.filename}" if e.filename else ""
+        print(f"sifirdan: error: cannot write{where} ({os_reason(e)}); free space or fix the permissions, "
+              "then run the command again (a training run continues with --resume)", file=sys.stderr)
+        return 1
     return int(result or 0)

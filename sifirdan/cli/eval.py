@@ -26,7 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
-    p.add_argument("--errors", default="strict", help="invalid UTF-8: strict | replace | ignore")
+    p.add_argument("--text-field", default="text", metavar="NAME", help="field that holds the text in .jsonl/.json/.csv (default text)")
+    p.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"], help="invalid UTF-8: strict | replace | ignore")
     p.set_defaults(func=run)
 
 
@@ -80,7 +81,7 @@ def run(args) -> int:
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = ckpt.load_model(args.model, device=device)
     if args.data:
-        text = read_text(args.data, errors=args.errors)
+        text = read_text(args.data, errors=args.errors, text_field=args.text_field)
         source = ", ".join(args.data)
     else:
         text = "\n\n".join(default_corpus())

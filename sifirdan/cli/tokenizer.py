@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     src.add_argument("--input", metavar="FILE")
     e.add_argument("--allow-special", action="store_true", help="turn special-token text such as <|endoftext|> into its id")
     e.add_argument("--errors", choices=["strict", "replace"], default="strict")
+    e.add_argument("--text-field", default="text", metavar="NAME", help="field that holds the text in .jsonl/.json/.csv (default text)")
     e.set_defaults(func=cmd_encode)
 
     d = sub.add_parser("decode", help="ids -> text", description="Print the text of token ids (from --ids, --input or stdin).")
@@ -69,7 +70,9 @@ def cmd_train(args) -> int:
 
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, iter_texts
     from sifirdan.tokenizer import BPETokenizer
+    from sifirdan.tokenizer.bpe import check_train_args
 
+    check_train_args(args.vocab_size, args.special_tokens)  # before reading any text
     if args.input:
         texts = iter_texts(args.input, errors=args.errors, text_field=args.text_field)
         source = ", ".join(args.input)
@@ -114,7 +117,7 @@ def cmd_encode(args) -> int:
     from sifirdan.data.corpus import iter_texts
 
     first = True
-    for text in iter_texts([args.input], errors=args.errors):
+    for text in iter_texts([args.input], errors=args.errors, text_field=args.text_field):
         ids = tok.encode(text, allowed_special=allowed)
         if ids:
             out.write(("" if first else " ") + " ".join(map(str, ids)))

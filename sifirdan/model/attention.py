@@ -39,9 +39,6 @@ class MultiHeadAttention(nn.Module):
         self.cpu_kernels = config.cpu_kernels
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
-        # The guide's lower-triangular mask: token i may look at tokens 0..i only. Not saved in checkpoints.
-        mask = torch.tril(torch.ones(config.block_size, config.block_size, dtype=torch.bool))
-        self.register_buffer("causal_mask", mask, persistent=False)
         self.last_attention: torch.Tensor | None = None  # filled when record_attention is True
         self.record_attention = False
 
@@ -83,10 +80,10 @@ class MultiHeadAttention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v)
             else:
                 # sdpa's is_causal aligns the triangle top-left, which is wrong once S > T: pass the rows explicitly
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=self.causal_mask[S - T : S, :S])
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S, x.device))
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_size))  # (B, n_head, T, S)
-            keep = self.causal_mask[S - T : S, :S] if attn_mask is None else attn_mask
+            keep = causal_mask(T, S, x.device) if attn_mask is None else attn_mask
             att = att.masked_fill(~keep, float("-inf"))
             att = F.softmax(att, dim=-1)  # each row sums to 1 over the visible tokens
             if self.record_attention:
@@ -97,3 +94,13 @@ class MultiHeadAttention(nn.Module):
 
     def _project(self, y: torch.Tensor, out_bias: bool) -> torch.Tensor:
         return self.proj(y) if out_bias else F.linear(y, self.proj.weight)
+
+
+def causal_mask(T: int, S: int, device) -> torch.Tensor:
+    """The guide's lower-triangular mask for T queries at the end of S keys: (T, S) bool, True = may attend.
+
+    Query i (absolute position S - T + i) sees keys 0 .. S - T + i: rows S-T..S-1 of the (S, S) triangle, and
+    the plain triangle when S == T. Built for the shape at hand, not once as a (block_size, block_size)
+    buffer: that buffer would cost block_size**2 bytes per layer whether or not a pass ever needs it.
+    """
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)

@@ -78,8 +78,13 @@ class GPTConfig:
 
 
 def _divisor_hint(n_embd: int, n_head: int) -> int:
-    divisors = [d for d in range(1, n_embd + 1) if n_embd % d == 0]
-    return min(divisors, key=lambda d: (abs(d - n_head), d))
+    """The divisor of n_embd nearest to n_head (the smaller one on a tie). Walks outwards from n_head, so it
+    costs O(distance), not O(n_embd): a hostile n_embd of 10**9 in a config.json must not stall the error."""
+    for delta in range(0, 4096):
+        for d in (n_head - delta, n_head + delta):
+            if 1 <= d <= n_embd and n_embd % d == 0:
+                return d
+    return 1
 
 
 # The guide's §10 table (n_embd / n_head / n_layer). "guide" is the model the guide trains (§7-8).

@@ -34,6 +34,24 @@ def count_pieces(texts: Iterable[str], pattern: str = DEFAULT_PATTERN) -> Counte
 MAX_VOCAB_SIZE = 1 << 24
 
 
+def check_train_args(vocab_size, special_tokens=None) -> list[str]:
+    """The checks of ``BPETokenizer.train``'s arguments, callable before any text is read; returns the
+    special tokens (``None`` -> ``DEFAULT_SPECIAL_TOKENS``)."""
+    specials = validate_special_tokens(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise UserError(f"vocab_size must be an integer, not {vocab_size!r}")
+    minimum = 256 + len(specials)
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"vocab_size {vocab_size:,} is larger than any BPE vocabulary needs (at most "
+                        f"{MAX_VOCAB_SIZE:,}); pass e.g. --vocab-size 8192")
+    if vocab_size < minimum:
+        raise UserError(
+            f"vocab_size {vocab_size} is too small: 256 byte tokens + {len(specials)} special tokens need at "
+            f"least {minimum}; pass --vocab-size {minimum} or more"
+        )
+    return specials
+
+
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: 256 byte tokens + learned merges + special tokens; never an unknown token."""
 
@@ -60,18 +78,7 @@ class BPETokenizer(Tokenizer):
         pairs before ``vocab_size`` is reached, training stops with a warning and returns the smaller
         tokenizer. ``backend``: "auto" (C core if built, else Python), "python" or "c".
         """
-        specials = validate_special_tokens(DEFAULT_SPECIAL_TOKENS if special_tokens is None else special_tokens)
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
-            raise UserError(f"vocab_size must be an integer, not {vocab_size!r}")
-        minimum = 256 + len(specials)
-        if vocab_size > MAX_VOCAB_SIZE:
-            raise UserError(f"vocab_size {vocab_size:,} is larger than any BPE vocabulary needs (at most "
-                            f"{MAX_VOCAB_SIZE:,}); pass e.g. --vocab-size 8192")
-        if vocab_size < minimum:
-            raise UserError(
-                f"vocab_size {vocab_size} is too small: 256 byte tokens + {len(specials)} special tokens need at "
-                f"least {minimum}; pass --vocab-size {minimum} or more"
-            )
+        specials = check_train_args(vocab_size, special_tokens)
         pattern = DEFAULT_PATTERN if pattern is None else pattern
         try:
             regex.compile(pattern)
