@@ -75,6 +75,8 @@ def load_toml(path: str | Path) -> dict[str, dict]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path} is not valid TOML ({e}); fix the file") from None
+    except RecursionError:  # tomllib parses nested arrays recursively: [[[[... 100,000 deep
+        raise UserError(f"{path} nests arrays or tables too deeply to be a config file; fix the file") from None
     fields = {s: set(_field_types(c)) for s, c in _section_classes().items()}
     out: dict[str, dict] = {s: {} for s in SECTIONS}
     preset = raw.pop("preset", None)
@@ -139,11 +141,15 @@ def register(subparsers) -> None:
         "Layers: defaults < --preset < --config < flags.",
     )
     p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s) or folder(s); default: the built-in corpus")
-    p.add_argument("--out", metavar="RUN_DIR", help="run directory (checkpoints last/ best/, metrics.jsonl, loss.png)")
+    p.add_argument("--out", metavar="RUN_DIR", help="a new or empty folder for the run (checkpoints last/ best/, "
+                   "metrics.jsonl, loss.png); a folder sifirdan did not create is never written")
+    p.add_argument("--overwrite", action="store_true", help="--out names an existing run: delete its checkpoints, "
+                   "metrics and plots and start anew (other files in the folder are kept)")
     p.add_argument("--preset", help="model + training preset: nano, guide, small, medium")
     p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] / [train] / [data] keys")
     p.add_argument("--tokenizer", metavar="PATH", help="an existing tokenizer.json (default: train one)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last/ checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last/ checkpoint, "
+                   "bit-exactly (best/ holds the best weights only, for generate/eval: it cannot be resumed)")
     p.add_argument("--cache-dir", metavar="DIR", help="token-bin cache (default: $SIFIRDAN_CACHE or ~/.cache/sifirdan)")
     add_dataclass_flags(p, GPTConfig, "model", "model (GPTConfig)")
     add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig)")
@@ -157,108 +163,122 @@ def _say(msg: str, main: bool = True) -> None:
 
 
 def run(args) -> int:
+    """Cheap checks first, slow work after, the run directory last: a mistake found at any point before
+    training starts leaves --out as it was (see sifirdan/rundir.py for the run-directory rules)."""
     import torch
 
     from sifirdan import checkpoint as ckpt
-    from sifirdan.data.corpus import DEFAULT_CORPUS_NAME
-    from sifirdan.data.dataset import iter_train_texts, prepare_bins
+    from sifirdan import rundir
+    from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, resolve_inputs
+    from sifirdan.data.dataset import corpus_hash, default_cache_dir, iter_train_texts, prepare_bins
+    from sifirdan.fileio import check_writable_dir
+    from sifirdan.limits import check_fits, training_bytes
     from sifirdan.model import GPT
     from sifirdan.tokenizer import BPETokenizer
     from sifirdan.train.config import resume_differences
     from sifirdan.train.distributed import env_dist_info, init_distributed, shutdown_distributed
-    from sifirdan.train.pretrain import pretrain_data
-    from sifirdan.train.runtime import resolve_device
+    from sifirdan.train.pretrain import check_split_lengths, pretrain_data
+    from sifirdan.train.runtime import resolve_device, resolve_dtype
     from sifirdan.train.trainer import Trainer
 
     flags = explicit_flags(args)
     file_cfg = load_toml(args.config) if args.config else None
     preset = args.preset or (file_cfg or {}).pop("preset", None)
+    dist = env_dist_info()
+    main = dist.is_main
 
-    saved = None
+    # ---- the run directory: read-only checks now (rank 0 owns it; the others only read what it writes)
+    saved, run_dir = None, None
     if args.resume:
         out = Path(args.resume)
         if args.out and Path(args.out).resolve() != out.resolve():
             raise UserError(f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its directory (drop --out)")
-        last = out / "last"
-        if not (last / ckpt.CONFIG_FILE).is_file():
-            raise UserError(f"{out} has no last/ checkpoint to resume from; check the path or start a new run with --out")
-        saved = ckpt.read_config(last)
-        base = {s: saved.get(s, {}) for s in SECTIONS}
+        if args.overwrite:
+            raise UserError("--overwrite starts a run anew and --resume continues one; give one of them")
+        mode = "resume"
     else:
         if not args.out:
             raise UserError("--out RUN_DIR is required (where checkpoints and metrics go); e.g. --out runs/first")
         out = Path(args.out)
-        if (out / "last" / ckpt.CONFIG_FILE).is_file():
-            raise UserError(f"{out} already holds a run; continue it with --resume {out} or pick another --out")
-        base = {}
-    sections, user_set = layer_config(base, preset, file_cfg, flags)
-    if saved is not None:
-        diffs = resume_differences({s: saved.get(s, {}) for s in SECTIONS}, sections)
-        if diffs:
-            raise UserError(f"cannot resume {out} with a changed configuration: {'; '.join(diffs)}; "
-                            "drop those flags or start a new run with --out")
-    # validate what we can before any slow work (tokenizer vocab is checked once the tokenizer exists)
-    model_cfg, train_cfg, data_cfg = build_configs(sections)
-    dist = env_dist_info()
-    device = resolve_device(train_cfg.device, dist.local_rank)
-    init_distributed(dist, device)
-    main = dist.is_main
-
-    def barrier():
-        if dist.enabled:
-            torch.distributed.barrier()
-
+        mode = "overwrite" if args.overwrite else "new"
+    if main:
+        rundir.check_out_dir(out, mode)
+        if mode == "resume":
+            # resuming writes nothing new before training, so the lock (and the repair of a crashed save) come
+            # first: the checkpoint read next must be the one this process will continue
+            run_dir = rundir.RunDir.open(out, mode, "pretrain", {})
+            for note in run_dir.repairs:
+                _say(f"repaired {out}: {note}")
+    if mode == "resume":
+        saved = ckpt.read_config(out / "last")
+    base = {s: saved.get(s, {}) for s in SECTIONS} if saved else {}
     finished = False
     try:
-        # ---- data source
+        sections, user_set = layer_config(base, preset, file_cfg, flags)
         if saved is not None:
-            paths = args.data if args.data else saved.get("data_source")
-        else:
-            paths = args.data
+            diffs = resume_differences({s: saved.get(s, {}) for s in SECTIONS}, sections)
+            if diffs:
+                raise UserError(f"cannot resume {out} with a changed configuration: {'; '.join(diffs)}; "
+                                "drop those flags or start a new run with --out")
+        model_cfg, train_cfg, data_cfg = build_configs(sections)
+        device = resolve_device(train_cfg.device, dist.local_rank)
+        resolve_dtype(train_cfg.dtype, device)  # e.g. fp16 on a CPU: refused before any slow work
+        fix = "lower --batch-size, --block-size, --n-embd, --n-layer or --vocab-size"
+        check_fits(training_bytes(model_cfg, train_cfg.batch_size, train_cfg.eval_iters), "this run", fix, device)
+        cache_root = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+        if main:
+            check_writable_dir(cache_root, "the token-bin cache", "pass --cache-dir DIR (or set SIFIRDAN_CACHE) to a folder you can write")
+
+        # ---- data source; on resume it must be the data the run was trained on (hashing reads, never tokenizes)
+        paths = args.data if args.data else (saved.get("data_source") if saved else None)
         if paths is None:
             _say(f"no --data given: training on the default corpus ({DEFAULT_CORPUS_NAME})", main)
+        else:
+            resolve_inputs(paths)  # a missing file is reported now
+        c_hash = corpus_hash(paths)
+        if saved is not None and saved.get("corpus_hash") and c_hash != saved["corpus_hash"]:
+            raise UserError(f"the data differs from the data {out} was trained on; resume with the same --data or start a new run")
+        init_distributed(dist, device)
 
-        # ---- tokenizer
+        def barrier():
+            if dist.enabled:
+                torch.distributed.barrier()
+
+        # ---- tokenizer (in memory: the run directory is written only once every input check has passed)
+        trained_here = False
         if saved is not None:
-            tokenizer = BPETokenizer.load(out / "last" / ckpt.TOKENIZER_FILE)
+            tokenizer = ckpt.load_tokenizer(out / "last")
             if args.tokenizer and BPETokenizer.load(args.tokenizer).fingerprint() != tokenizer.fingerprint():
                 raise UserError(f"--tokenizer {args.tokenizer} is not the tokenizer of {out}; drop --tokenizer when resuming")
         elif args.tokenizer:
             tokenizer = BPETokenizer.load(args.tokenizer)
-        else:
+        elif main:
             vocab = sections["model"].get("vocab_size", model_cfg.vocab_size)
-            if main:
-                _say(f"training a BPE tokenizer with {vocab} ids on the train split ...")
-                tokenizer = BPETokenizer.train(iter_train_texts(paths, data_cfg), vocab_size=vocab)
-                out.mkdir(parents=True, exist_ok=True)
-                tokenizer.save(out / ckpt.TOKENIZER_FILE)
-                _say(f"saved {out / ckpt.TOKENIZER_FILE} ({tokenizer.vocab_size} ids)")
-            barrier()
-            if not main:
-                tokenizer = BPETokenizer.load(out / ckpt.TOKENIZER_FILE)
-        # the model's vocabulary must cover every id the tokenizer can produce
-        if "model.vocab_size" in user_set and saved is None and args.tokenizer:
-            if tokenizer.vocab_size > model_cfg.vocab_size:
-                raise UserError(
-                    f"the tokenizer has {tokenizer.vocab_size} ids but --vocab-size is {model_cfg.vocab_size}; "
-                    f"pass --vocab-size {tokenizer.vocab_size} (or omit it to take the tokenizer's size)"
-                )
-        elif saved is None:
-            sections["model"]["vocab_size"] = tokenizer.vocab_size
-            model_cfg, train_cfg, data_cfg = build_configs(sections)
-        if tokenizer.vocab_size > model_cfg.vocab_size:
-            raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size {model_cfg.vocab_size}")
+            _say(f"training a BPE tokenizer with {vocab} ids on the train split ...")
+            tokenizer = BPETokenizer.train(iter_train_texts(paths, data_cfg), vocab_size=vocab)
+            trained_here = True
+        else:
+            tokenizer = None  # loaded from the run directory once rank 0 has written it (below)
+        if tokenizer is not None:
+            model_cfg, train_cfg, data_cfg = _fit_vocab(tokenizer, sections, user_set, saved, args, model_cfg, train_cfg, data_cfg)
 
-        # ---- token bins (rank 0 tokenizes, the others then hit the cache)
+        # ---- token bins (rank 0 tokenizes, the others then hit the cache), checked against block_size
         bins = None
         if main:
-            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=args.cache_dir)
+            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=cache_root, known_corpus_hash=c_hash)
             _say(bins.describe())
+            check_split_lengths(bins, model_cfg.block_size)
+            if run_dir is None:
+                run_dir = rundir.RunDir.open(out, mode, "pretrain", sections)
+            if trained_here:
+                tokenizer.save(out / ckpt.TOKENIZER_FILE)
+                _say(f"saved {out / ckpt.TOKENIZER_FILE} ({tokenizer.vocab_size} ids)")
         barrier()
         if not main:
-            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=args.cache_dir, progress=False)
-        if saved is not None and saved.get("corpus_hash") and bins.meta["corpus_hash"] != saved["corpus_hash"]:
-            raise UserError(f"the data differs from the data {out} was trained on; resume with the same --data or start a new run")
+            if tokenizer is None:
+                tokenizer = BPETokenizer.load(out / ckpt.TOKENIZER_FILE)
+                model_cfg, train_cfg, data_cfg = _fit_vocab(tokenizer, sections, user_set, saved, args, model_cfg, train_cfg, data_cfg)
+            bins = prepare_bins(paths, tokenizer, data_cfg, cache_dir=cache_root, progress=False, known_corpus_hash=c_hash)
 
         # ---- model + trainer
         torch.manual_seed(train_cfg.seed)  # the same initial weights on every rank (DDP also broadcasts them)
@@ -285,8 +305,14 @@ def run(args) -> int:
             _say(f"resumed {out} at step {trainer.step}", main)
         result = trainer.fit()
         finished = True
+    except UserError:
+        if run_dir is not None and mode != "resume":
+            run_dir.abandon()  # a new run refused before its first checkpoint leaves --out as it found it
+        raise
     finally:
         shutdown_distributed(wait_for_others=finished)
+        if run_dir is not None:
+            run_dir.close()
 
     if result.status == "diverged":
         print(f"sifirdan: error: {result.message}", file=sys.stderr)
@@ -298,3 +324,20 @@ def run(args) -> int:
         print(f"done: {result.step} steps, best val loss {best}; model in {out} "
               f"(try: sifirdan generate --model {out} / sifirdan eval --model {out} --data FILE)")
     return 0
+
+
+def _fit_vocab(tokenizer, sections, user_set, saved, args, model_cfg, train_cfg, data_cfg):
+    """The model's vocabulary must cover every id the tokenizer can produce; without --vocab-size it is the
+    tokenizer's size."""
+    if "model.vocab_size" in user_set and saved is None and args.tokenizer:
+        if tokenizer.vocab_size > model_cfg.vocab_size:
+            raise UserError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but --vocab-size is {model_cfg.vocab_size}; "
+                f"pass --vocab-size {tokenizer.vocab_size} (or omit it to take the tokenizer's size)"
+            )
+    elif saved is None:
+        sections["model"]["vocab_size"] = tokenizer.vocab_size
+        model_cfg, train_cfg, data_cfg = build_configs(sections)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise UserError(f"the tokenizer has {tokenizer.vocab_size} ids, more than the model's vocab_size {model_cfg.vocab_size}")
+    return model_cfg, train_cfg, data_cfg

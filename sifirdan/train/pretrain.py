@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sifirdan.data.dataset import BatchSampler, TokenBins, iter_eval_batches
+from sifirdan.data.dataset import BatchSampler, TokenBins, check_length, iter_eval_batches
 from sifirdan.train.config import TrainConfig
 from sifirdan.train.distributed import DistInfo
 from sifirdan.train.trainer import TrainData, stream_index
@@ -21,6 +21,12 @@ def fixed_batches(data: np.ndarray, batch_size: int, block_size: int, n: int, se
     sampler = BatchSampler(data, batch_size, block_size, seed, name=name)
     batches = [sampler.next_batch() for _ in range(n)]
     return lambda: iter(batches)
+
+
+def check_split_lengths(bins: TokenBins, block_size: int) -> None:
+    """Both splits must hold at least one window of block_size + 1 tokens (checked before a model is built)."""
+    for split in ("train", "val"):
+        check_length(bins.split(split), block_size, split)
 
 
 def pretrain_data(bins: TokenBins, cfg: TrainConfig, block_size: int, dist: DistInfo | None = None) -> TrainData:
