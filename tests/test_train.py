@@ -179,3 +179,52 @@ def test_device_cuda_without_gpu_is_user_error():
         resolve_device("cuda")
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
         resolve_dtype("fp16", torch.device("cpu"))
+
+
+class FixedBatches:
+    """A BatchSource that hands out the given batches in order (and back to the start)."""
+
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+def test_accumulated_gradients_equal_one_big_batch(corpus, monkeypatch):
+    """grad_accum 2 x batch B must produce exactly the gradient of one batch of 2B (the mean over all its
+    tokens). Compared as the gradients reach clipping: clipping and AdamW are scale invariant enough that a
+    missing ``/ grad_accum`` passes every test that only looks at losses."""
+    from sifirdan.data.dataset import BatchSampler
+    from sifirdan.train.trainer import TrainData
+
+    tok, bins = corpus
+    x, y = BatchSampler(bins.train, 8, 16, seed=3).next_batch()
+    real_clip = torch.nn.utils.clip_grad_norm_
+    grads = {}
+    for accum in (1, 2):
+        model = make_model(tok, dropout=0.0)
+        rows = 8 // accum  # the same 8 rows: one batch, or two micro-batches of 4
+        sources = [FixedBatches([(x[m * rows:(m + 1) * rows], y[m * rows:(m + 1) * rows])]) for m in range(accum)]
+        cfg = make_cfg(batch_size=rows, grad_accum=accum, max_iters=1, grad_clip=1.0)
+        trainer = Trainer(model, cfg, TrainData(train=sources), verbose=False)
+        seen = []
+
+        def recording_clip(params, max_norm, _seen=seen, _model=trainer.raw_model):
+            _seen.append({n: p.grad.detach().clone() for n, p in _model.named_parameters()})
+            return real_clip(params, max_norm)
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+        trainer.train_step()
+        assert len(seen) == 1
+        grads[accum] = seen[0]
+    for name, g in grads[1].items():
+        torch.testing.assert_close(grads[2][name], g, rtol=1e-5, atol=1e-7, msg=name)
