@@ -2,6 +2,7 @@
 
     python bench/pretrain.py --throughput [--iters 100]     tokens/s of one training step, guide shape
     python bench/pretrain.py --quality [--data nutuk.txt]    val bits/char at equal wall-clock time
+    python bench/pretrain.py --busy [--iters 40]             tokens/s per thread setting, idle and beside a busy core
 
 --throughput: the guide's own model and loop (bench/guide_reference.py: separate q/k/v, masked_fill softmax,
   fp32, AdamW) against sifirdan's ``Trainer.train_step`` on the guide preset (B32 T128 vocab 500). Each variant
@@ -84,6 +85,7 @@ def build_step(kind: str, dropout: float, device: str = "cpu", cpu_kernels: bool
         loss, _ = trainer.train_step()
         return loss.item()  # the trainer syncs every CPU step too (its NaN check)
 
+    step.trainer = trainer
     return step
 
 
@@ -161,6 +163,94 @@ def throughput(args) -> None:
     )
     if not args.no_append:
         append_results(f"pretrain --throughput ({args.device} training step, guide shape)", table, notes)
+
+
+# ================================================================================================ busy machine
+# Each setting runs in a fresh process: libgomp reads OMP_WAIT_POLICY / GOMP_SPINCOUNT once, when torch loads it.
+BUSY_SETTINGS = [
+    ("spin", "2 threads, libgomp's default waiting (spins ~300k rounds before it sleeps): sifirdan before this change", 2,
+     {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}),
+    ("passive", "2 threads, OMP_WAIT_POLICY=PASSIVE (a waiting thread sleeps at once)", 2,
+     {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}),
+    ("short", "2 threads, GOMP_SPINCOUNT=10000 (spins ~10 us, then sleeps)", 2,
+     {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
+    ("one", "1 thread", 1, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}),
+    ("auto", "sifirdan's default now (threads 0): the cores other programs leave free, re-checked every 10 steps "
+     "as Trainer.fit does", 0, {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}),
+]
+
+
+def _busy_worker(threads: int, warmup: int, iters: int) -> None:
+    """Child: the default training step at the guide shape, ``iters`` timed steps; prints tok/s as JSON."""
+    import json
+
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    step = build_step("sdpa", 0.0)
+    adapt = step.trainer._share_cpu if not threads else (lambda: None)
+    for i in range(warmup):
+        step()
+    adapt()
+    t0 = time.perf_counter()
+    for i in range(iters):
+        step()
+        if (i + 1) % 10 == 0:  # Trainer.fit checks at every log step (log_interval 10)
+            adapt()
+    print(json.dumps({"tok_s": B * T * iters / (time.perf_counter() - t0)}))
+
+
+def _spin_for(seconds: float) -> None:
+    """The competing program: one core kept busy, for a bounded time."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def busy(args) -> None:
+    import json
+    import os
+    import subprocess
+
+    rows, rate = [], {}
+    for load in ("idle", "busy"):
+        for key, label, threads, env_set in BUSY_SETTINGS:
+            env = dict(os.environ)
+            for k, v in env_set.items():
+                env.pop(k, None)
+                if v is not None:
+                    env[k] = v
+            spinner = None
+            if load == "busy":
+                ctx = mp.get_context("spawn")
+                spinner = ctx.Process(target=_spin_for, args=(600.0,), daemon=True)  # stopped below, bounded anyway
+                spinner.start()
+            try:
+                out = subprocess.run([sys.executable, __file__, "--_busy-worker", str(threads), "--warmup", str(args.warmup),
+                                      "--iters", str(args.iters)], capture_output=True, text=True, env=env, timeout=900,
+                                     check=True).stdout
+            finally:
+                if spinner is not None:
+                    spinner.terminate()
+                    spinner.join()
+            rate[(key, load)] = json.loads(out.strip().splitlines()[-1])["tok_s"]
+            print(f"{load:5s} {key:8s} {rate[(key, load)]:,.0f} tok/s", flush=True)
+    ref = rate[("spin", "idle")]
+    for key, label, threads, _ in BUSY_SETTINGS:
+        i, b = rate[(key, "idle")], rate[(key, "busy")]
+        rows.append([key, label, f"{i:,.0f}", f"{i / ref:.2f}", f"{b:,.0f}", f"{b / ref:.2f}", f"{b / i:.2f}"])
+    table = md_table(["", "setting", "idle tok/s", "idle vs spin", "busy tok/s", "busy vs spin idle", "busy / idle"], rows)
+    print()
+    print(table)
+    notes = (
+        f"sifirdan's default training step at the guide shape (B{B} T{T}, vocab {VOCAB}), {args.iters} timed steps after "
+        f"{args.warmup} warm-up, each setting in a fresh process. 'busy': another process keeps one core busy the whole "
+        "time (a Python spin loop, stopped after the measurement). A fair share of a 2-core machine beside one busy core "
+        "is half the idle rate."
+    )
+    if not args.no_append:
+        append_results("pretrain --busy (CPU threads beside a busy core)", table, notes)
 
 
 # ================================================================================================ quality
@@ -459,6 +549,8 @@ def main(argv=None) -> None:
     mode.add_argument("--throughput", action="store_true")
     mode.add_argument("--quality", action="store_true")
     mode.add_argument("--memory", action="store_true")
+    mode.add_argument("--busy", action="store_true", help="thread settings on an idle machine and beside a busy core")
+    mode.add_argument("--_busy-worker", type=int, metavar="THREADS", help=argparse.SUPPRESS)
     p.add_argument("--iters", type=int, default=100, help="timed steps per variant (throughput)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--chunk", type=int, default=10, help="steps per turn when variants alternate")
@@ -473,8 +565,12 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = p.parse_args(argv)
+    if args._busy_worker is not None:
+        return _busy_worker(args._busy_worker, args.warmup, args.iters)
     print(machine_info())
-    if args.memory:
+    if args.busy:
+        busy(args)
+    elif args.memory:
         memory(args)
     else:
         throughput(args) if args.throughput else quality(args)

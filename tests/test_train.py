@@ -228,3 +228,31 @@ def test_accumulated_gradients_equal_one_big_batch(corpus, monkeypatch):
         grads[accum] = seen[0]
     for name, g in grads[1].items():
         torch.testing.assert_close(grads[2][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_cpu_share_uses_the_cores_others_leave_free(monkeypatch):
+    """Threads follow what other processes use (measured from /proc/stat minus this process's CPU time)."""
+    from sifirdan.train import runtime
+
+    clock = {"t": 100.0, "all": 0.0, "mine": 0.0}
+    monkeypatch.setattr(runtime, "_cpu_times", lambda: (clock["t"], clock["all"], clock["mine"]))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        share = runtime.CpuShare(cores=2)
+
+        def tick(seconds, mine, others):
+            clock["t"] += seconds
+            clock["mine"] += mine * seconds
+            clock["all"] += (mine + others) * seconds
+
+        tick(1.0, mine=2.0, others=0.0)
+        assert share.adjust() is None and torch.get_num_threads() == 2  # idle machine: all cores
+        tick(1.0, mine=1.0, others=1.0)  # another program keeps a core busy
+        assert share.adjust() == 1 and torch.get_num_threads() == 1
+        tick(1.0, mine=1.0, others=0.9)
+        assert share.adjust() is None
+        tick(1.0, mine=1.0, others=0.0)  # it stopped
+        assert share.adjust() == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -61,7 +61,9 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda > mps > cpu
     dtype: str = "auto"  # fp32 | bf16 | fp16 (GPU only) | auto (bf16 on GPUs that have it, else fp16; CPU: CPU_DEFAULT_DTYPE)
     compile: bool = False  # torch.compile the model
-    threads: int = 0  # torch CPU threads; 0 = PyTorch's default (physical cores), split between local processes
+    # torch CPU threads; 0 = the cores other programs leave free, re-checked every log step (runtime.CpuShare),
+    # split between local processes. A fixed count (e.g. 2) keeps float sums in one order: bit-exact resumes.
+    threads: int = 0
     flush_denormal: bool = True  # treat tiny floats as 0 on CPU: avoids very slow denormal arithmetic
 
     def __post_init__(self):

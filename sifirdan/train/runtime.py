@@ -78,6 +78,77 @@ def setup_cpu(threads: int, local_world_size: int, flush_denormal: bool) -> None
     keep_freed_memory()
 
 
+class CpuShare:
+    """Threads for the CPU this run can actually have, re-decided while it trains.
+
+    PyTorch starts one thread per core, and its OpenMP threads spin while they wait for each other. When
+    another program keeps a core busy, the thread on that core gets a slice of it, every parallel region
+    waits for that slow thread, and the spinning burns the time the other program could use: measured on 2
+    cores beside one busy core, 2 threads ran at 0.36x their idle rate, 1 thread at 0.58x (bench/RESULTS.md,
+    ``pretrain --busy``) -- more than a fair half. So: measure how many cores *other* processes use since the
+    last look (``/proc/stat`` minus this process's own CPU time) and use the rest, at least one thread.
+    Linux only; elsewhere, and with ``--threads N``, the thread count stays as it is. Changing the thread count
+    changes the order of some float sums, so runs that must resume bit-exactly should pass ``--threads``.
+    """
+
+    def __init__(self, cores: int | None = None):
+        self.cores = cores or _usable_cores()
+        self.threads = torch.get_num_threads()
+        self._last = _cpu_times()
+
+    @property
+    def available(self) -> bool:
+        return self._last is not None
+
+    def others_busy(self) -> float | None:
+        """Cores' worth of CPU time that other processes used since the last call."""
+        now = _cpu_times()
+        if now is None or self._last is None:
+            return None
+        (t0, busy0, mine0), (t1, busy1, mine1) = self._last, now
+        self._last = now
+        if t1 - t0 < 0.05:
+            return None
+        return max(0.0, (busy1 - busy0) - (mine1 - mine0)) / (t1 - t0)
+
+    def adjust(self) -> int | None:
+        """Set the thread count to the cores left free; returns the new count when it changed."""
+        others = self.others_busy()
+        if others is None:
+            return None
+        want = max(1, min(self.cores, int(self.cores - others + 0.25)))
+        if want == self.threads:
+            return None
+        torch.set_num_threads(want)
+        self.threads = want
+        return want
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_times() -> tuple[float, float, float] | None:
+    """(wall seconds, seconds of CPU all processes used, seconds of CPU this process used), or None."""
+    import time
+
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6] + ticks[7]
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    own = os.times()
+    return time.monotonic(), busy / hz, own.user + own.system
+
+
 def keep_freed_memory() -> None:
     """Stop glibc from handing freed tensor memory back to the kernel between steps.
 

@@ -39,7 +39,7 @@ from sifirdan.model.gpt import IGNORE_INDEX
 from sifirdan.train import metrics as M
 from sifirdan.train.config import TrainConfig
 from sifirdan.train.distributed import DistInfo, all_reduce_mean, any_rank, gather_objects, init_distributed
-from sifirdan.train.runtime import autocast, resolve_device, resolve_dtype, setup_cpu
+from sifirdan.train.runtime import CpuShare, autocast, resolve_device, resolve_dtype, setup_cpu
 from sifirdan.train.schedule import lr_at
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) int64; y == -100 is not scored
@@ -149,8 +149,11 @@ class Trainer:
             raise ValueError(f"TrainData.train needs one source per micro-step ({cfg.grad_accum}), got {len(data.train)}")
 
         self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.cpu_share = None  # adapts the thread count to a busy machine (default threads, one process)
         if self.device.type == "cpu":
             setup_cpu(cfg.threads, self.dist.local_world_size, cfg.flush_denormal)
+            if cfg.threads == 0 and self.dist.local_world_size == 1:
+                self.cpu_share = CpuShare()
         self.dtype = resolve_dtype(cfg.dtype, self.device)
         init_distributed(self.dist, self.device)
 
@@ -429,6 +432,15 @@ class Trainer:
                 )
         return now
 
+    def _share_cpu(self) -> None:
+        """Every log step: use the cores other programs leave free (see ``CpuShare``)."""
+        if self.cpu_share is None:
+            return
+        changed = self.cpu_share.adjust()
+        if changed is not None:
+            self.log(f"CPU: other programs use {self.cpu_share.cores - changed} of {self.cpu_share.cores} cores; "
+                     f"training on {changed} thread(s) (pass --threads N to fix the count)")
+
     def _check_finite(self, loss: torch.Tensor, sync_now: bool) -> bool:
         """False once a non-finite loss was seen. Checked every step on CPU (free), at log/save time on GPU."""
         self._nonfinite |= ~torch.isfinite(loss)
@@ -481,6 +493,7 @@ class Trainer:
                 if log_now:
                     t0 = self._log_step(norm, t0, steps_since)
                     steps_since = 0
+                    self._share_cpu()
                 if save_now and self.step < cfg.max_iters:
                     self.save_last()
                     last_good_step = self.step
