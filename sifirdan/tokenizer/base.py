@@ -533,7 +533,8 @@ def _pattern_from_pre_tokenizer(pre, bad) -> str:
     split = steps[0]
     pat = split.get("pattern") if isinstance(split, dict) else None
     if (
-        split.get("type") != "Split"
+        not isinstance(split, dict)
+        or split.get("type") != "Split"
         or not isinstance(pat, dict)
         or not isinstance(pat.get("Regex"), str)
         or split.get("behavior") != "Isolated"
