@@ -78,17 +78,25 @@ def bytes_to_text(data: bytes) -> str:
     return data.decode("utf-8", DECODE_ERRORS)
 
 
+def special_token_problem(t) -> str | None:
+    """What makes ``t`` unusable as a special token ('is empty or not a string', ...), or None."""
+    if not isinstance(t, str) or not t:
+        return "is empty or not a string"
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (not valid Unicode text)"
+    return None
+
+
 def validate_special_tokens(tokens) -> list[str]:
     if isinstance(tokens, str):
         raise UserError(f"special tokens must be a list of strings, not the single string {tokens!r}; wrap it in a list")
     out = []
     for t in tokens:
-        if not isinstance(t, str) or not t:
-            raise UserError(f"special token {t!r} is empty or not a string; give non-empty strings such as '<|endoftext|>'")
-        try:
-            t.encode("utf-8")
-        except UnicodeEncodeError:
-            raise UserError(f"special token {t!r} is not valid Unicode text; remove the lone surrogate") from None
+        problem = special_token_problem(t)
+        if problem:
+            raise UserError(f"special token {t!r} {problem}; give non-empty strings such as '<|endoftext|>'")
         if t in out:
             raise UserError(f"special token {t!r} is given twice; list each special token once")
         out.append(t)
@@ -474,12 +482,9 @@ def _checked_ids(raw_vocab: dict, raw_added: list, bad) -> dict[str, int]:
         content, i = t.get("content"), t.get("id")
         if not _is_id(i) or i < 0:
             raise bad(f"has added_tokens[{k}].id = {i!r}, which is not a non-negative integer id")
-        if not isinstance(content, str) or not content:
-            raise bad(f"has added_tokens[{k}].content = {content!r}, which is not a non-empty string")
-        try:
-            content.encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad(f"has added_tokens[{k}].content = {content!r}, which holds a lone surrogate") from None
+        problem = special_token_problem(content)
+        if problem:
+            raise bad(f"has added_tokens[{k}].content = {content!r}, which {problem}")
         if content in by_content:
             raise bad(
                 f"lists the added token {content!r} twice, as added_tokens[{by_content[content]}].content and "
