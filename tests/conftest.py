@@ -1,4 +1,5 @@
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+TINY_WORDS = "Türk milleti Ankara Meclis egemenlik istiklal cumhuriyet ordu halk vatan ve bir bu için ile çok büyük".split()
+
+
+def write_tiny_text(path: Path, lines: int = 400) -> Path:
+    """A small Turkish-looking text (seeded): enough for a tiny model to train a few steps on."""
+    rng = random.Random(0)
+    path.write_text("".join(" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(5, 12))) + ".\n"
+                            for _ in range(lines)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    return write_tiny_text(tmp_path / "tiny.txt")

@@ -2,8 +2,8 @@
 safetensors headers, deep nestings, bad flag values (issue: run-dir hardening, items 5, 7, 9, 10; the fuzz
 test over all three checkpoint files)."""
 
+import contextlib
 import json
-import random
 import resource
 import struct
 import time
@@ -181,20 +181,12 @@ def test_deeply_nested_data_and_toml(tmp_path, capsys):
 ])
 def test_bad_values_are_one_line(tmp_path, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) if "invalid" in words else _no_raise():
+    with pytest.raises(SystemExit) if "invalid" in words else contextlib.nullcontext():
         rc = cli.main(argv)
         assert rc == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "X").exists()
-
-
-class _no_raise:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_toml_values_of_the_wrong_type(tmp_path, capsys):
@@ -209,10 +201,10 @@ def test_toml_values_of_the_wrong_type(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------- fuzz
-def _mutations(draw_json):
+def _mutations():
     return st.one_of(
         st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 2**31, 2**63, 10**12]),
-        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8), st.just([[[[[]]]]]),
+        st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False), st.text(max_size=8), st.just([[[[[]]]]]),
         st.lists(st.integers(-5, 10**10), max_size=4), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
     )
 
@@ -268,7 +260,7 @@ def test_fuzz_any_mutation_loads_or_is_refused(checkpoint_dir, tmp_path_factory,
             n = struct.unpack("<Q", raw[:8])[0]
             header = json.loads(raw[8 : 8 + n])
             paths = list(_paths(header))
-            _set(header, data.draw(st.sampled_from(paths[1:])), data.draw(_mutations(None)))
+            _set(header, data.draw(st.sampled_from(paths[1:])), data.draw(_mutations()))
             body = json.dumps(header).encode()
             length = data.draw(st.one_of(st.just(len(body)), st.integers(0, 2**64 - 1)))
             new = struct.pack("<Q", length) + body + raw[8 + n :]
@@ -279,7 +271,7 @@ def test_fuzz_any_mutation_loads_or_is_refused(checkpoint_dir, tmp_path_factory,
         else:
             obj = json.loads(originals[target])
             paths = list(_paths(obj))
-            _set(obj, data.draw(st.sampled_from(paths[1:])), data.draw(_mutations(None)))
+            _set(obj, data.draw(st.sampled_from(paths[1:])), data.draw(_mutations()))
             text = json.dumps(obj)
             (d / target).write_text(text)
             if target == "tokenizer.json":

@@ -4,7 +4,6 @@ cheap checks before slow work, one-line errors for disk problems and Ctrl-C (iss
 import errno
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,24 +11,17 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_text
 
 import sifirdan.cli as cli
 from sifirdan import rundir
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = "Türk milleti Ankara Meclis egemenlik istiklal cumhuriyet ordu halk vatan ve bir bu için ile çok büyük".split()
 TINY = ["--vocab-size", "300", "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--block-size", "16",
         "--batch-size", "8", "--eval-iters", "2", "--threads", "1", "--sample-interval", "0"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    rng = random.Random(0)
-    p = tmp_path / "tiny.txt"
-    p.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + ".\n" for _ in range(400)),
-                 encoding="utf-8")
-    return p
 
 
 def main(argv):
@@ -167,10 +159,7 @@ fileio.on_swap_step = _hook
 def straight_run(tmp_path_factory):
     """The reference: 6 steps with no interruption, checkpoints at 2 and 4 (and the end)."""
     base = tmp_path_factory.mktemp("straight")
-    rng = random.Random(0)
-    text = base / "tiny.txt"
-    text.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + ".\n" for _ in range(400)),
-                    encoding="utf-8")
+    text = write_tiny_text(base / "tiny.txt")
     run = base / "run"
     assert cli.main(["pretrain", "--data", str(text), "--out", str(run), "--max-iters", "6", "--eval-interval", "3",
                      "--checkpoint-interval", "2", "--log-interval", "1", *TINY]) == 0

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -14,18 +13,10 @@ import pytest
 import sifirdan.cli as cli
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = "Türk milleti Ankara Meclis egemenlik istiklal cumhuriyet ordu halk vatan ve bir bu için ile çok büyük".split()
 TINY = ["--vocab-size", "300", "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--block-size", "16",
         "--batch-size", "8", "--eval-iters", "2", "--threads", "1", "--sample-interval", "0"]
 
 
-@pytest.fixture
-def text_file(tmp_path):
-    rng = random.Random(0)
-    p = tmp_path / "tiny.txt"
-    p.write_text("".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))) + ".\n" for _ in range(400)),
-                 encoding="utf-8")
-    return p
 
 
 @pytest.fixture
