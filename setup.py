@@ -2,7 +2,8 @@
 
 ``pip install -e .`` compiles
   * ``sifirdan/tokenizer/_fastbpe.c`` -- the BPE trainer/encoder core (else: pure Python), and
-  * ``sifirdan/model/_kernels.c`` -- CPU kernels for causal attention and bias+GELU (else: PyTorch's ops),
+  * ``sifirdan/kernels/_kernels.c`` -- CPU kernels for a training step (attention, bias+GELU, loss, dropout,
+    residual add + LayerNorm; else: PyTorch's ops),
     with OpenMP threads where the compiler has them (GCC, Clang with libomp), single-threaded otherwise.
 If no C compiler is available both are skipped (``optional=True``) and everything still works, slower.
 """
@@ -38,9 +39,9 @@ setup(
             optional=True,
         ),
         Extension(
-            "sifirdan.model._kernels",
-            sources=["sifirdan/model/_kernels.c"],
-            depends=["sifirdan/model/_kernels_impl.h"],  # included once per instruction set
+            "sifirdan.kernels._kernels",
+            sources=["sifirdan/kernels/_kernels.c"],
+            depends=["sifirdan/kernels/_kernels_impl.h"],  # included once per instruction set
             # no -ffast-math: the kernels keep IEEE semantics (inf masks, NaN propagation)
             extra_compile_args=["-O3", "-funroll-loops", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi", *OPENMP],
             extra_link_args=[*OPENMP],

@@ -1,6 +1,7 @@
-"""Benchmark: sifirdan's CPU kernels (sifirdan/model/_kernels.c) against the PyTorch ops they replace.
+"""Benchmark: sifirdan's CPU kernels (sifirdan/kernels/_kernels.c) against the PyTorch ops they replace.
 
     python bench/kernels.py            # per-op times at the guide's shape, and a training step per ISA copy
+    python bench/kernels.py --baseline-tree /tmp/before   # the step table for another checkout too (same run)
 
 1. Each kernel, forward + backward, against its PyTorch twin on the same inputs, interleaved, median of
    rounds: causal attention (vs sdpa with its head transposes), bias+GELU (vs addmm-style bias add + GELU),
@@ -43,7 +44,7 @@ def ops(rounds: int = 7) -> list[list]:
     import torch
     import torch.nn.functional as F
 
-    from sifirdan.model import kernels
+    from sifirdan import kernels
 
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(B, T, 3 * C, generator=g).requires_grad_()
@@ -126,13 +127,18 @@ _STEP = """
 import json, sys, time, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from pretrain import RandomBatches
-from sifirdan.model import GPT, GPTConfig, kernels
+from sifirdan.model import GPT, GPTConfig
 from sifirdan.train import Trainer, TrainConfig, TrainData
-out = {{"isa": kernels._kernels.isa if kernels._kernels else None}}
+try:
+    from sifirdan.kernels import ops as kernel_ops
+except ImportError:  # a checkout from before issue 10: sifirdan/model/kernels.py, the switch in GPTConfig
+    from sifirdan.model import kernels as kernel_ops
+old_api = "cpu_kernels" in GPTConfig.__dataclass_fields__
+out = {{"isa": kernel_ops._kernels.isa if kernel_ops._kernels else None}}
 trainers = {{}}
 for ck in (True, False):
-    model = GPT(GPTConfig.from_preset("guide", dropout=0.0, cpu_kernels=ck))
-    cfg = TrainConfig(max_iters=10**6, final_eval=False, batch_size=32)
+    model = GPT(GPTConfig.from_preset("guide", dropout=0.0, **({{"cpu_kernels": ck}} if old_api else {{}})))
+    cfg = TrainConfig(max_iters=10**6, final_eval=False, batch_size=32, **({{}} if old_api else {{"cpu_kernels": ck}}))
     trainers[ck] = Trainer(model, cfg, TrainData(train=[RandomBatches(500, 32, 128)]), verbose=False)
 times = {{True: [], False: []}}
 for rnd in range(6):
@@ -149,21 +155,26 @@ print(json.dumps(out))
 """
 
 
-def steps() -> list[list]:
+def steps(tree: Path = ROOT, label: str = "") -> list[list]:
+    """One fresh process per ISA copy, running sifirdan from ``tree``; kernels on and off interleaved."""
+    import importlib
+
+    fast = importlib.import_module("sifirdan.kernels.ops").FAST_ISAS if tree == ROOT else ("avx512",)
     rows = []
     for isa in ("avx512", "avx2", "generic"):
         env = {**os.environ, "SIFIRDAN_KERNELS_ISA": isa}
-        code = _STEP.format(root=str(ROOT), bench=str(Path(__file__).resolve().parent))
+        code = _STEP.format(root=str(tree), bench=str(Path(__file__).resolve().parent))
         run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+        name = isa + label
         if run.returncode != 0:
-            rows.append([isa, "failed", run.stderr.strip().splitlines()[-1][:80], "", ""])
+            rows.append([name, "failed", run.stderr.strip().splitlines()[-1][:80], "", ""])
             continue
         r = json.loads(run.stdout.strip().splitlines()[-1])
         if r["isa"] != isa:  # this CPU has no such copy (e.g. avx512 on an AVX2 laptop)
-            rows.append([isa, f"not available (got {r['isa']})", "", "", ""])
+            rows.append([name, f"not available (got {r['isa']})", "", "", ""])
             continue
-        rows.append([isa, f"{r['on']:.1f}", f"{r['off']:.1f}", f"{r['off'] / r['on']:.2f}x",
-                     "used" if isa == "avx512" else "not used by default"])
+        rows.append([name, f"{r['on']:.1f}", f"{r['off']:.1f}", f"{r['off'] / r['on']:.2f}x",
+                     "used" if isa in fast else "not used by default"])
     return rows
 
 
@@ -172,16 +183,23 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
+    p.add_argument("--baseline-tree", metavar="DIR", help="also run the step table with the sifirdan of another "
+                   "checkout (a built git worktree of an earlier commit), rows marked 'before'")
+    p.add_argument("--skip-ops", action="store_true", help="only the step table")
     args = p.parse_args()
     import torch
 
-    from sifirdan.model import kernels
+    from sifirdan import kernels
+    from sifirdan.kernels import ops as kernel_ops
 
-    if kernels._kernels is None:
-        sys.exit("sifirdan.model._kernels is not built: pip install -e . (needs a C compiler)")
-    t1 = md_table(["kernel, forward + backward", "sifirdan ms", "PyTorch ms", "speed-up"], ops())
+    if kernel_ops._kernels is None:
+        sys.exit("sifirdan.kernels._kernels is not built: pip install -e . (needs a C compiler)")
+    t1 = "" if args.skip_ops else md_table(["kernel, forward + backward", "sifirdan ms", "PyTorch ms", "speed-up"], ops())
     print(t1, flush=True)
-    t2 = md_table(["ISA copy", "step ms, kernels on", "step ms, kernels off", "speed-up", "model default"], steps())
+    rows = steps()
+    if args.baseline_tree:
+        rows += steps(Path(args.baseline_tree).resolve(), " (before)")
+    t2 = md_table(["ISA copy", "step ms, kernels on", "step ms, kernels off", "speed-up", "model default"], rows)
     print()
     print(t2)
     notes = (
@@ -191,7 +209,7 @@ def main() -> None:
         "the AVX2 and generic copies run here on an AVX-512 machine, as a stand-in for CPUs that have nothing wider."
     )
     if not args.no_append:
-        append_results("CPU kernels vs PyTorch ops", t1 + "\n\n" + t2, notes)
+        append_results("CPU kernels vs PyTorch ops", (t1 + "\n\n" if t1 else "") + t2, notes)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ STATE_JSON_FILE = "trainer_state.json"
 # safetensors metadata key holding the model config the weights were saved with (the architecture record)
 ARCH_KEY = "sifirdan.model"
 # GPTConfig fields that choose how the same function is computed, not what it is: they may differ
+# (cpu_kernels: a model field in older checkpoints, a TrainConfig field now)
 RUNTIME_FIELDS = frozenset({"attention", "cpu_kernels"})
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "U16": 2, "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}

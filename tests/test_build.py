@@ -12,7 +12,7 @@ HAS_COMPILER = sys.platform.startswith("linux") and any(shutil.which(cc) for cc 
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="no C compiler here: the pure-Python/PyTorch paths are used")
-@pytest.mark.parametrize("module", ["sifirdan.tokenizer._fastbpe", "sifirdan.model._kernels"])
+@pytest.mark.parametrize("module", ["sifirdan.tokenizer._fastbpe", "sifirdan.kernels._kernels"])
 def test_c_extensions_are_built_where_a_compiler_exists(module):
     try:
         __import__(module)
@@ -22,7 +22,7 @@ def test_c_extensions_are_built_where_a_compiler_exists(module):
 
 
 def test_kernels_report_what_runs():
-    from sifirdan.model import kernels
+    from sifirdan import kernels
 
     line = kernels.describe()
     assert line and ("PyTorch" in line or "OpenMP" in line or "thread" in line)

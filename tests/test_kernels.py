@@ -1,4 +1,10 @@
-"""sifirdan's C kernels (model/_kernels.c) against PyTorch: same outputs and gradients, same model."""
+"""sifirdan's C kernels (sifirdan/kernels) against PyTorch: each op, and the fused GPT forward pass, give the
+same outputs and gradients as the readable model; wrappers (adapters, hooks) apply on both paths; the kernels
+that should run do run.
+
+The op tests and the model tests run on any CPU with the extension built: the model tests force the fused path
+on (``force_kernels``) even where ``kernels.available()`` would leave PyTorch's ops in charge (an AVX2 or generic
+copy computes the same, slower). Only tests about the *default choice* need the fast copy, and skip elsewhere."""
 
 from __future__ import annotations
 
@@ -8,11 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sifirdan.model import GPT, GPTConfig, kernels
+from sifirdan import kernels
+from sifirdan.kernels import ops
+from sifirdan.model import GPT, GPTConfig
 
 pytestmark = pytest.mark.skipif(
-    kernels._kernels is None, reason="sifirdan.model._kernels is not built (pip install -e . needs a C compiler)"
+    ops._kernels is None, reason="sifirdan.kernels._kernels is not built (pip install -e . needs a C compiler)"
 )
+needs_fast_copy = pytest.mark.skipif(
+    not kernels.available(), reason=f"the default choice of the kernels needs their fast copy (AVX-512); here: {kernels.describe()}"
+)
+
+
+@pytest.fixture
+def force_kernels(monkeypatch):
+    """The fused path on, whichever copy of the kernels this CPU runs (they all compute the same)."""
+    monkeypatch.setattr(ops, "available", lambda: True)
 
 
 def reference_attention(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -148,53 +165,215 @@ def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
     close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"dropout": 0.2}])
-def test_model_with_kernels_trains_like_model_without(kw):
-    """Training mode, where the blocks take the fused residual + LayerNorm path; dropout's mask differs
-    between the two (a hashed mask vs torch's RNG), so with dropout only the shapes and finiteness are compared."""
-    ours, torch_only = _model_pair(**kw)
-    ours.train(), torch_only.train()
-    idx = torch.randint(0, 97, (3, 40))
-    (la := ours(idx, idx)[1]).backward()
-    (lb := torch_only(idx, idx)[1]).backward()
-    if kw.get("dropout"):
-        assert torch.isfinite(la) and all(torch.isfinite(p.grad).all() for p in ours.parameters())
-        return
-    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
-    for (name, p), q in zip(ours.named_parameters(), torch_only.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
-
-
-def _model_pair(**kw):
+def _model(**kw) -> GPT:
     torch.manual_seed(0)
-    a = GPT(GPTConfig(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2, **kw))
-    b = GPT(GPTConfig(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2, cpu_kernels=False, **kw))
-    b.load_state_dict(a.state_dict())
-    return a, b
+    return GPT(GPTConfig(**{**dict(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2), **kw}))
 
 
-def test_model_with_kernels_equals_model_without():
-    ours, torch_only = _model_pair()
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _both_paths(model, idx, targets=None):
+    """(logits, loss, grads) of GPT.forward and of the fused forward, on the same weights."""
+    out = []
+    for net in (model, kernels.FusedGPT(model)):
+        model.zero_grad(set_to_none=True)
+        logits, loss = net(idx, targets)
+        if loss is not None:
+            loss.backward()
+        out.append((logits.detach(), None if loss is None else loss.detach(), _grads(model) if loss is not None else {}))
+    return out
+
+
+def _assert_same(a, b):
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
+    if a[1] is not None:
+        torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=1e-5)
+    for name in a[2]:
+        torch.testing.assert_close(a[2][name], b[2][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"tie_weights": False}, {"dropout": 0.2}])
+def test_fused_forward_equals_gpt_forward(force_kernels, kw):
+    """Outputs and every gradient. In eval mode (dropout off) for all configs; see the dropout test below."""
+    model = _model(**kw).eval()
+    assert kernels.why_not(model) is None
     idx = torch.randint(0, 97, (3, 40))
-    logits_a, loss_a = ours(idx, idx)
-    logits_b, loss_b = torch_only(idx, idx)
-    torch.testing.assert_close(logits_a, logits_b, atol=1e-5, rtol=1e-5)
-    loss_a.backward()
-    loss_b.backward()
-    for (name, p), q in zip(ours.named_parameters(), torch_only.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    _assert_same(*_both_paths(model, idx, idx))
+    _assert_same(*_both_paths(model, idx[:, :17]))  # no targets, a shorter sequence
 
 
-def test_kernels_step_aside_where_they_do_not_apply():
-    assert kernels.applies(torch.zeros(2, dtype=torch.float32))
+def test_fused_training_with_dropout_is_finite_and_uses_the_dropout_kernel(force_kernels, monkeypatch):
+    """The hashed mask differs from torch's RNG stream, so only finiteness is compared -- and the kernel must run."""
+    calls = _count_calls(monkeypatch)
+    model = _model(dropout=0.2).train()
+    idx = torch.randint(0, 97, (3, 40))
+    logits, loss = kernels.FusedGPT(model)(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert calls["dropout"] == 2  # one per block (n_layer 2)
+
+
+KERNEL_OPS = ("causal_attention", "bias_gelu", "add_layernorm", "cross_entropy", "dropout")
+
+
+def _count_calls(monkeypatch) -> dict[str, int]:
+    """Count calls of each op that fused.py makes (it calls them as ``ops.name``)."""
+    calls = dict.fromkeys(KERNEL_OPS, 0)
+    for name in KERNEL_OPS:
+        real = getattr(ops, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, name, counted)
+    return calls
+
+
+def test_every_kernel_that_should_run_runs(force_kernels, monkeypatch):
+    """Routing: a fused forward of an n_layer model calls each kernel the expected number of times, and its
+    loss comes from the kernel's autograd node (a silent fallback to PyTorch's ops would fail here)."""
+    calls = _count_calls(monkeypatch)
+    model = _model(n_layer=3).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    _, loss = kernels.FusedGPT(model)(idx, idx)
+    assert calls == {"causal_attention": 3, "bias_gelu": 3, "add_layernorm": 6, "cross_entropy": 1, "dropout": 0}
+    assert "CrossEntropy" in type(loss.grad_fn).__name__  # ops.CrossEntropy's node, not NllLossBackward
+    calls.update(dict.fromkeys(calls, 0))
+    model(idx, idx)  # GPT.forward itself never calls them
+    assert sum(calls.values()) == 0
+
+
+def test_the_trainer_runs_the_kernels_only_when_asked(force_kernels, monkeypatch):
+    from sifirdan.train import Trainer, TrainConfig, TrainData
+
+    class Batches:
+        def next_batch(self):
+            x = torch.randint(0, 97, (2, 41), generator=torch.Generator().manual_seed(0))
+            return x[:, :-1], x[:, 1:]
+
+    for on in (True, False):
+        calls = _count_calls(monkeypatch)
+        cfg = TrainConfig(max_iters=10, final_eval=False, device="cpu", threads=1, cpu_kernels=on)
+        trainer = Trainer(_model(), cfg, TrainData(train=[Batches()]), verbose=False)
+        trainer.train_step()
+        assert (calls["causal_attention"] == 2) is on, (on, calls)
+        assert isinstance(trainer.model, kernels.FusedGPT) is on
+        assert ("C kernels: off" in trainer.kernels_note) is (not on)
+
+
+class LowRank(torch.nn.Module):
+    """A LoRA-style wrapper: effective weight W + B A (B nonzero, so the adapter changes the output)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2):
+        super().__init__()
+        self.base = base
+        self.A = torch.nn.Parameter(torch.randn(rank, base.in_features) * 0.1)
+        self.B = torch.nn.Parameter(torch.randn(base.out_features, rank) * 0.1)
+
+    def forward(self, x):
+        return self.base(x) + (x @ self.A.t()) @ self.B.t()
+
+
+def test_adapters_change_the_fused_path_exactly_as_the_pytorch_path(force_kernels):
+    model = _model().eval()
+    idx = torch.randint(0, 97, (3, 40))
+    plain = model(idx, idx)[0].detach()
+    for block in model.blocks:  # every Linear of every block
+        block.attention.qkv = LowRank(block.attention.qkv)
+        block.attention.proj = LowRank(block.attention.proj)
+        block.feed_forward.fc = LowRank(block.feed_forward.fc)
+        block.feed_forward.proj = LowRank(block.feed_forward.proj)
+    assert kernels.why_not(model) is None  # still fused: the wrappers are called, not bypassed
+    torch_path, fused_path = _both_paths(model, idx, idx)
+    assert (torch_path[0] - plain).abs().max() > 1e-3  # the adapters do change the output
+    _assert_same(torch_path, fused_path)
+    assert fused_path[2]["blocks.0.attention.qkv.A"].abs().sum() > 0  # adapter weights get gradients
+
+
+def test_hooks_apply_on_the_fused_path(force_kernels):
+    model = _model().eval()
+    idx = torch.randint(0, 97, (2, 40))
+    plain = model(idx)[0].detach()
+    model.blocks[1].feed_forward.fc.register_forward_hook(lambda m, inp, out: out * 0.5)
+    model.blocks[0].ln2.register_forward_pre_hook(lambda m, inp: (inp[0] + 1.0,))
+    a, b = _both_paths(model, idx, idx)
+    assert (a[0] - plain).abs().max() > 1e-3
+    _assert_same(a, b)
+
+
+def test_structures_the_fused_path_cannot_represent_run_gpt_forward(force_kernels, monkeypatch):
+    from sifirdan.model.block import TransformerBlock
+
+    calls = _count_calls(monkeypatch)
+
+    class MyBlock(TransformerBlock):
+        def forward(self, x, kv_cache=None, attn_mask=None):
+            return super().forward(x, kv_cache, attn_mask) * 0.9
+
+    model = _model().eval()
+    idx = torch.randint(0, 97, (2, 40))
+    model.blocks[1].__class__ = MyBlock
+    assert "MyBlock" in kernels.why_not(model)
+    _assert_same(*_both_paths(model, idx, idx))
+    assert sum(calls.values()) == 0
+
+    explicit = _model(attention="explicit")
+    assert "guide" in kernels.why_not(explicit) and kernels.accelerate(explicit) is explicit
+    hooked = _model()
+    hooked.blocks[0].attention.register_forward_hook(lambda m, i, o: o)
+    assert "hooks" in kernels.why_not(hooked)
+
+
+def test_the_guide_path_runs_the_guides_code(force_kernels, monkeypatch):
+    """attention="explicit" (the guide's code): TransformerBlock.forward runs for every block, no kernel does."""
+    from sifirdan.model.block import TransformerBlock
+
+    calls = _count_calls(monkeypatch)
+    seen = []
+    real = TransformerBlock.forward
+    monkeypatch.setattr(TransformerBlock, "forward", lambda self, *a, **k: seen.append(1) or real(self, *a, **k))
+    model = GPT(GPTConfig.from_preset("guide", attention="explicit", vocab_size=97, block_size=16))
+    idx = torch.randint(0, 97, (2, 16))
+    kernels.accelerate(model)(idx, idx)[1].backward()
+    assert len(seen) == 4 and sum(calls.values()) == 0
+
+
+def test_fused_path_steps_aside_where_it_does_not_apply(force_kernels, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    model = _model(bias=False).eval()
+    fused = kernels.FusedGPT(model)
+    idx = torch.randint(0, 97, (2, 17))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations: GPT.forward, PyTorch's ops
+        a, b = fused(idx)[0], model(idx)[0]
+    torch.testing.assert_close(a.float(), b.float())
+    from sifirdan.model import KVCache
+
+    cache = KVCache.for_model(model, 2)
+    fused(idx, kv_cache=cache)  # a generation extra: GPT.forward
+    assert cache.pos == 17 and sum(calls.values()) == 0
     assert not kernels.applies(torch.zeros(2, dtype=torch.bfloat16))
     assert not kernels.applies(torch.zeros(2, dtype=torch.float64))
-    ours, torch_only = _model_pair(bias=False)  # no fc bias: the FFN takes PyTorch's path
-    idx = torch.randint(0, 97, (2, 17))
-    torch.testing.assert_close(ours(idx)[0], torch_only(idx)[0], atol=1e-5, rtol=1e-5)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations: PyTorch's sdpa and GELU
-        a, b = ours(idx)[0], torch_only(idx)[0]
-    torch.testing.assert_close(a.float(), b.float())
+
+
+@needs_fast_copy
+def test_the_default_uses_the_kernels_where_they_are_fast():
+    assert kernels.applies(torch.zeros(2, dtype=torch.float32))
+    assert isinstance(kernels.accelerate(_model()), kernels.FusedGPT)
+
+
+def test_switching_the_kernels_off(monkeypatch):
+    monkeypatch.setenv("SIFIRDAN_KERNELS", "0")
+    assert not kernels.available() and "SIFIRDAN_KERNELS=0" in kernels.describe()
+    model = _model()
+    assert kernels.accelerate(model) is model
+
+
+def test_old_configs_with_cpu_kernels_still_load():
+    cfg = GPTConfig.from_dict({**_model().config.to_dict(), "cpu_kernels": False})
+    assert "cpu_kernels" not in cfg.to_dict()
 
 
 @pytest.mark.parametrize("N,V", [(300, 500), (37, 33), (5, 4096), (3, 1)])
@@ -254,22 +433,23 @@ def test_dropout_kernel_is_inverted_dropout_with_a_reproducible_mask():
     assert torch.equal(kernels.dropout(x.detach(), 0.0), x.detach())
 
 
-def test_model_dropout_uses_the_kernel_in_training_only():
+def test_model_dropout_runs_in_training_only(force_kernels):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=50, block_size=16, n_embd=32, n_head=2, n_layer=1, dropout=0.5))
+    fused = kernels.FusedGPT(model)
     idx = torch.randint(0, 50, (2, 16))
     model.eval()
-    a, b = model(idx)[0], model(idx)[0]
-    assert torch.equal(a, b)  # no dropout in eval mode
+    assert torch.equal(fused(idx)[0], fused(idx)[0])  # no dropout in eval mode
     model.train()
-    assert not torch.equal(model(idx)[0], model(idx)[0])  # dropout in training
+    assert not torch.equal(fused(idx)[0], fused(idx)[0])  # dropout in training
 
 
 CHECK_OTHER_ISA = """
 import math, torch, torch.nn.functional as F
-from sifirdan.model import kernels
+from sifirdan import kernels
+from sifirdan.kernels import ops
 import sys
-assert kernels._kernels.isa == sys.argv[1], kernels._kernels.isa
+assert ops._kernels.isa == sys.argv[1], ops._kernels.isa
 g = torch.Generator().manual_seed(0)
 x = torch.randn(2, 37, 3 * 3 * 24, generator=g, dtype=torch.float64)
 b = torch.randn(3 * 3 * 24, generator=g, dtype=torch.float64)
@@ -304,7 +484,7 @@ def test_narrower_copies_of_the_kernels_compute_the_same(isa):
     import subprocess
     import sys
 
-    if isa == "avx2" and (platform.machine() not in ("x86_64", "AMD64") or kernels._kernels.isa == "generic"):
+    if isa == "avx2" and (platform.machine() not in ("x86_64", "AMD64") or ops._kernels.isa == "generic"):
         pytest.skip("no AVX2 copy on this machine")
     env = {**os.environ, "SIFIRDAN_KERNELS_ISA": isa}
     run = subprocess.run([sys.executable, "-c", CHECK_OTHER_ISA, isa], env=env, capture_output=True, text=True,

@@ -247,3 +247,28 @@ def test_params_command_user_errors(cli):
     assert code == 2 and "unknown preset" in err and "Traceback" not in err
     code, _, err = cli("params", "--n-embd", "100", "--n-head", "3")
     assert code == 2 and "divisible" in err
+
+
+def test_the_engine_generates_what_the_guides_loop_generates():
+    """GPT.generate is the guide's loop (recompute everything, every step); the KV-cache Engine must pick the
+    same tokens: greedily, and sampling from the same seed (one row: the Engine seeds row 0 with ``seed``)."""
+    from sifirdan.generate import Engine, GenerationConfig
+    from sifirdan.tokenizer import BPETokenizer
+
+    text = "Türkiye'nin başkenti Ankara'dır. Öğretmen, öğrencilere ışığın hızını anlattı. " * 10
+    tok = BPETokenizer.train(text, vocab_size=300)
+    torch.manual_seed(0)
+    # PyTorch's default init spreads the logits: no near-ties for argmax to trip on
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2, init="pytorch")).eval()
+    engine = Engine(model, tok)
+    for prompt in ("Türkiye", "Öğretmen, öğrencilere", "a"):
+        ids = tok.encode(prompt)
+        n = 64 - len(ids)  # inside one context: the Engine crops differently once the context is full
+        naive = model.generate(torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist()
+        cfg = GenerationConfig(max_new_tokens=n, temperature=0, stop_token_ids=())
+        assert engine.generate_ids(ids, cfg).token_ids == naive, prompt
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            naive = model.generate(torch.tensor([ids]), 20, temperature=0.9, top_k=8)[0, len(ids):].tolist()
+            cfg = GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=8, seed=seed, stop_token_ids=())
+            assert engine.generate_ids(ids, cfg).token_ids == naive, (prompt, seed)

@@ -8,10 +8,8 @@ Two paths compute the same function on the same weights:
     can return the attention weights (``sifirdan attention`` draws them).
   * ``sdpa`` — ``torch.nn.functional.scaled_dot_product_attention``: the same math in one fused kernel
     (flash / memory-efficient on GPU, a fused loop on CPU) that never materialises the (T, T) matrix.
-    On a CPU in float32 (training, and the prompt of generation) sifirdan's own C kernel does this step
-    instead (``kernels.causal_attention``: reads the packed qkv, skips masked tiles; ``cpu_kernels=False``
-    turns it off).
-Tests check that all of them give the same outputs and gradients.
+Tests check that both give the same outputs and gradients (and that sifirdan's C kernel for this step,
+``sifirdan/kernels``, does too).
 
 The three projections W_Q, W_K, W_V are stored stacked in one ``qkv`` Linear (n_embd -> 3*n_embd): the same
 parameters as the guide's three Linears, one matrix multiply instead of three.
@@ -25,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sifirdan.model import kernels
 from sifirdan.model.config import GPTConfig
 
 
@@ -36,26 +33,14 @@ class MultiHeadAttention(nn.Module):
         self.head_size = config.n_embd // config.n_head
         self.layer_idx = layer_idx  # which slot of a KV cache this layer uses
         self.kind = config.attention
-        self.cpu_kernels = config.cpu_kernels
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
         self.last_attention: torch.Tensor | None = None  # filled when record_attention is True
         self.record_attention = False
 
-    def forward(
-        self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None, out_bias: bool = True
-    ) -> torch.Tensor:
-        """``out_bias=False`` leaves W_O's bias out: the block's fused residual + LayerNorm kernel adds it."""
+    def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, channels (n_embd)
-        fused = self.kind == "sdpa" and self.cpu_kernels and kv_cache is None and attn_mask is None
-        if fused and not self.record_attention and kernels.applies(x):
-            qkv = F.linear(x, self.qkv.weight)  # (B, T, 3 * n_embd), bias not yet added
-            if kernels.applies(qkv):  # float32 (under bf16 autocast it is not: PyTorch's path below)
-                # the same math as below, in C; the kernel adds the qkv bias as it reads q, k and v
-                return self._project(kernels.causal_attention(qkv, self.n_head, self.qkv.bias), out_bias)
-            qkv = qkv + self.qkv.bias if self.qkv.bias is not None else qkv
-        else:
-            qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
+        qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
         q, k, v = qkv.split(C, dim=2)  # each (B, T, n_embd)
         # (B, T, n_embd) -> (B, T, n_head, head_size) -> (B, n_head, T, head_size): heads become a batch dim
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
@@ -69,7 +54,6 @@ class MultiHeadAttention(nn.Module):
         # batches). Otherwise the mask is causal, aligned so query i (absolute position S-T+i) sees keys 0..S-T+i:
         # rows S-T..S-1 of the guide's triangle. With no cache S == T and that is the plain triangle.
         # No dropout in here, as in the guide's forward(): its only dropout is after the feed-forward network.
-        # (A dropout on the attention weights would also push sdpa off its fused CPU kernel.)
         if self.kind == "sdpa" and not self.record_attention:
             if attn_mask is not None:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -90,10 +74,7 @@ class MultiHeadAttention(nn.Module):
                 self.last_attention = att.detach()
             y = att @ v  # (B, n_head, T, S) @ (B, n_head, S, head_size) -> (B, n_head, T, head_size)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # concatenate the heads again
-        return self._project(y, out_bias)
-
-    def _project(self, y: torch.Tensor, out_bias: bool) -> torch.Tensor:
-        return self.proj(y) if out_bias else F.linear(y, self.proj.weight)
+        return self.proj(y)  # W_O: (B, T, n_embd)
 
 
 def causal_mask(T: int, S: int, device) -> torch.Tensor:

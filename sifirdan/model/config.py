@@ -13,6 +13,9 @@ from sifirdan.configs import check_choice, check_types, dataclass_from_dict
 from sifirdan.errors import UserError
 
 ATTENTION_KINDS = ("sdpa", "explicit")
+# keys older config.json files carry that are no longer model fields: dropped on reading. ``cpu_kernels`` was
+# a run-time choice, not architecture; it is ``TrainConfig.cpu_kernels`` now (sifirdan/kernels).
+LEGACY_KEYS = frozenset({"cpu_kernels"})
 INIT_KINDS = ("guide", "scaled", "pytorch")
 
 
@@ -26,11 +29,6 @@ class GPTConfig:
     dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
     bias: bool = True  # biases in Linear layers (the guide: yes)
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
-    # sifirdan's C kernels (model/_kernels.c) on fp32 tensors of an AVX-512 CPU: "sdpa" attention, bias+GELU,
-    # cross-entropy, dropout, residual add + LayerNorm -- the same functions, computed faster; False =
-    # PyTorch's ops everywhere.
-    # Not part of the architecture.
-    cpu_kernels: bool = True
     # share the token embedding with the LM head (the guide: no; GPT-2: yes). Measured on Nutuk at equal
     # wall time: 1.824 vs 1.850 bits/char (vocab 4096: 0.5 M fewer parameters to fit, and the head's rows
     # learn from the input side too). The guide's presets keep it off.
@@ -68,6 +66,8 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "GPTConfig":
+        if isinstance(d, dict):
+            d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
         return dataclass_from_dict(cls, d, "model")
 
     @classmethod

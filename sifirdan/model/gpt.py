@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sifirdan.model import kernels
 from sifirdan.model.block import TransformerBlock
 from sifirdan.model.config import GPTConfig
 from sifirdan.model.embeddings import Embeddings
@@ -82,39 +81,52 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         if positions is None:
             positions = torch.arange(start, start + T, device=idx.device)
-        # Without padding the attention layers build the causal mask themselves (a slice of a buffer, nothing
-        # allocated per generation step); only left-padded batches need a per-row mask.
+        # Without padding the attention layers build the causal mask themselves, at the shape in use; only
+        # left-padded batches (generation) need a per-row mask.
         attn_mask = None
         if key_padding_mask is not None:
             attn_mask = self._attention_mask(start, T, key_padding_mask, idx.device)
 
         x = self.embeddings(idx, positions)  # (B, T, n_embd)
-        if self.config.cpu_kernels and kv_cache is None and attn_mask is None and kernels.applies(x):
-            # the same blocks, with each residual add and the LayerNorm after it fused (TransformerBlock.forward_fused)
-            h = self.blocks[0].ln1(x)  # n_layer >= 1 (GPTConfig.validate)
-            for i, block in enumerate(self.blocks):
-                next_norm = self.blocks[i + 1].ln1 if i + 1 < len(self.blocks) else self.ln_f
-                x, h = block.forward_fused(x, h, next_norm)
-            x = h  # ln_f(x)
-        else:
-            for block in self.blocks:
-                x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
-            if kv_cache is not None:
-                kv_cache.advance(T)
-            x = self.ln_f(x)
+        for block in self.blocks:
+            x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
+        if kv_cache is not None:
+            kv_cache.advance(T)  # every layer has written its T new positions
+        x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
         logits = self.lm_head(x)  # (B, T, vocab_size)
 
         loss = None
         if targets is not None:
-            flat = logits.view(-1, logits.size(-1)).float()
-            if self.config.cpu_kernels and kernels.applies(flat):
-                # the same mean cross-entropy; its gradient is written in the same pass over the logits
-                loss = kernels.cross_entropy(flat, targets.reshape(-1), IGNORE_INDEX)
-            else:
-                loss = F.cross_entropy(flat, targets.reshape(-1), ignore_index=IGNORE_INDEX)
+            # mean over every position whose target is not IGNORE_INDEX (float32 even under bf16 autocast)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    # ------------------------------------------------------------------------------------------------ generate
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None):
+        """The guide's generation loop (§9), kept as the readable reference: append one token at a time.
+
+        idx: (B, T) prompt ids -> (B, T + max_new_tokens). Every step runs the whole (cropped) sequence again:
+        O(T^2) work per token. ``sifirdan.generate.Engine`` computes the same tokens with a KV cache (tests hold
+        it to this loop); use it, or ``sifirdan generate``, for anything but reading.
+        ``temperature`` 0 picks the most likely token (greedy); ``top_k`` keeps only the k most likely.
+        """
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]  # the position table has block_size rows
+            logits, _ = self(context)
+            logits = logits[:, -1, :]  # (B, vocab_size): the prediction for the next position
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
 
     @staticmethod
     def _attention_mask(start: int, T: int, key_padding_mask: torch.Tensor, device) -> torch.Tensor:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from sifirdan.configs import MAX_SEED, check_choice, check_types, dataclass_from_dict
 from sifirdan.errors import UserError
+from sifirdan.model.config import LEGACY_KEYS as LEGACY_MODEL_KEYS
 
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
@@ -61,6 +62,9 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda > mps > cpu
     dtype: str = "auto"  # fp32 | bf16 | fp16 (GPU only) | auto (bf16 on GPUs that have it, else fp16; CPU: CPU_DEFAULT_DTYPE)
     compile: bool = False  # torch.compile the model
+    # sifirdan's C kernels (sifirdan/kernels) for fp32 CPU training and evaluation where this CPU runs them fast
+    # (AVX-512): the same functions as PyTorch's ops, computed faster. False = PyTorch's ops only.
+    cpu_kernels: bool = True
     # torch CPU threads; 0 = the cores other programs leave free, re-checked every log step (runtime.CpuShare),
     # split between local processes. A fixed count (e.g. 2) keeps float sums in one order: bit-exact resumes.
     threads: int = 0
@@ -111,7 +115,7 @@ RESUMABLE_FIELDS = frozenset(
     {
         "max_iters", "eval_interval", "eval_iters", "log_interval", "sample_interval", "sample_prompt",
         "sample_tokens", "checkpoint_interval", "final_eval", "device", "dtype", "compile", "threads",
-        "flush_denormal",
+        "flush_denormal", "cpu_kernels",
     }
 )
 
@@ -140,6 +144,8 @@ def resume_differences(saved: dict[str, dict], new: dict[str, dict]) -> list[str
         old, cur = saved.get(section, {}) or {}, new.get(section, {}) or {}
         for key in sorted(set(old) | set(cur)):
             if section == "train" and key in RESUMABLE_FIELDS:
+                continue
+            if section == "model" and key in LEGACY_MODEL_KEYS:  # e.g. cpu_kernels, once a model field
                 continue
             a, b = old.get(key, "<unset>"), cur.get(key, "<unset>")
             if a != b:

@@ -161,7 +161,17 @@ class Trainer:
         self.raw_model.train()
         self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        net = self.raw_model
+        # The C kernels stand in for GPT.forward where they apply (fp32 on a CPU that runs them fast); the
+        # wrapper owns no parameters, so the optimizer, DDP and checkpoints see the GPT's own. torch.compile is
+        # the other way to speed up the forward pass: with it, the kernels stay out.
+        from sifirdan import kernels
+
+        net = kernels.accelerate(self.raw_model, enabled=cfg.cpu_kernels and not cfg.compile and self.device.type == "cpu")
+        self.kernels_note = (
+            f"C kernels: {kernels.describe()}" if net is not self.raw_model
+            else f"C kernels: off ({self._kernels_off_reason(cfg, kernels)})"
+        )
+        self.eval_model = net  # evaluation: the same forward, without DDP
         if cfg.compile:
             net = torch.compile(net)
         if self.dist.enabled:
@@ -193,6 +203,15 @@ class Trainer:
             self.load_state(self.out_dir / "last")
             if self.dist.is_main:
                 self.metrics.truncate_after(self.step)
+
+    def _kernels_off_reason(self, cfg, kernels) -> str:
+        if not cfg.cpu_kernels:
+            return "--no-cpu-kernels"
+        if cfg.compile:
+            return "--compile"
+        if self.device.type != "cpu":
+            return f"device {self.device.type}"
+        return kernels.why_not(self.raw_model) or "not applicable"
 
     # ------------------------------------------------------------------------------------------ output
     def log(self, msg: str) -> None:
@@ -245,7 +264,7 @@ class Trainer:
             x = x.to(self.device)
             y = y.to(self.device)
             with autocast(self.device, self.dtype):
-                _, loss = self.raw_model(x, y)
+                _, loss = self.eval_model(x, y)
             n = int((y != IGNORE_INDEX).sum())
             total += loss.double() * n
             count += n

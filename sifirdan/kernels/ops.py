@@ -1,4 +1,4 @@
-"""sifirdan's CPU kernels (``_kernels.c``) as autograd functions, and when the model may use them.
+"""The kernels of ``_kernels.c`` as autograd functions, and whether this machine should use them.
 
 Five steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
 (tests hold outputs and gradients to it), faster because they move less memory (see the top of
@@ -10,61 +10,68 @@ Five steps of a small GPT's CPU training step, each the same function as the PyT
   * ``cross_entropy(logits, targets)`` -- mean loss and its gradient in one pass over the logits;
   * ``dropout(x, p)`` -- inverted dropout whose mask is regenerated from a seed, never stored;
   * ``add_layernorm(x, y, bias, norm)`` -- the residual add (with the sub-layer's output bias) and the
-    LayerNorm that reads it next, forward and backward each in one pass (``TransformerBlock.forward_fused``).
+    LayerNorm that reads it next, forward and backward each in one pass.
 
-The model uses them only where they apply -- float32 CPU tensors on an AVX-512 CPU, no attention mask, no KV
-cache -- and PyTorch everywhere else (GPU, bf16 autocast, generation with a cache, masks), and when the
-extension was not built (no C compiler at install time) or ``GPTConfig.cpu_kernels`` is False.
+Each function reads raw float32 CPU memory and refuses anything else (``_check``). Which of them a model's
+forward pass uses, and when, is decided in ``fused.py``, not here.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import platform
 
 import torch
 
 try:  # built by `pip install -e .` (setup.py); optional
-    from sifirdan.model import _kernels
+    from sifirdan.kernels import _kernels
 except ImportError:  # pragma: no cover - depends on the install
     _kernels = None
 
 
-# Copies of the kernels that beat PyTorch. The AVX2 and generic copies compute the same results (tests run
-# them through SIFIRDAN_KERNELS_ISA) but are slow: on this project's AVX-512 test machine, forcing the AVX2
-# copy made a guide-shape training step 1.6-1.9x *slower* than PyTorch's ops. The kernels are written with
-# 16-float vectors, and GCC lowers those badly where registers hold 8 floats -- a broadcast, for one, is
-# built lane by lane on the stack (seen in the AVX2 copy's machine code). Native 8-float vectors in that
-# copy are the fix, not done yet. So the model uses the kernels on AVX-512 CPUs only, unless
-# SIFIRDAN_KERNELS_ISA names a copy explicitly.
+# Copies of the kernels that beat PyTorch's ops on a training step (bench/kernels.py, same run). The generic
+# copy (plain C, the compiler's own vectorisation) does not. SIFIRDAN_KERNELS_ISA=generic|avx2 forces a copy
+# (tests and benchmarks of the narrower copies on a wider machine); SIFIRDAN_KERNELS=0 turns them all off.
 FAST_ISAS = ("avx512",)
 
 
+def _switched_off() -> bool:
+    return os.environ.get("SIFIRDAN_KERNELS", "").strip().lower() in ("0", "off", "false", "no")
+
+
 def available() -> bool:
-    """True when the C kernels are built, fast on this CPU, and worth using with the current thread count.
+    """True when the C kernels are built, fast on this CPU, not switched off, and worth using with the
+    current thread count.
 
     Built without OpenMP (e.g. Apple Clang) they run on one thread, which only beats PyTorch's
     multi-threaded kernels when PyTorch is on one thread too."""
-    if _kernels is None:
+    if _kernels is None or _switched_off():
         return False
     fast = _kernels.isa in FAST_ISAS or bool(os.environ.get("SIFIRDAN_KERNELS_ISA"))
     return fast and (bool(_kernels.openmp) or torch.get_num_threads() == 1)
 
 
 def describe() -> str:
-    """One line for logs and benchmark tables: which build of the kernels runs here, or why none."""
+    """One line for logs, ``sifirdan --version`` and benchmark tables: which copy of the kernels runs here,
+    or why none does (and then PyTorch's own ops run)."""
     if _kernels is None:
-        return "not built: PyTorch ops"
+        return "not built (pip install -e . needs a C compiler): PyTorch's ops"
     threads = "OpenMP" if _kernels.openmp else "1 thread (no OpenMP)"
+    if _switched_off():
+        return f"{_kernels.isa}, {threads}; off (SIFIRDAN_KERNELS=0): PyTorch's ops"
     if available():
         return f"{_kernels.isa}, {threads}"
     if _kernels.isa not in FAST_ISAS:
-        return f"{_kernels.isa}, {threads}; unused: slower than PyTorch without AVX-512"
+        machine = platform.machine().lower()
+        if machine in ("arm64", "aarch64") or machine.startswith("arm"):
+            return f"{_kernels.isa}, {threads}; unused on ARM (no NEON copy; PyTorch's ops are faster)"
+        return f"{_kernels.isa}, {threads}; unused: slower than PyTorch's ops on this CPU"
     return f"{_kernels.isa}, {threads}; unused: PyTorch has more threads"
 
 
 def applies(*tensors: torch.Tensor) -> bool:
-    """True when every tensor is a float32 CPU tensor (autocast to bf16 makes activations bf16: no)."""
+    """True when the kernels are available and every tensor is a float32 CPU tensor."""
     return available() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 

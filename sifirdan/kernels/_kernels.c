@@ -1,4 +1,4 @@
-/* sifirdan/model/_kernels.c -- CPU kernels for the parts of a small GPT's training step that are not matmuls.
+/* sifirdan/kernels/_kernels.c -- CPU kernels for the parts of a small GPT's training step that are not matmuls.
  *
  * Why: at the guide's shape (batch 32 x block 128, n_embd 128, 4 heads of 32) a CPU training step is
  * mostly matrix multiplies that already run near the chip's peak; what is left is memory traffic and
@@ -19,7 +19,7 @@
  *     sub-layer; PyTorch broadcasts the sub-layer's output bias (addmm), adds, normalises, and in backward
  *     runs the LayerNorm backward, accumulates the residual gradient and sums the bias gradient, each a
  *     pass over the (B*T, n_embd) activations. Here forward and backward are one pass each.
- * Everything is float32, row-major and contiguous; the Python side (kernels.py) checks that.
+ * Everything is float32, row-major and contiguous; the Python side (ops.py) checks that.
  *
  * Portable C: GCC/Clang vector extensions (16 floats per vector; the compiler splits them where the
  * machine's registers are narrower), compiled once per instruction set (_kernels_impl.h), and OpenMP
@@ -354,7 +354,7 @@ static void dropout(const float *x, float *out, int64_t n, double p, uint64_t se
 }
 
 /* ------------------------------------------------------------------------------------------ Python glue
- * The functions take raw data pointers (tensor.data_ptr()) and sizes: kernels.py is the only caller and
+ * The functions take raw data pointers (tensor.data_ptr()) and sizes: ops.py is the only caller and
  * checks dtype, device, shape and contiguity before it calls. The GIL is released while they run. */
 #define PTR(x) ((float *)(uintptr_t)(x))
 
@@ -465,13 +465,13 @@ static PyObject *py_dropout(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see kernels.py)"},
+    {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see ops.py)"},
     {"attention_backward", py_attention_backward, METH_VARARGS, "its gradient with respect to qkv"},
-    {"dropout", py_dropout, METH_VARARGS, "dropout with a mask regenerated from a seed (see kernels.py)"},
-    {"cross_entropy", py_cross_entropy, METH_VARARGS, "mean cross-entropy and its gradient (see kernels.py)"},
-    {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see kernels.py)"},
+    {"dropout", py_dropout, METH_VARARGS, "dropout with a mask regenerated from a seed (see ops.py)"},
+    {"cross_entropy", py_cross_entropy, METH_VARARGS, "mean cross-entropy and its gradient (see ops.py)"},
+    {"bias_gelu_forward", py_bias_gelu_forward, METH_VARARGS, "GELU(h + b) (see ops.py)"},
     {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},
-    {"add_layernorm_forward", py_add_layernorm_forward, METH_VARARGS, "x + y (+ b), then LayerNorm (see kernels.py)"},
+    {"add_layernorm_forward", py_add_layernorm_forward, METH_VARARGS, "x + y (+ b), then LayerNorm (see ops.py)"},
     {"add_layernorm_backward", py_add_layernorm_backward, METH_VARARGS, "its gradients"},
     {NULL, NULL, 0, NULL},
 };

@@ -1,4 +1,4 @@
-/* sifirdan/model/_kernels_impl.h -- the kernels themselves. _kernels.c includes this file once per
+/* sifirdan/kernels/_kernels_impl.h -- the kernels themselves. _kernels.c includes this file once per
  * instruction set (AVX-512, AVX2, generic), each time with SFX(name) giving the copy its own names, so one
  * binary runs everywhere and uses the widest vectors the machine has. Read _kernels.c first. */
 
