@@ -13,14 +13,28 @@ from hypothesis import strategies as st
 
 from sifirdan.errors import UserError
 from sifirdan.tokenizer import DEFAULT_SPECIAL_TOKENS, GPT4_PATTERN, TURKISH_PATTERN, BPETokenizer
-from sifirdan.tokenizer.base import text_to_bytes
+from sifirdan.tokenizer.base import merge_pair, text_to_bytes
 from sifirdan.tokenizer.bpe import count_pieces
+from sifirdan.tokenizer.naive import get_stats, learn_merges_naive, merge
 from sifirdan.tokenizer.train import learn_merges
 
 try:
     from sifirdan.tokenizer import _fastbpe
 except ImportError:  # the C core is optional
     _fastbpe = None
+
+needs_c = pytest.mark.skipif(_fastbpe is None, reason="the optional C core is not built (pip install -e .)")
+# every trainer a BPETokenizer.train(backend=...) can pick; they must all learn the same merges
+BACKENDS = [pytest.param("naive"), pytest.param("python"), pytest.param("c", marks=needs_c)]
+CHECKED_BACKENDS = [pytest.param("naive"), pytest.param("c", marks=needs_c)]  # each compared with "python"
+
+
+def trainer(backend: str):
+    """The merge learner behind ``backend``, called as learner(words, freqs, num_tokens)."""
+    if backend == "c":
+        return lambda words, freqs, num_tokens: _fastbpe.learn_merges(words, freqs, num_tokens, None)
+    return {"naive": learn_merges_naive, "python": learn_merges}[backend]
+
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NUTUK = DATA / "nutuk.txt"
@@ -182,15 +196,23 @@ def test_training_is_deterministic(tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
-def test_first_merge_follows_the_tie_rule():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_merge_follows_the_tie_rule(backend):
     # "ab" and "cd" both occur twice: equal counts -> the smaller pair (97, 98) wins
-    tok = BPETokenizer.train("cd\nab\ncd\nab", 257, special_tokens=[], backend="python")
+    tok = BPETokenizer.train("cd\nab\ncd\nab", 257, special_tokens=[], backend=backend)
     assert tok.merge_list[0] == (97, 98, 256)
+    assert tok.train_stats["backend"] == backend
 
 
-def test_vocab_larger_than_text_can_reach_warns():
+def test_unknown_backend_is_refused():
+    with pytest.raises(UserError, match="unknown training backend 'fast'.*naive"):
+        BPETokenizer.train(SAMPLE, 300, backend="fast")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vocab_larger_than_text_can_reach_warns(backend):
     with pytest.warns(UserWarning, match="stopped at vocab size"):
-        tok = BPETokenizer.train("abc abc", 5000)
+        tok = BPETokenizer.train("abc abc", 5000, backend=backend)
     assert tok.vocab_size < 5000
     assert tok.decode(tok.encode("abc abd")) == "abc abd"
 
@@ -226,28 +248,102 @@ def test_streaming_equals_concatenation():
     assert a.merge_list == b.merge_list
 
 
-@pytest.mark.skipif(_fastbpe is None, reason="the optional C core is not built (pip install -e .)")
+@pytest.mark.parametrize("backend", CHECKED_BACKENDS)
 @pytest.mark.filterwarnings("ignore:the training text has no more pairs")
-def test_c_core_matches_python_reference():
+def test_trainers_match_python_reference(backend):
+    """naive == heap-based Python == C on real text (the naive trainer is slow: small texts only)."""
     texts = [SAMPLE]
     if NUTUK.is_file():
-        texts.append(NUTUK.read_text(encoding="utf-8")[:300_000])
+        nutuk = NUTUK.read_text(encoding="utf-8")
+        texts.append(nutuk[:5_000] if backend == "naive" else nutuk[:300_000])
     for text in texts:
         for vocab in (300, 1500):
             py = BPETokenizer.train(text, vocab, backend="python")
-            c = BPETokenizer.train(text, vocab, backend="c")
-            assert py.merge_list == c.merge_list
+            other = BPETokenizer.train(text, vocab, backend=backend)
+            assert py.merge_list == other.merge_list
+            assert py.to_json_str() == other.to_json_str()
             ids = [py._bpe(text_to_bytes(p)) for p in py._compiled.findall(text)]
-            assert ids == [c._fast_core().encode(text_to_bytes(p)) for p in c._compiled.findall(text)]
+            encode = other._fast_core().encode if _fastbpe is not None else other._bpe  # C encoder vs Python's
+            assert ids == [encode(text_to_bytes(p)) for p in other._compiled.findall(text)]
 
 
-@pytest.mark.skipif(_fastbpe is None, reason="the optional C core is not built (pip install -e .)")
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.integers(1, 50)), min_size=1, max_size=40), st.integers(256, 400))
-def test_c_core_matches_python_on_random_words(items, vocab):
+WORDS = st.lists(
+    st.tuples(st.binary(max_size=12) | st.lists(st.sampled_from(b"ab\x00"), max_size=14).map(bytes), st.integers(0, 50)),
+    max_size=40,
+)
+
+
+@pytest.mark.parametrize("backend", CHECKED_BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(WORDS, st.integers(200, 400))
+def test_trainers_match_python_on_random_words(backend, items, vocab):
+    """Random pieces (few-letter ones give overlapping runs like b"aaaa" and many ties), counts from 0."""
     words = list(dict(items))
     freqs = [dict(items)[w] for w in words]
-    assert _fastbpe.learn_merges(words, freqs, vocab, None) == learn_merges(words, freqs, vocab)
+    assert trainer(backend)(words, freqs, vocab) == learn_merges(words, freqs, vocab)
+
+
+# pinned cases: (words, freqs, num_tokens) -> the merges every trainer must learn
+A, B, C, D = 97, 98, 99, 100
+PINNED = {
+    "tie: equal counts, the smaller pair first": ([b"cd", b"ab"], [2, 2], 300, [(A, B, 256), (C, D, 257)]),
+    "tie: same first id, smaller second id": ([b"ac", b"ab"], [1, 1], 257, [(A, B, 256)]),
+    "tie in a run: (256, a) before (256, 256)": ([b"aaaaa"], [1], 300, [(A, A, 256), (256, A, 257), (256, 257, 258)]),
+    "higher count beats the smaller pair": ([b"ab", b"cd"], [1, 2], 257, [(C, D, 256)]),
+    # "abc" could be spelled ab+c or a+bc; whichever pair comes first, the other never forms
+    "abc: ab first, then bc, then ab+c": ([b"ab", b"bc", b"abc"], [3, 2, 1], 300, [(A, B, 256), (B, C, 257), (256, C, 258)]),
+    "abc: bc first, then ab, then a+bc": ([b"ab", b"bc", b"abc"], [2, 3, 1], 300, [(B, C, 256), (A, B, 257), (A, 256, 258)]),
+    "no pair left before the vocab size": ([b"ab", b"ab\x00"], [5, 1], 1000, [(A, B, 256), (256, 0, 257)]),
+    "only single bytes: nothing to merge": ([b"a", b"b", b""], [3, 1, 9], 1000, []),
+    "a piece given 0 times counts nothing": ([b"ab", b"cd"], [0, 1], 300, [(C, D, 256)]),
+    "empty input": ([], [], 1000, []),
+    "vocab size 256: no merges": ([b"abab"], [4], 256, []),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(PINNED))
+def test_trainers_pinned_cases(backend, case):
+    words, freqs, num_tokens, expected = PINNED[case]
+    assert trainer(backend)(words, freqs, num_tokens) == expected
+
+
+@HYP
+@given(WORDS, st.integers(256, 400))
+def test_training_never_reuses_an_id(items, vocab):
+    """The rule "merged bytes that are already a token reuse its id" never fires when training starts
+    from bytes (naive.py says why): new ids are 256, 257, ... in rank order, each a distinct string."""
+    words = list(dict(items))
+    freqs = [dict(items)[w] for w in words]
+    merges = learn_merges_naive(words, freqs, vocab)
+    assert [new for _, _, new in merges] == list(range(256, 256 + len(merges)))
+    spelled = {i: bytes([i]) for i in range(256)}
+    for a, b, new in merges:
+        spelled[new] = spelled[a] + spelled[b]
+    assert len(set(spelled.values())) == len(spelled)
+
+
+def test_naive_progress_counts_new_tokens():
+    calls = []
+    merges = learn_merges_naive([b"abcd"], [1], 1000, progress=calls.append)
+    assert len(merges) == 3 and calls == [1, 1, 1]
+
+
+def test_get_stats_and_merge_examples():
+    assert get_stats([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+    assert get_stats([]) == {} and get_stats([7]) == {}
+    counts = get_stats([1, 2], weight=5)
+    assert get_stats([1, 2, 1], counts, 2) is counts and counts == {(1, 2): 7, (2, 1): 2}
+    assert merge([5, 6, 5, 6, 7], (5, 6), 300) == [300, 300, 7]
+    assert merge([1, 1, 1], (1, 1), 300) == [300, 1]
+    assert merge([1, 1, 1, 1], (1, 1), 300) == [300, 300]
+    assert merge([], (1, 2), 300) == [] and merge([1], (1, 2), 300) == [1]
+
+
+@HYP
+@given(st.lists(st.integers(0, 3), max_size=30), st.integers(0, 3), st.integers(0, 3))
+def test_merge_is_the_encoders_merge_pair(ids, a, b):
+    assert merge(ids, (a, b), 9) == merge_pair(ids, a, b, 9)
 
 
 def test_count_pieces_streams():

@@ -11,6 +11,7 @@ import regex
 
 from sifirdan.errors import UserError
 from sifirdan.tokenizer.base import DEFAULT_SPECIAL_TOKENS, Tokenizer, text_to_bytes, validate_special_tokens
+from sifirdan.tokenizer.naive import learn_merges_naive
 from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, make_splitter
 from sifirdan.tokenizer.train import learn_merges
 
@@ -76,9 +77,13 @@ class BPETokenizer(Tokenizer):
         newline and ``b`` starts with a non-space character (that is how ``iter_texts`` cuts files).
         ``special_tokens=None`` adds ``DEFAULT_SPECIAL_TOKENS``; ``[]`` adds none. If the text runs out of
         pairs before ``vocab_size`` is reached, training stops with a warning and returns the smaller
-        tokenizer. ``backend``: "auto" (C core if built, else Python), "python" or "c".
+        tokenizer. ``backend`` picks the trainer (all learn the same merges): "auto" (the C core if built,
+        else "python"), "c", "python" (the heap-based ``train.learn_merges``) or "naive" (``naive.py``, the
+        guide's algorithm that recounts every pair after each merge: O(merges x corpus), for learning and
+        small texts only).
         """
         specials = check_train_args(vocab_size, special_tokens)
+        core = _train_backend(backend)  # before reading any text: a wrong name fails at once
         pattern = DEFAULT_PATTERN if pattern is None else pattern
         try:
             regex.compile(pattern)
@@ -110,7 +115,6 @@ class BPETokenizer(Tokenizer):
 
             bar = tqdm(total=target - 256, desc="BPE merges", unit="tok", leave=False)
             progress = bar.update
-        core = _train_backend(backend)
         try:
             merges = core(words, freqs, target, progress)
         finally:
@@ -140,14 +144,22 @@ class BPETokenizer(Tokenizer):
             "chars_per_token": n_chars / max(n_tokens, 1),
             "seconds_counting": t_count,
             "seconds": time.perf_counter() - t0,
-            "backend": "python" if core is learn_merges else "c",
+            "backend": {learn_merges: "python", learn_merges_naive: "naive"}.get(core, "c"),
         }
         return tok
 
 
+TRAIN_BACKENDS = ("auto", "c", "python", "naive")
+
+
 def _train_backend(backend: str):
+    """The merge learner for ``backend`` (one of ``TRAIN_BACKENDS``)."""
+    if backend not in TRAIN_BACKENDS:
+        raise UserError(f"unknown training backend {backend!r}; pick one of {', '.join(TRAIN_BACKENDS)}")
     if backend == "python":
         return learn_merges
+    if backend == "naive":
+        return learn_merges_naive
     try:
         from sifirdan.tokenizer import _fastbpe
     except ImportError:

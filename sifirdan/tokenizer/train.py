@@ -1,10 +1,11 @@
-"""Learning BPE merges -- the readable reference implementation.
+"""Learning BPE merges, fast -- the same merges as ``naive.py``, with far less work.
 
-The naive algorithm (the guide's) recounts every pair of the whole corpus after each merge: O(merges x
-corpus). This one does the same merges with far less work:
+``sifirdan/tokenizer/naive.py`` is the reference, and the one to read first: the guide's algorithm, which
+recounts every pair of the whole corpus after each merge (O(merges x corpus)). This module speeds that loop
+up without changing its result:
 
 1. Pre-tokenize and count *unique* pieces: Nutuk's 243k pieces are only 34k distinct words, each stored
-   once with its frequency.
+   once with its frequency (the naive trainer takes the same (words, freqs) input).
 2. Count pairs once, and keep an index pair -> the words that contain it.
 3. Keep the pairs in a max-heap keyed by (count, then the smallest pair). Counts change after every merge;
    instead of updating the heap in place we push the new count and, when popping, drop entries whose
@@ -13,12 +14,14 @@ corpus). This one does the same merges with far less work:
    counts, is rewritten with the new token, and adds its new pairs back.
 
 Tie rule (determinism): the pair with the highest count wins; among equal counts the smallest (id_a, id_b).
-A merge whose bytes equal an existing token reuses that token's id (two pairs can spell the same bytes,
-e.g. ``ab+c`` and ``a+bc``), so the vocabulary stays free of duplicate strings and can be written as a
-tokenizer.json. Such a reused id can bring back a pair that was merged before; that pair is applied to the
-words again but not recorded twice (the encoder already merges it, at its first rank).
+A merge whose bytes equal an existing token reuses that token's id, and a pair already merged is applied
+to the words again but not recorded twice, so the vocabulary can never hold one string twice (a
+tokenizer.json cannot). This is a safety rule: when training starts from bytes it never fires, since two
+spans cut at the same bytes always hold the same tokens, so no pair other than the one that made a token
+can spell it (``naive.py`` says more; the tests check it on random input).
 
-``sifirdan/tokenizer/_fastbpe.c`` implements the same steps in C; tests check both give identical merges.
+``sifirdan/tokenizer/_fastbpe.c`` implements the same steps in C; the tests check that all three trainers
+(naive, this one, C) give identical merges.
 """
 
 from __future__ import annotations
