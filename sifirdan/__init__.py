@@ -1,7 +1,7 @@
-"""sifirdan — from raw Turkish text to your own chatting GPT, from scratch.
+"""sifirdan — from raw Turkish text to your own GPT, from scratch (fine-tuning it to chat is coming).
 
 Stages (one sub-package each, imports point one way):
-    tokenizer  ← data ← train        model ← train / generate / serve
+    tokenizer  ← data ← train        model ← train / generate
 """
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
 """GenerationConfig (how to pick tokens and when to stop) and GenerationResult (what came out).
 
-Every field is checked by ``validate()``; a bad value is a ``UserError`` naming the field and the fix, so the
-CLI, the chat loop and the HTTP server all reject bad requests with the same one-line messages.
+Every field is checked by ``validate()``; a bad value is a ``UserError`` naming the field and the fix, so
+every caller (today ``sifirdan generate``; a chat loop and an HTTP server are coming) rejects bad requests
+with the same one-line messages.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The generation engine: one loop, used by the CLI, chat, fine-tuning evals and the HTTP server.
+"""The generation engine: one loop for every caller (today ``sifirdan generate``; chat, fine-tuning evals
+and an HTTP server are coming and will use it too).
 
     engine = Engine(model, tokenizer)
     engine.generate("Türkiye'nin başkenti", GenerationConfig(max_new_tokens=50, temperature=0.8, seed=1))
@@ -120,7 +121,7 @@ class Engine:
         return self._generate_batch([self.encode_prompt(p) for p in prompt], config)
 
     def generate_ids(self, ids: Sequence[int] | Sequence[Sequence[int]], config: GenerationConfig | None = None):
-        """Like ``generate`` for prompts already tokenized (e.g. a chat template with special tokens)."""
+        """Like ``generate`` for prompts already tokenized (e.g. ones holding special tokens such as ``<INST>``)."""
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         if len(ids) and not isinstance(ids[0], int):
@@ -136,7 +137,7 @@ class Engine:
         return (e.text for e in events if e.text)
 
     def iter_tokens(self, prompts_ids: list[list[int]], config: GenerationConfig | None = None) -> Iterator[TokenEvent]:
-        """The lowest level: one event per sampled token of every row (for timing, servers, batch streaming)."""
+        """The lowest level: one event per sampled token of every row (for timing and batch streaming)."""
         config = (config or GenerationConfig()).validate()
         seqs = [_Sequence(p, self.tokenizer, config.stop) for p in prompts_ids]
         return self._run(seqs, config)
@@ -181,15 +182,16 @@ class Engine:
 
     @torch.inference_mode()
     def _run(self, seqs: list[_Sequence], cfg: GenerationConfig) -> Iterator[TokenEvent]:
-        model, bs, keep = self.model, self.block_size, self.crop_keep
+        model, block_size, keep = self.model, self.block_size, self.crop_keep
         stop_ids = self._stop_ids(cfg)
         sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device)
         for i, s in enumerate(seqs):
             sampler.mark_seen(i, s.ids)
-            s.fit(bs, keep)
+            s.fit(block_size, keep)
         active = list(range(len(seqs)))  # rows still generating; batch row j is seqs[active[j]]
         cache = None  # None: (re-)prefill on the next step
-        pos = kpm = nxt = None  # per-row next positions (B, 1) and key padding mask (B, bs): padded batches only
+        # per-row next positions (B, 1) and key padding mask (B, block_size): padded batches only
+        pos = kpm = nxt = None
         for step in range(cfg.max_new_tokens):
             # ---- 1. logits for the next token of every active row: (B, V)
             if not cfg.use_cache:
@@ -197,9 +199,9 @@ class Engine:
                 logits, _ = model(idx, positions=positions, key_padding_mask=real, last_only=True)
             elif cache is None:
                 idx, positions, real, lens = self._inputs([seqs[i].context() for i in active])
-                cache = KVCache.for_model(model, len(active), max_len=bs)
+                cache = KVCache.for_model(model, len(active), max_len=block_size)
                 if real is not None:
-                    kpm = torch.ones(len(active), bs, dtype=torch.bool, device=self.device)
+                    kpm = torch.ones(len(active), block_size, dtype=torch.bool, device=self.device)
                     kpm[:, : idx.shape[1]] = real
                     pos = torch.tensor(lens, device=self.device)[:, None]
                 else:
@@ -240,8 +242,8 @@ class Engine:
             # ---- 4. context limit: crop and prefill again when the next token would not fit
             if not cfg.use_cache:
                 for i in active:
-                    seqs[i].fit(bs, keep)
-            elif cache.pos + 1 > bs:
+                    seqs[i].fit(block_size, keep)
+            elif cache.pos + 1 > block_size:
                 for i in active:
-                    seqs[i].fit(bs, keep)
+                    seqs[i].fit(block_size, keep)
                 cache = None

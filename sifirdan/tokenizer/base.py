@@ -32,7 +32,8 @@ from sifirdan.fileio import atomic_write_text
 from sifirdan.tokenizer.bytelevel import str_to_token, token_to_str
 from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, GPT2_PATTERN, make_splitter
 
-# The special tokens later stages rely on: end of text, padding, and the instruction-tuning markers.
+# The default special tokens: end of text (between documents in the token bins), padding, and the
+# instruction-tuning markers, reserved now for fine-tuning (coming) so their ids are already in place.
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<PAD>", "<INST>", "</INST>", "<RESP>", "</RESP>")
 EOT = "<|endoftext|>"
 
