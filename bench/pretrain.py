@@ -323,7 +323,7 @@ RECIPES = {
 
 
 def _prepare(data: Path, vocab: int, cache: Path, tokenizers: dict):
-    from sifirdan.data.dataset import prepare_bins, standard_split
+    from sifirdan.data import prepare_bins, standard_split
     from sifirdan.tokenizer import BPETokenizer
 
     if vocab not in tokenizers:
@@ -340,7 +340,7 @@ def _full_val(model, bins, block_size: int) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from sifirdan.data.dataset import iter_eval_batches
+    from sifirdan.data import iter_eval_batches
     from sifirdan.train.metrics import bits_per_unit
 
     model.eval()
@@ -360,7 +360,7 @@ def _full_val(model, bins, block_size: int) -> tuple[float, float]:
 def _guide_recipe(bins, iters: int, seed: int, device: str = "cpu"):
     """The guide's code and loop, as written: returns (model, training seconds)."""
     from guide_reference import GuideConfig, guide_step, make_guide
-    from sifirdan.data.dataset import BatchSampler
+    from sifirdan.data import BatchSampler
 
     model, opt = make_guide(GuideConfig(vocab_size=VOCAB, max_iters=iters), seed=seed)
     model.to(device)
@@ -496,7 +496,7 @@ def memory(args) -> None:
     import subprocess
     import tempfile
 
-    from sifirdan.data.dataset import iter_train_texts
+    from sifirdan.data import iter_train_texts
     from sifirdan.tokenizer import BPETokenizer
 
     data = Path(args.data)

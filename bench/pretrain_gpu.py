@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import append_results, machine_line, md_table  # noqa: E402
-from sifirdan.data.dataset import DataConfig, iter_train_texts, prepare_bins  # noqa: E402
+from sifirdan.data import DataConfig, iter_train_texts, prepare_bins  # noqa: E402
 from sifirdan.model import GPT, GPTConfig  # noqa: E402
 from sifirdan.tokenizer import BPETokenizer  # noqa: E402
 from sifirdan.train.config import TRAIN_PRESETS, TrainConfig  # noqa: E402

@@ -19,7 +19,9 @@ from sifirdan.data import (
     standard_split,
     val_overlap,
 )
+from sifirdan.data import bins as data_bins
 from sifirdan.data import dataset as D
+from sifirdan.data import split as data_split
 from sifirdan.errors import UserError
 from sifirdan.tokenizer import BPETokenizer
 
@@ -98,7 +100,7 @@ def test_dedup_removes_val_copies_of_train(tmp_path):
 
 
 def test_streaming_split_equals_standard_split(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_CHUNK_CHARS", 200)  # many pieces
+    monkeypatch.setattr(data_split, "_CHUNK_CHARS", 200)  # many pieces
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "a.jsonl").write_text(
         "\n".join(json.dumps({"text": t}) for t in [LONG_A, "bir\niki", LONG_A, _prose(30, 3)]), encoding="utf-8"
@@ -118,7 +120,8 @@ def test_streaming_split_equals_standard_split(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- token bins
 def test_bins_decode_to_the_exact_split_text(tmp_path, tok, monkeypatch):
-    monkeypatch.setattr(D, "_CHUNK_CHARS", 500)
+    monkeypatch.setattr(data_bins, "_CHUNK_CHARS", 500)  # the writer tokenizes in many chunks
+    monkeypatch.setattr(data_split, "_CHUNK_CHARS", 500)
     p = tmp_path / "c.txt"
     p.write_text(_prose(300) + LONG_A + "\n" + LONG_A + "\n", encoding="utf-8")
     cfg = DataConfig()

@@ -36,7 +36,7 @@ def evaluate_text(model, tokenizer, text: str, batch_size: int = 32, device=None
     import numpy as np
     import torch
 
-    from sifirdan.data.dataset import iter_eval_batches
+    from sifirdan.data import iter_eval_batches
     from sifirdan.model.gpt import IGNORE_INDEX
     from sifirdan.train.metrics import bits_per_unit
     from sifirdan.train.runtime import autocast

@@ -23,7 +23,7 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def _section_classes():
-    from sifirdan.data.dataset import DataConfig
+    from sifirdan.data import DataConfig
     from sifirdan.model import GPTConfig
     from sifirdan.train.config import TrainConfig
 
@@ -120,7 +120,7 @@ def layer_config(base: dict[str, dict], preset: str | None, file_cfg: dict | Non
 def build_configs(sections: dict[str, dict]):
     classes = _section_classes()
     from sifirdan.configs import dataclass_from_dict
-    from sifirdan.data.dataset import DataConfig
+    from sifirdan.data import DataConfig
 
     model_cfg = classes["model"].from_dict(sections["model"])
     train_cfg = classes["train"].from_dict(sections["train"])
@@ -129,7 +129,7 @@ def build_configs(sections: dict[str, dict]):
 
 
 def register(subparsers) -> None:
-    from sifirdan.data.dataset import DataConfig
+    from sifirdan.data import DataConfig
     from sifirdan.model import GPTConfig
     from sifirdan.train.config import TrainConfig
 
@@ -170,7 +170,7 @@ def run(args) -> int:
     from sifirdan import checkpoint as ckpt
     from sifirdan import rundir
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, resolve_inputs
-    from sifirdan.data.dataset import corpus_hash, default_cache_dir, iter_train_texts, prepare_bins
+    from sifirdan.data import corpus_hash, default_cache_dir, iter_train_texts, prepare_bins
     from sifirdan.fileio import check_writable_dir
     from sifirdan.limits import check_fits, training_bytes
     from sifirdan.model import GPT

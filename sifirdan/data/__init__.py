@@ -1,5 +1,28 @@
-"""Data: corpora in (user files or the default corpus), token bins out."""
+"""Data: corpora in (user files or the default corpus), token bins out.
 
+The pipeline, one module per step (each module's docstring says why the step is there):
+
+1. ``corpus``: read user files (text, jsonl, json, csv) or the default corpus as documents.
+2. ``dedup``: drop exact repeats of long lines, streamed (``DedupStats``).
+3. ``split``: the last ``val_fraction`` of characters is validation (``standard_split``, ``iter_split_texts``).
+4. ``bins``: tokenize each split once into cached ``train.bin`` / ``val.bin`` + ``meta.json`` (``prepare_bins``);
+   bytes / chars per token and ``bits_per_unit``.
+5. ``sampler``: random, resumable training windows (``BatchSampler``); ``eval_batches``: each split token once.
+
+``config`` holds ``DataConfig``, which every step reads. Imports run one way: config <- dedup <- split <- bins,
+and sampler <- eval_batches. ``dataset`` only re-exports the names of the old single-file module.
+"""
+
+from sifirdan.data.bins import (
+    TokenBins,
+    bits_per_unit,
+    bytes_per_token,
+    chars_per_token,
+    corpus_hash,
+    default_cache_dir,
+    prepare_bins,
+)
+from sifirdan.data.config import DataConfig
 from sifirdan.data.corpus import (
     DEFAULT_CORPUS_NAME,
     default_corpus,
@@ -8,22 +31,12 @@ from sifirdan.data.corpus import (
     read_text,
     resolve_inputs,
 )
-from sifirdan.data.dataset import (
-    IGNORE_INDEX,
-    BatchSampler,
-    DataConfig,
-    DedupStats,
-    TokenBins,
-    bits_per_unit,
-    bytes_per_token,
-    chars_per_token,
-    corpus_hash,
-    default_cache_dir,
-    eval_windows,
-    iter_eval_batches,
+from sifirdan.data.dedup import DedupStats
+from sifirdan.data.eval_batches import IGNORE_INDEX, eval_windows, iter_eval_batches
+from sifirdan.data.sampler import BatchSampler
+from sifirdan.data.split import (
     iter_split_texts,
     iter_train_texts,
-    prepare_bins,
     standard_split,
     val_overlap,
 )
