@@ -340,8 +340,7 @@ def _full_val(model, bins, block_size: int) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
-    from sifirdan.data import iter_eval_batches
-    from sifirdan.train.metrics import bits_per_unit
+    from sifirdan.data import bits_per_unit, iter_eval_batches
 
     model.eval()
     total, count = 0.0, 0

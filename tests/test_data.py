@@ -147,6 +147,18 @@ def test_bin_dtype_fits_the_vocabulary():
     assert D._dtype_for(65537) == np.uint32 and D._dtype_for(100_000) == np.uint32
 
 
+def test_bits_per_unit_and_ignore_index_have_one_definition():
+    from sifirdan.model.gpt import IGNORE_INDEX as LOSS_IGNORE_INDEX
+    from sifirdan.train import metrics as M
+
+    assert IGNORE_INDEX == D.IGNORE_INDEX == LOSS_IGNORE_INDEX == -100
+    assert M.bits_per_unit is bits_per_unit  # the trainer calls M.bits_per_unit
+    assert bits_per_unit(2.0, 1.5) == pytest.approx(2.0 / np.log(2) / 1.5)
+    # units per token not known (None, 0) or a non-finite loss: no value rather than an exception or nan
+    assert bits_per_unit(1.0, None) is None and bits_per_unit(1.0, 0) is None
+    assert bits_per_unit(float("nan"), 3.0) is None and bits_per_unit(float("inf"), 3.0) is None
+
+
 def test_documents_are_separated_by_eot(tmp_path, tok):
     docs = [_prose(20, 5), "<|endoftext|> bu bir metin", _prose(20, 6)]
     p = tmp_path / "r.jsonl"

@@ -36,9 +36,8 @@ def evaluate_text(model, tokenizer, text: str, batch_size: int = 32, device=None
     import numpy as np
     import torch
 
-    from sifirdan.data import iter_eval_batches
+    from sifirdan.data import bits_per_unit, iter_eval_batches
     from sifirdan.model.gpt import IGNORE_INDEX
-    from sifirdan.train.metrics import bits_per_unit
     from sifirdan.train.runtime import autocast
 
     device = device or next(model.parameters()).device

@@ -10,7 +10,8 @@ The pipeline, one module per step (each module's docstring says why the step is 
 5. ``sampler``: random, resumable training windows (``BatchSampler``); ``eval_batches``: each split token once.
 
 ``config`` holds ``DataConfig``, which every step reads. Imports run one way: config <- dedup <- split <- bins,
-and sampler <- eval_batches. ``dataset`` only re-exports the names of the old single-file module.
+and sampler <- eval_batches. ``IGNORE_INDEX`` is the loss's, from ``sifirdan.model.gpt``. ``dataset`` only
+re-exports the names of the old single-file module.
 """
 
 from sifirdan.data.bins import (
@@ -32,7 +33,7 @@ from sifirdan.data.corpus import (
     resolve_inputs,
 )
 from sifirdan.data.dedup import DedupStats
-from sifirdan.data.eval_batches import IGNORE_INDEX, eval_windows, iter_eval_batches
+from sifirdan.data.eval_batches import eval_windows, iter_eval_batches
 from sifirdan.data.sampler import BatchSampler
 from sifirdan.data.split import (
     iter_split_texts,
@@ -40,6 +41,7 @@ from sifirdan.data.split import (
     standard_split,
     val_overlap,
 )
+from sifirdan.model.gpt import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_CORPUS_NAME",

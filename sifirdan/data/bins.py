@@ -136,9 +136,16 @@ def chars_per_token(meta: dict, split: str = "val") -> float:
     return s["n_chars"] / max(s["n_tokens"], 1)
 
 
-def bits_per_unit(nats_per_token: float, units_per_token: float) -> float:
-    """Mean loss in nats/token -> bits per byte (pass bytes_per_token) or per char (pass chars_per_token)."""
-    return nats_per_token / (math.log(2) * units_per_token)
+def bits_per_unit(loss_nats_per_token: float, units_per_token: float | None) -> float | None:
+    """Mean loss in nats/token -> bits per byte (pass ``bytes_per_token``) or per char (pass ``chars_per_token``).
+
+    That is loss / ln 2 / (units per token). Unlike the loss, bits per byte does not depend on the tokenizer, so
+    models with different vocabularies can be compared. None when ``units_per_token`` is None or 0 (not known) or
+    the loss is not finite.
+    """
+    if not units_per_token or not math.isfinite(loss_nats_per_token):
+        return None
+    return loss_nats_per_token / math.log(2.0) / units_per_token
 
 
 class _SplitWriter:

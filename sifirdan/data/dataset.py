@@ -33,7 +33,7 @@ from sifirdan.data.dedup import (
     _iter_raw_lines,
     _iter_units,
 )
-from sifirdan.data.eval_batches import IGNORE_INDEX, eval_windows, iter_eval_batches
+from sifirdan.data.eval_batches import eval_windows, iter_eval_batches
 from sifirdan.data.sampler import BatchSampler, _derive_seed, _gather, check_length
 from sifirdan.data.split import (
     TEXT_SEPARATOR,
@@ -46,6 +46,7 @@ from sifirdan.data.split import (
     standard_split,
     val_overlap,
 )
+from sifirdan.model.gpt import IGNORE_INDEX
 
 __all__ = [
     "FORMAT_VERSION",

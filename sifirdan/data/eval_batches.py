@@ -2,7 +2,7 @@
 
 Training draws random windows (``sampler.py``); evaluation must instead predict each token of a split exactly
 once, so the mean loss over these batches is the split's loss. Targets a window must not score are set to
-``IGNORE_INDEX``, the loss's own convention.
+``IGNORE_INDEX``, the loss's own convention (defined in ``sifirdan.model.gpt``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import torch
 
 from sifirdan.data.sampler import _gather, check_length
 from sifirdan.errors import UserError
-
-IGNORE_INDEX = -100  # target id the loss skips: F.cross_entropy's default, and what sifirdan.model uses
+from sifirdan.model.gpt import IGNORE_INDEX
 
 
 def eval_windows(n_tokens: int, block_size: int) -> int:

@@ -15,20 +15,9 @@ from pathlib import Path
 
 import torch
 
+# nats/token -> bits per byte or char: defined once, in the data package beside bytes/chars per token
+from sifirdan.data import bits_per_unit  # noqa: F401  (re-exported: the trainer calls M.bits_per_unit)
 from sifirdan.fileio import atomic_write_bytes, atomic_write_text
-
-LN2 = math.log(2.0)
-
-
-def bits_per_unit(loss_nats_per_token: float, units_per_token: float | None) -> float | None:
-    """Convert a loss in nats/token into bits per byte (or per character): loss / ln 2 / (units per token).
-
-    Unlike the loss, bits per byte does not depend on the tokenizer, so models with different vocabularies
-    can be compared.
-    """
-    if not units_per_token or not math.isfinite(loss_nats_per_token):
-        return None
-    return loss_nats_per_token / LN2 / units_per_token
 
 
 def peak_memory_mb(device: torch.device) -> float:
