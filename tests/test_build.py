@@ -26,3 +26,28 @@ def test_kernels_report_what_runs():
 
     line = kernels.describe()
     assert line and ("PyTorch" in line or "OpenMP" in line or "thread" in line)
+
+
+def test_version_names_the_kernels_that_run(capsys):
+    from sifirdan import kernels
+    from sifirdan.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sifirdan ") and f"CPU kernels: {kernels.describe()}" in out
+
+
+def test_describe_says_what_arm_and_unbuilt_machines_get(monkeypatch):
+    import types
+
+    from sifirdan.kernels import ops
+
+    monkeypatch.setattr(ops, "_kernels", types.SimpleNamespace(isa="generic", openmp=1))
+    monkeypatch.setattr(ops.platform, "machine", lambda: "aarch64")
+    assert not ops.available() and "ARM" in ops.describe() and "PyTorch" in ops.describe()
+    monkeypatch.setattr(ops.platform, "machine", lambda: "x86_64")
+    assert "slower than PyTorch" in ops.describe()
+    monkeypatch.setattr(ops, "_kernels", None)
+    assert not ops.available() and ops.describe().startswith("not built")

@@ -27,12 +27,27 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
+class _Version(argparse.Action):
+    """``--version``: sifirdan's, PyTorch's, and which copy of the C kernels this machine runs (or why none)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        import torch
+
+        from sifirdan import kernels
+
+        print(f"sifirdan {__version__} (PyTorch {torch.__version__}; CPU kernels: {kernels.describe()})")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="sifirdan",
         description="Sıfırdan Fine-Tuning'e: train a Turkish BPE tokenizer and GPT from scratch.",
     )
-    parser.add_argument("--version", action="version", version=f"sifirdan {__version__}")
+    parser.add_argument("--version", action=_Version, help="versions, and which CPU kernels run here")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"sifirdan.cli.{name}").register(sub)

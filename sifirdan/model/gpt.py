@@ -2,8 +2,10 @@
 
     logits, loss = model(idx, targets)       idx, targets: (B, T) token ids; logits: (B, T, vocab_size)
 
-The loss is the guide's cross-entropy (§8) in nats per token; targets equal to -100 are ignored (fine-tuning
-uses this to score only the response tokens).
+The loss is the guide's cross-entropy (§8) in nats per token; targets equal to ``IGNORE_INDEX`` (-100, as
+F.cross_entropy) are not scored: padding, and positions a batch chooses to leave out.
+
+``generate`` is the guide's own generation loop, kept to read; ``sifirdan.generate.Engine`` is the fast one.
 """
 
 from __future__ import annotations

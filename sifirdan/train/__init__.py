@@ -1,4 +1,4 @@
-"""Training: the one loop (pre-training and fine-tuning), its config, LR schedules, metrics, DDP helpers.
+"""Training: the one loop (pre-training today; any batch source), its config, LR schedules, metrics, DDP helpers.
 
     from sifirdan.train import Trainer, TrainConfig, TrainData
 """

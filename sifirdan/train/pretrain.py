@@ -1,6 +1,7 @@
 """Pre-training = the one loop (``trainer.py``) fed with random windows of the token bins.
 
-Fine-tuning builds its own ``TrainData`` (instruction batches) and calls the same ``Trainer``.
+Another kind of training (instruction fine-tuning, next) builds its own ``TrainData`` and calls the same
+``Trainer``.
 """
 
 from __future__ import annotations

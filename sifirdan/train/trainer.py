@@ -1,5 +1,5 @@
-"""The one training loop. Pre-training and fine-tuning both run it; they differ only in the batches they feed
-it (``TrainData``) and a few ``TrainConfig`` values.
+"""The one training loop. Pre-training runs it, and any other training feeds it its own batches
+(``TrainData``) and a few ``TrainConfig`` values.
 
 One optimizer step (``Trainer.train_step``), the guide's §8 loop made robust:
 
