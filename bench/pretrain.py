@@ -77,8 +77,10 @@ def build_step(kind: str, dropout: float, device: str = "cpu", cpu_kernels: bool
     from sifirdan.model import GPT, GPTConfig
     from sifirdan.train import Trainer, TrainConfig, TrainData
 
-    model = GPT(GPTConfig.from_preset("guide", dropout=dropout, attention=kind, cpu_kernels=cpu_kernels))
-    cfg = TrainConfig(max_iters=1_000_000, final_eval=False, device=device)
+    # the kernel switch is TrainConfig.cpu_kernels; a --baseline-tree from before issue 10 has it in GPTConfig
+    old_api = "cpu_kernels" in GPTConfig.__dataclass_fields__
+    model = GPT(GPTConfig.from_preset("guide", dropout=dropout, attention=kind, **({"cpu_kernels": cpu_kernels} if old_api else {})))
+    cfg = TrainConfig(max_iters=1_000_000, final_eval=False, device=device, **({} if old_api else {"cpu_kernels": cpu_kernels}))
     trainer = Trainer(model, cfg, TrainData(train=[RandomBatches(VOCAB, B, T)]), verbose=False)
 
     def step():
@@ -89,7 +91,9 @@ def build_step(kind: str, dropout: float, device: str = "cpu", cpu_kernels: bool
     return step
 
 
-def _worker(kind: str, dropout: float, device: str, warmup: int, conn, cpu_kernels: bool = True) -> None:
+def _worker(kind: str, dropout: float, device: str, warmup: int, conn, cpu_kernels: bool = True, tree: str | None = None) -> None:
+    if tree:  # another checkout's sifirdan (--baseline-tree); nothing of sifirdan is imported in this process yet
+        sys.path.insert(0, tree)
     step = build_step(kind, dropout, device, cpu_kernels)
     for _ in range(warmup):
         step()
@@ -108,22 +112,28 @@ def _worker(kind: str, dropout: float, device: str, warmup: int, conn, cpu_kerne
 
 
 def throughput(args) -> None:
-    from sifirdan.model import kernels
+    from sifirdan import kernels
 
     k = f"sifirdan C kernels ({kernels.describe()})"
     variants = [
-        ("a", "guide's code (fp32, explicit attention, separate q/k/v, AdamW), dropout 0.1", "guide", 0.1, False),
-        ("b", f"sifirdan Trainer, guide preset as is (sdpa, dropout 0.1), {k}", "sdpa", 0.1, True),
-        ("c", f"sifirdan Trainer, default path (sdpa, dropout {args.dropout:g}), {k}", "sdpa", args.dropout, True),
-        ("d", f"as (c) with PyTorch's ops only (cpu_kernels=False)", "sdpa", args.dropout, False),
+        ("a", "guide's code (fp32, explicit attention, separate q/k/v, AdamW), dropout 0.1", "guide", 0.1, False, None),
+        ("b", f"sifirdan Trainer, guide preset as is (sdpa, dropout 0.1), {k}", "sdpa", 0.1, True, None),
+        ("c", f"sifirdan Trainer, default path (sdpa, dropout {args.dropout:g}), {k}", "sdpa", args.dropout, True, None),
+        ("d", "as (c) with PyTorch's ops only (--no-cpu-kernels)", "sdpa", args.dropout, False, None),
     ]
     if args.explicit:
-        variants.append(("e", f"sifirdan Trainer, explicit attention, dropout {args.dropout:g}", "explicit", args.dropout, True))
+        variants.append(("e", f"sifirdan Trainer, explicit attention, dropout {args.dropout:g}", "explicit", args.dropout, True, None))
+    if args.baseline_tree:
+        tree = str(Path(args.baseline_tree).resolve())
+        variants += [
+            ("b0", f"as (b), sifirdan from {tree}", "sdpa", 0.1, True, tree),
+            ("c0", f"as (c), sifirdan from {tree}", "sdpa", args.dropout, True, tree),
+        ]
     ctx = mp.get_context("spawn")
     workers = []
-    for key, label, kind, dropout, cpu_kernels in variants:
+    for key, label, kind, dropout, cpu_kernels, tree in variants:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(kind, dropout, args.device, args.warmup, child, cpu_kernels), daemon=True)
+        proc = ctx.Process(target=_worker, args=(kind, dropout, args.device, args.warmup, child, cpu_kernels, tree), daemon=True)
         proc.start()
         workers.append((key, label, parent, proc))
     for key, _, conn, _ in workers:  # build + warm up one after another would be nicer, but they idle on recv
@@ -555,6 +565,8 @@ def main(argv=None) -> None:
     p.add_argument("--chunk", type=int, default=10, help="steps per turn when variants alternate")
     p.add_argument("--dropout", type=float, default=0.0, help="dropout of the default path (throughput)")
     p.add_argument("--explicit", action="store_true", help="also time the explicit-attention path")
+    p.add_argument("--baseline-tree", metavar="DIR", help="also time (b) and (c) with the sifirdan of another checkout "
+                   "(e.g. `git worktree add /tmp/before HEAD~1` and build it): before/after in the same run")
     p.add_argument("--device", default="cpu", help="device for every variant and recipe: cpu (default), cuda, ...")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--cache", default="/tmp/sifirdan-bench-cache", help="token-bin cache folder (quality)")

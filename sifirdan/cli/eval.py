@@ -48,11 +48,14 @@ def evaluate_text(model, tokenizer, text: str, batch_size: int = 32, device=None
     T = min(model.config.block_size, len(ids) - 1)
     total, count = 0.0, 0
     model.eval()
+    from sifirdan import kernels
+
+    forward = kernels.accelerate(model)  # the same loss; the C kernels where they apply (fp32 on a CPU)
     with torch.no_grad():
         for x, y in iter_eval_batches(ids, batch_size, T, "eval"):
             x, y = x.to(device), y.to(device)
             with autocast(device, dtype):
-                _, loss = model(x, y)
+                _, loss = forward(x, y)
             n = int((y != IGNORE_INDEX).sum())
             total += float(loss) * n
             count += n

@@ -301,6 +301,8 @@ def run(args) -> int:
         trainer = Trainer(model, train_cfg, pretrain_data(bins, train_cfg, model_cfg.block_size, dist),
                           tokenizer=tokenizer, out_dir=out, run_config=run_config, dist_info=dist,
                           resume=saved is not None)
+        if trainer.device.type == "cpu":
+            _say(trainer.kernels_note, main)
         if saved is not None:
             _say(f"resumed {out} at step {trainer.step}", main)
         result = trainer.fit()
