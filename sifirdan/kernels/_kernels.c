@@ -21,9 +21,8 @@
  *     pass over the (B*T, n_embd) activations. Here forward and backward are one pass each.
  * Everything is float32, row-major and contiguous; the Python side (ops.py) checks that.
  *
- * Portable C: GCC/Clang vector extensions (16 floats per vector; the compiler splits them where the
- * machine's registers are narrower), compiled once per instruction set (_kernels_impl.h), and OpenMP
- * threads. Attention gives each (batch, head) pair to one thread from start to end, so its results do not
+ * Portable C: GCC/Clang vector extensions, compiled once per instruction set (_kernels_impl.h) with that
+ * machine's own vector width (16 floats for AVX-512, 8 for AVX2), and OpenMP threads. Attention gives each (batch, head) pair to one thread from start to end, so its results do not
  * depend on the thread count; the row-wise kernels add per-thread partial sums in thread order.
  */
 #define PY_SSIZE_T_CLEAN
@@ -37,8 +36,8 @@
 #include <omp.h>
 #endif
 
-#define W 16 /* floats per vector */
-#define R 8  /* query rows per tile: 8 independent accumulators keep the FMA units busy */
+#define W 16 /* the widest copy's floats per vector: scratch and per-thread sums are padded to it */
+#define R 8  /* the most query rows per tile of any copy (scratch is sized for it) */
 #define QC 256 /* backward: query rows per chunk (P and dS are kept for a chunk: QC x T floats each) */
 #define KB 4   /* backward: keys whose dK and dV rows stay in registers while a chunk's rows stream past */
 
@@ -106,8 +105,14 @@ typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const 
                              float *, float *, float *, float *, int64_t, int64_t, int);
 
 #define SFX(name) name##_generic
+#define VW 16 /* the compiler splits these for the baseline ISA (this copy is a fallback, not a fast path) */
+#define RT 8
+#define KBT 4
 #include "_kernels_impl.h"
 #undef SFX
+#undef VW
+#undef RT
+#undef KBT
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -115,16 +120,28 @@ typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define SFX(name) name##_avx2
+#define VW 8  /* ymm registers: 8 floats, 16 of them */
+#define RT 4
+#define KBT 2
 #include "_kernels_impl.h"
 #undef SFX
+#undef VW
+#undef RT
+#undef KBT
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
 #define SFX(name) name##_avx512
 #define SIFIRDAN_AVX512 1 /* lets _kernels_impl.h use AVX-512 instructions the vector extensions do not reach */
+#define VW 16 /* zmm registers: 16 floats, 32 of them */
+#define RT 8
+#define KBT 4
 #include "_kernels_impl.h"
 #undef SIFIRDAN_AVX512
 #undef SFX
+#undef VW
+#undef RT
+#undef KBT
 #pragma GCC pop_options
 #endif
 

@@ -1,6 +1,28 @@
 /* sifirdan/kernels/_kernels_impl.h -- the kernels themselves. _kernels.c includes this file once per
  * instruction set (AVX-512, AVX2, generic), each time with SFX(name) giving the copy its own names, so one
- * binary runs everywhere and uses the widest vectors the machine has. Read _kernels.c first. */
+ * binary runs everywhere and uses the widest vectors the machine has. Read _kernels.c first.
+ *
+ * Each copy is written for its own register file (set by _kernels.c before the include):
+ *   VW  floats per vector: 16 for AVX-512 (zmm), 8 for AVX2 (ymm). A 16-float vector on an 8-float machine is
+ *       lowered lane by lane in places (broadcasts, blends), which made the AVX2 copy slower than PyTorch.
+ *   RT  query rows per tile and KBT keys per register block: as many accumulators as the 32 zmm (AVX-512) or
+ *       16 ymm (AVX2) registers hold without spilling. */
+
+#define vf SFX(vf)
+#define vi SFX(vi)
+#define vu SFX(vu)
+typedef float vf __attribute__((vector_size(VW * 4)));
+typedef int32_t vi __attribute__((vector_size(VW * 4)));
+typedef uint32_t vu __attribute__((vector_size(VW * 4)));
+#if VW == 16
+#define VIOTA ((vf){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+#define VLANES {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}
+#elif VW == 8
+#define VIOTA ((vf){0, 1, 2, 3, 4, 5, 6, 7})
+#define VLANES {0, 1, 2, 3, 4, 5, 6, 7}
+#else
+#error "VW must be 8 or 16"
+#endif
 
 #define ld SFX(ld)
 #define st SFX(st)
@@ -25,36 +47,45 @@
 #define add_layernorm_rows SFX(add_layernorm_rows)
 #define add_layernorm_backward_rows SFX(add_layernorm_backward_rows)
 
-static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-static inline void st_n(float *p, v16 v, int n) { /* the first n <= W lanes of v */
-    if (n == W) st(p, v);
-    else { float t[W]; st(t, v); memcpy(p, t, sizeof(float) * n); }
+static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline void st_n(float *p, vf v, int n) { /* the first n <= VW lanes of v */
+    if (n == VW) st(p, v);
+    else { float t[VW]; st(t, v); memcpy(p, t, sizeof(float) * n); }
 }
-static inline v16 bc(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-static inline v16 sel(i16 m, v16 a, v16 b) { /* lane-wise m ? a : b (m: all ones or all zeros) */
-    i16 ai, bi, r;
+#if VW == 16
+static inline vf bc(float x) { return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+#else
+static inline vf bc(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+#endif
+static inline vf sel(vi m, vf a, vf b) { /* lane-wise m ? a : b (m: all ones or all zeros) */
+    vi ai, bi, r;
     memcpy(&ai, &a, sizeof ai);
     memcpy(&bi, &b, sizeof bi);
     r = (ai & m) | (bi & ~m);
-    v16 o;
+    vf o;
     memcpy(&o, &r, sizeof o);
     return o;
 }
 /* Horizontal sum / max: halve the vector three times (16 -> 8 -> 4 lanes) instead of 15 dependent scalar
  * steps -- these run once per query row and were a tenth of the forward's time. */
-static inline float hsum(v16 v) {
+#if VW == 16
+static inline float hsum(vf v) {
     v8 a, b;
     memcpy(&a, &v, sizeof a);
     memcpy(&b, (const char *)&v + sizeof a, sizeof b);
     a += b;
+#else
+static inline float hsum(vf a) {
+#endif
     v4 c, d;
     memcpy(&c, &a, sizeof c);
     memcpy(&d, (const char *)&a + sizeof c, sizeof d);
     c += d;
     return (c[0] + c[2]) + (c[1] + c[3]);
 }
-static inline float hmax(v16 v) {
+static inline float hmax(vf v) {
+#if VW == 16
     v8 a, b;
     memcpy(&a, &v, sizeof a);
     memcpy(&b, (const char *)&v + sizeof a, sizeof b);
@@ -63,6 +94,9 @@ static inline float hmax(v16 v) {
     memcpy(&bi, &b, sizeof bi);
     ai = (ai & ma) | (bi & ~ma);
     memcpy(&a, &ai, sizeof a);
+#else
+    v8 a = v;
+#endif
     float m = a[0];
     for (int l = 1; l < 8; l++) m = a[l] > m ? a[l] : m;
     return m;
@@ -71,7 +105,7 @@ static inline float hmax(v16 v) {
  * expf coefficients, ~1 ulp), then the result scaled by 2^k. Below -87 (including -inf) it returns exactly 0.
  * The AVX-512 copy rounds with vrndscaleps and scales with vscalefps; the others round by adding 1.5 * 2^23,
  * which leaves k in the low mantissa bits, and build 2^k in the exponent bits. */
-static inline v16 vexp(v16 x) {
+static inline vf vexp(vf x) {
 #ifdef SIFIRDAN_AVX512
     __m512 xv;
     memcpy(&xv, &x, sizeof xv);
@@ -79,19 +113,19 @@ static inline v16 vexp(v16 x) {
                      _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q); /* NaN stays NaN */
     __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(xv, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    v16 kk, r;
+    vf kk, r;
     memcpy(&kk, &k, sizeof kk);
     r = x - kk * 0.693359375f + kk * 2.12194440e-4f;
 #else
-    i16 tiny = x < bc(-87.f);
+    vi tiny = x < bc(-87.f);
     x = sel(tiny, bc(-87.f), x);
-    v16 t = x * 1.44269504088896341f + 12582912.f;
-    v16 k = t - 12582912.f;
-    i16 ti;
+    vf t = x * 1.44269504088896341f + 12582912.f;
+    vf k = t - 12582912.f;
+    vi ti;
     memcpy(&ti, &t, sizeof ti);
-    v16 r = x - k * 0.693359375f + k * 2.12194440e-4f;
+    vf r = x - k * 0.693359375f + k * 2.12194440e-4f;
 #endif
-    v16 p = bc(1.9875691500E-4f);
+    vf p = bc(1.9875691500E-4f);
     p = p * r + 1.3981999507E-3f;
     p = p * r + 8.3334519073E-3f;
     p = p * r + 4.1665795894E-2f;
@@ -105,8 +139,8 @@ static inline v16 vexp(v16 x) {
     memcpy(&p, &pv, sizeof p);
     return p;
 #else
-    i16 e = (ti - 0x4B400000 + 127) << 23; /* 0x4B400000: the bits of 1.5 * 2^23 */
-    v16 two_k;
+    vi e = (ti - 0x4B400000 + 127) << 23; /* 0x4B400000: the bits of 1.5 * 2^23 */
+    vf two_k;
     memcpy(&two_k, &e, sizeof two_k);
     return sel(tiny, bc(0.f), p * two_k);
 #endif
@@ -115,22 +149,22 @@ static inline v16 vexp(v16 x) {
 /* GELU(x) = x Phi(x) with Phi(x) = (1 + erf(x / sqrt 2)) / 2, the exact (erf) form of nn.GELU(). erf from
  * Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, the formula PyTorch's CPU GELU uses too); its exp(-z^2)
  * is also GELU's Gaussian density phi(x) = exp(-x^2/2) / sqrt(2 pi), which backward needs. */
-static inline void gelu_parts(v16 x, v16 *cdf, v16 *pdf) {
-    v16 z = x * 0.70710678118654752f;
-    i16 zi, sign, ai;
+static inline void gelu_parts(vf x, vf *cdf, vf *pdf) {
+    vf z = x * 0.70710678118654752f;
+    vi zi, sign, ai;
     memcpy(&zi, &z, sizeof zi);
     sign = zi & (int32_t)0x80000000;
     ai = zi ^ sign;
-    v16 az;
+    vf az;
     memcpy(&az, &ai, sizeof az); /* |z| */
-    v16 t = 1.f / (1.f + 0.3275911f * az);
-    v16 poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
-    v16 g = vexp(-az * az);
-    v16 erf_abs = 1.f - poly * g;
-    i16 ei;
+    vf t = 1.f / (1.f + 0.3275911f * az);
+    vf poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
+    vf g = vexp(-az * az);
+    vf erf_abs = 1.f - poly * g;
+    vi ei;
     memcpy(&ei, &erf_abs, sizeof ei);
     ei ^= sign; /* erf is odd */
-    v16 erf;
+    vf erf;
     memcpy(&erf, &ei, sizeof erf);
     *cdf = 0.5f + 0.5f * erf;
     *pdf = g * 0.39894228040143268f;
@@ -142,15 +176,15 @@ static void bias_gelu_rows(const float *h, const float *b, float *out, int64_t r
         const float *hr = h + i * N;
         float *o = out + i * N;
         int j0 = 0;
-        for (; j0 + W <= N; j0 += W) {
-            v16 x = ld(hr + j0) + ld(b + j0), cdf, pdf;
+        for (; j0 + VW <= N; j0 += VW) {
+            vf x = ld(hr + j0) + ld(b + j0), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
             st(o + j0, x * cdf);
         }
         if (j0 < N) {
-            float xt[W] = {0};
+            float xt[VW] = {0};
             for (int l = 0; j0 + l < N; l++) xt[l] = hr[j0 + l] + b[j0 + l];
-            v16 x = ld(xt), cdf, pdf;
+            vf x = ld(xt), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
             st_n(o + j0, x * cdf, N - j0);
         }
@@ -164,22 +198,22 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
         const float *hr = h + i * N, *gr = g + i * N;
         float *o = dh + i * N;
         int j0 = 0;
-        for (; j0 + W <= N; j0 += W) {
-            v16 x = ld(hr + j0) + ld(b + j0), cdf, pdf;
+        for (; j0 + VW <= N; j0 += VW) {
+            vf x = ld(hr + j0) + ld(b + j0), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
-            v16 d = ld(gr + j0) * (cdf + x * pdf);
+            vf d = ld(gr + j0) * (cdf + x * pdf);
             st(o + j0, d);
             st(db + j0, ld(db + j0) + d);
         }
         if (j0 < N) {
-            float xt[W] = {0}, gt[W] = {0};
+            float xt[VW] = {0}, gt[VW] = {0};
             for (int l = 0; j0 + l < N; l++) {
                 xt[l] = hr[j0 + l] + b[j0 + l];
                 gt[l] = gr[j0 + l];
             }
-            v16 x = ld(xt), cdf, pdf;
+            vf x = ld(xt), cdf, pdf;
             gelu_parts(x, &cdf, &pdf);
-            v16 d = ld(gt) * (cdf + x * pdf);
+            vf d = ld(gt) * (cdf + x * pdf);
             st_n(o + j0, d, N - j0);
             st(db + j0, ld(db + j0) + d); /* padded lanes add 0 * ... = 0 */
         }
@@ -196,9 +230,9 @@ static void add_layernorm_rows(const float *x, const float *y, const float *b, c
         const float *xr = x + i * N, *yr = y + i * N;
         float *o = xo + i * N, *hr = h + i * N;
         int j = 0;
-        v16 sv = bc(0.f);
-        for (; j + W <= N; j += W) {
-            v16 v = ld(xr + j) + ld(yr + j);
+        vf sv = bc(0.f);
+        for (; j + VW <= N; j += VW) {
+            vf v = ld(xr + j) + ld(yr + j);
             if (b) v += ld(b + j);
             st(o + j, v);
             sv += v;
@@ -209,9 +243,9 @@ static void add_layernorm_rows(const float *x, const float *y, const float *b, c
             sum += o[j];
         }
         float m = sum / (float)N;
-        v16 mv = bc(m), qv = bc(0.f); /* second pass for the variance: no cancellation in E[x^2] - m^2 */
-        for (j = 0; j + W <= N; j += W) {
-            v16 d = ld(o + j) - mv;
+        vf mv = bc(m), qv = bc(0.f); /* second pass for the variance: no cancellation in E[x^2] - m^2 */
+        for (j = 0; j + VW <= N; j += VW) {
+            vf d = ld(o + j) - mv;
             qv += d * d;
         }
         float sq = hsum(qv);
@@ -219,9 +253,9 @@ static void add_layernorm_rows(const float *x, const float *y, const float *b, c
         float r = 1.f / sqrtf(sq / (float)N + eps);
         mean[i] = m;
         rstd[i] = r;
-        v16 rv = bc(r);
-        for (j = 0; j + W <= N; j += W) {
-            v16 v = (ld(o + j) - mv) * rv * ld(gamma + j);
+        vf rv = bc(r);
+        for (j = 0; j + VW <= N; j += VW) {
+            vf v = (ld(o + j) - mv) * rv * ld(gamma + j);
             if (beta) v += ld(beta + j);
             st(hr + j, v);
         }
@@ -241,11 +275,11 @@ static void add_layernorm_backward_rows(const float *dh, const float *dxo, const
         const float *dr = dh + i * N, *o = xo + i * N, *gr = dxo ? dxo + i * N : NULL;
         float *out = dx + i * N;
         const float m = mean[i], r = rstd[i];
-        const v16 mv = bc(m), rv = bc(r);
-        v16 s1 = bc(0.f), s2 = bc(0.f);
+        const vf mv = bc(m), rv = bc(r);
+        vf s1 = bc(0.f), s2 = bc(0.f);
         int j = 0;
-        for (; j + W <= N; j += W) {
-            v16 xh = (ld(o + j) - mv) * rv, d = ld(dr + j), g = d * ld(gamma + j);
+        for (; j + VW <= N; j += VW) {
+            vf xh = (ld(o + j) - mv) * rv, d = ld(dr + j), g = d * ld(gamma + j);
             s1 += g;
             s2 += g * xh;
             if (dgamma) st(dgamma + j, ld(dgamma + j) + d * xh);
@@ -260,10 +294,10 @@ static void add_layernorm_backward_rows(const float *dh, const float *dxo, const
             if (dbeta) dbeta[k] += d;
         }
         const float a = sg / (float)N, c = sgx / (float)N;
-        const v16 av = bc(a), cv = bc(c);
-        for (j = 0; j + W <= N; j += W) {
-            v16 xh = (ld(o + j) - mv) * rv;
-            v16 v = rv * (ld(dr + j) * ld(gamma + j) - av - xh * cv);
+        const vf av = bc(a), cv = bc(c);
+        for (j = 0; j + VW <= N; j += VW) {
+            vf xh = (ld(o + j) - mv) * rv;
+            vf v = rv * (ld(dr + j) * ld(gamma + j) - av - xh * cv);
             if (gr) v += ld(gr + j);
             st(out + j, v);
             if (db) st(db + j, ld(db + j) + v);
@@ -284,35 +318,46 @@ static void add_layernorm_backward_rows(const float *dh, const float *dxo, const
 static void transpose_head(const float *src, size_t stride, int T, int D, float *dst, int Tp) {
     int j0 = 0;
 #if defined(__GNUC__) && !defined(__clang__)
-    static const i16 lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    static const i16 hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    static const i16 lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    static const i16 hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-    static const i16 lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    static const i16 hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-    static const i16 lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    static const i16 hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    for (; j0 + W <= T; j0 += W) {
+#if VW == 16
+    static const vi lo8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    static const vi hi8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    static const vi lo4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    static const vi hi4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    static const vi lo2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    static const vi hi2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    static const vi lo1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    static const vi hi1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+#else
+    static const vi lo4 = {0, 1, 2, 3, 8, 9, 10, 11};
+    static const vi hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+    static const vi lo2 = {0, 1, 8, 9, 4, 5, 12, 13};
+    static const vi hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    static const vi lo1 = {0, 8, 2, 10, 4, 12, 6, 14};
+    static const vi hi1 = {1, 9, 3, 11, 5, 13, 7, 15};
+#endif
+    for (; j0 + VW <= T; j0 += VW) {
         int d0 = 0;
-        for (; d0 + W <= D; d0 += W) {
-            v16 r[W];
-            for (int l = 0; l < W; l++) r[l] = ld(src + (size_t)(j0 + l) * stride + d0);
+        for (; d0 + VW <= D; d0 += VW) {
+            vf r[VW];
+            for (int l = 0; l < VW; l++) r[l] = ld(src + (size_t)(j0 + l) * stride + d0);
 #define ROUND(h, LO, HI)                                  \
-    for (int i = 0; i < W; i++)                           \
+    for (int i = 0; i < VW; i++)                           \
         if (!(i & h)) {                                   \
-            v16 a = r[i], b = r[i + h];                   \
+            vf a = r[i], b = r[i + h];                   \
             r[i] = __builtin_shuffle(a, b, LO);           \
             r[i + h] = __builtin_shuffle(a, b, HI);       \
         }
+#if VW == 16
             ROUND(8, lo8, hi8)
+#endif
             ROUND(4, lo4, hi4)
             ROUND(2, lo2, hi2)
             ROUND(1, lo1, hi1)
 #undef ROUND
-            for (int l = 0; l < W; l++) st(dst + (size_t)(d0 + l) * Tp + j0, r[l]);
+            for (int l = 0; l < VW; l++) st(dst + (size_t)(d0 + l) * Tp + j0, r[l]);
         }
         for (int d = d0; d < D; d++)
-            for (int j = j0; j < j0 + W; j++) dst[(size_t)d * Tp + j] = src[(size_t)j * stride + d];
+            for (int j = j0; j < j0 + VW; j++) dst[(size_t)d * Tp + j] = src[(size_t)j * stride + d];
     }
 #endif
     for (int d = 0; d < D; d++)
@@ -327,7 +372,7 @@ static void gather_rows(const float *src, size_t stride, const float *bias, floa
         const float *row = src + (size_t)j * stride;
         float *o = dst + (size_t)j * Dp;
         int d0 = 0;
-        for (; d0 + W <= D; d0 += W) st(o + d0, (ld(row + d0) + (bias ? ld(bias + d0) : bc(0.f))) * mul);
+        for (; d0 + VW <= D; d0 += VW) st(o + d0, (ld(row + d0) + (bias ? ld(bias + d0) : bc(0.f))) * mul);
         for (int d = d0; d < D; d++) o[d] = (row[d] + (bias ? bias[d] : 0.f)) * mul;
     }
 }
@@ -337,77 +382,77 @@ static void add_row_bias(float *kt, const float *bias, int T, int D, int Tp) {
     if (!bias) return;
     for (int d = 0; d < D; d++) {
         float *row = kt + (size_t)d * Tp;
-        v16 b = bc(bias[d]);
+        vf b = bc(bias[d]);
         int j = 0;
-        for (; j + W <= T; j += W) st(row + j, ld(row + j) + b);
+        for (; j + VW <= T; j += VW) st(row + j, ld(row + j) + b);
         for (; j < T; j++) row[j] += bias[d];
     }
 }
 
-/* acc[r][0..1] = sum over keys j < jmax of m[r * ldm + j] * (x[j * ldx], x[j * ldx + W]): R rows of a
+/* acc[r][0..1] = sum over keys j < jmax of m[r * ldm + j] * (x[j * ldx], x[j * ldx + VW]): RT rows of a
  * query-by-key matrix (P, or dS) times key rows (V, or K) at one offset of two vectors of channels. Each
  * broadcast of an m element feeds two FMAs. ldm is pointer-sized: no index arithmetic per FMA. */
 static inline void rows_times_keys(const float *m, ptrdiff_t ldm, const float *x, size_t ldx, int jmax,
-                                   v16 acc[R][2]) {
+                                   vf acc[RT][2]) {
 #pragma GCC unroll 8
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = bc(0.f);
+    for (int r = 0; r < RT; r++) acc[r][0] = acc[r][1] = bc(0.f);
     for (int j = 0; j < jmax; j++) {
-        v16 x0 = ld(x + (size_t)j * ldx), x1 = ld(x + (size_t)j * ldx + W);
+        vf x0 = ld(x + (size_t)j * ldx), x1 = ld(x + (size_t)j * ldx + VW);
         const float *mj = m + j;
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            v16 e = bc(mj[r * ldm]);
+        for (int r = 0; r < RT; r++) {
+            vf e = bc(mj[r * ldm]);
             acc[r][0] += e * x0;
             acc[r][1] += e * x1;
         }
     }
 }
 
-/* One (batch, head) pair, forward. Rows are processed R at a time; for those rows only the key tiles up
+/* One (batch, head) pair, forward. Rows are processed RT at a time; for those rows only the key tiles up
  * to the diagonal are computed (causal: the rest would be masked anyway). Each row's running maximum is
  * kept in a register as the score tiles are made, so softmax reads the scores once. */
 static void attention_forward_head(const float *qkv, const float *bias, float *out, float *lse, int b, int h, int T,
                                    int H, int D, float scale, Scratch *s) {
-    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp = rup(D, W), Dp2 = rup(D, 2 * W);
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, VW), Dp = rup(D, VW), Dp2 = rup(D, 2 * VW);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp); /* q + b_q, pre-scaled by 1/sqrt(D) */
     transpose_head(base + C, C3, T, D, s->kt, Tp);     /* k^T: keys along the lanes */
     add_row_bias(s->kt, bk, T, D, Tp);
     gather_rows(base + 2 * C, C3, bv, 1.f, T, D, s->vs, Dp2); /* rows padded to two vectors: see P V below */
-    float *pr = s->p; /* R rows of scores, then probabilities (unnormalised) */
-    for (int i0 = 0; i0 < T; i0 += R) {
-        const float *q[R]; /* query rows (rows past T are zero padding: computed, never stored) */
-        for (int r = 0; r < R; r++) q[r] = s->qs + (size_t)(i0 + r) * Dp;
-        int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp; /* keys 0..n-1 cover rows i0..i0+R-1 */
-        v16 mx[R];
+    float *pr = s->p; /* RT rows of scores, then probabilities (unnormalised) */
+    for (int i0 = 0; i0 < T; i0 += RT) {
+        const float *q[RT]; /* query rows (rows past T are zero padding: computed, never stored) */
+        for (int r = 0; r < RT; r++) q[r] = s->qs + (size_t)(i0 + r) * Dp;
+        int n = rup(i0 + RT, VW) < Tp ? rup(i0 + RT, VW) : Tp; /* keys 0..n-1 cover rows i0..i0+RT-1 */
+        vf mx[RT];
 #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) mx[r] = bc(-INFINITY);
-        for (int j0 = 0; j0 < n; j0 += W) {                /* scores: Q K^T, one 16-key tile at a time */
-            v16 acc[R];
+        for (int r = 0; r < RT; r++) mx[r] = bc(-INFINITY);
+        for (int j0 = 0; j0 < n; j0 += VW) {                /* scores: Q K^T, one 16-key tile at a time */
+            vf acc[RT];
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) acc[r] = bc(0.f);
+            for (int r = 0; r < RT; r++) acc[r] = bc(0.f);
             for (int d = 0; d < D; d++) {
-                v16 k = ld(s->kt + (size_t)d * Tp + j0);
+                vf k = ld(s->kt + (size_t)d * Tp + j0);
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) acc[r] += bc(q[r][d]) * k;
+                for (int r = 0; r < RT; r++) acc[r] += bc(q[r][d]) * k;
             }
-            v16 jj = bc((float)j0) + IOTA;
+            vf jj = bc((float)j0) + VIOTA;
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                if (j0 + W > i0) /* the diagonal tile: key j is visible to query i only when j <= i */
+            for (int r = 0; r < RT; r++) {
+                if (j0 + VW > i0) /* the diagonal tile: key j is visible to query i only when j <= i */
                     acc[r] = sel(jj <= bc((float)(i0 + r)), acc[r], bc(-INFINITY));
                 mx[r] = sel(acc[r] > mx[r], acc[r], mx[r]);
                 st(pr + r * Tp + j0, acc[r]);
             }
         }
-        float inv[R];
-        for (int r = 0; r < R; r++) { /* softmax numerators and 1/denominator, row by row */
+        float inv[RT];
+        for (int r = 0; r < RT; r++) { /* softmax numerators and 1/denominator, row by row */
             float *row = pr + r * Tp;
             float m = hmax(mx[r]);
-            v16 sum = bc(0.f), mv = bc(m);
-            for (int j0 = 0; j0 < n; j0 += W) {
-                v16 e = vexp(ld(row + j0) - mv);
+            vf sum = bc(0.f), mv = bc(m);
+            for (int j0 = 0; j0 < n; j0 += VW) {
+                vf e = vexp(ld(row + j0) - mv);
                 st(row + j0, e);
                 sum += e;
             }
@@ -415,13 +460,13 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
             inv[r] = 1.f / l;
             if (i0 + r < T) lse[((size_t)b * H + h) * T + i0 + r] = m + logf(l);
         }
-        int jmax = i0 + R < T ? i0 + R : T;
-        for (int d0 = 0; d0 < D; d0 += 2 * W) { /* out = P V, two vectors of channels per broadcast */
-            v16 acc[R][2];
+        int jmax = i0 + RT < T ? i0 + RT : T;
+        for (int d0 = 0; d0 < D; d0 += 2 * VW) { /* out = P V, two vectors of channels per broadcast */
+            vf acc[RT][2];
             rows_times_keys(pr, Tp, s->vs + d0, Dp2, jmax, acc);
-            for (int half = 0; half < 2 && d0 + half * W < D; half++) {
-                int c = d0 + half * W, width = D - c < W ? D - c : W;
-                for (int r = 0; r < R && i0 + r < T; r++) {
+            for (int half = 0; half < 2 && d0 + half * VW < D; half++) {
+                int c = d0 + half * VW, width = D - c < VW ? D - c : VW;
+                for (int r = 0; r < RT && i0 + r < T; r++) {
                     float *o = out + ((size_t)b * T + i0 + r) * C + (size_t)h * D + c;
                     st_n(o, acc[r][half] * inv[r], width);
                 }
@@ -432,16 +477,16 @@ static void attention_forward_head(const float *qkv, const float *bias, float *o
 
 /* One (batch, head) pair, backward: recompute P from lse, then
  *   dV = P^T dY,  dP = dY V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = scale dS K,  dK = scale dS^T Q.
- * Query rows go in chunks of QC. Pass 1 walks the chunk R rows at a time: P and dS for those rows (kept for
- * the whole chunk: QC x T floats each), and their dQ. Pass 2 walks the keys KB at a time: dK and dV sum over
+ * Query rows go in chunks of QC. Pass 1 walks the chunk RT rows at a time: P and dS for those rows (kept for
+ * the whole chunk: QC x T floats each), and their dQ. Pass 2 walks the keys KBT at a time: dK and dV sum over
  * the chunk's query rows, so keeping those sums in registers while the rows stream past does each key's
- * read-modify-write once per chunk instead of once per R rows. Rows of q, k, dY, dK and dV are padded to
+ * read-modify-write once per chunk instead of once per RT rows. Rows of q, k, dY, dK and dV are padded to
  * Dp2 = a multiple of 2 vectors: the dQ, dK and dV loops work on two vectors of channels at a time, so one
  * broadcast of a P or dS element feeds two FMAs. */
 static void attention_backward_head(const float *qkv, const float *bias, const float *dout, const float *lse,
                                     float *dqkv, float *dbias, int b, int h, int T, int H, int D, float scale,
                                     Scratch *s) {
-    const int C = H * D, C3 = 3 * C, Tp = rup(T, W), Dp2 = rup(D, 2 * W);
+    const int C = H * D, C3 = 3 * C, Tp = rup(T, VW), Dp2 = rup(D, 2 * VW);
     const float *base = qkv + (size_t)b * T * C3 + (size_t)h * D;
     const float *bq = bias ? bias + h * D : NULL, *bk = bias ? bias + C + h * D : NULL, *bv = bias ? bias + 2 * C + h * D : NULL;
     gather_rows(base, C3, bq, scale, T, D, s->qs, Dp2); /* q + b_q, pre-scaled */
@@ -456,88 +501,88 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
     memset(s->dv, 0, sizeof(float) * Tp * Dp2);
     for (int c0 = 0; c0 < T; c0 += QC) {
         const int c1 = c0 + QC < T ? c0 + QC : T;
-        /* pass 1: P, dS and dQ, R query rows at a time */
-        for (int i0 = c0; i0 < c1; i0 += R) {
+        /* pass 1: P, dS and dQ, RT query rows at a time */
+        for (int i0 = c0; i0 < c1; i0 += RT) {
             float *p = s->p + (size_t)(i0 - c0) * Tp, *ds = s->ds + (size_t)(i0 - c0) * Tp;
-            const float *q[R], *dy[R];
-            float L[R];
-            for (int r = 0; r < R; r++) { /* padded rows (zeros in scratch) get P = 0 through L = +inf */
+            const float *q[RT], *dy[RT];
+            float L[RT];
+            for (int r = 0; r < RT; r++) { /* padded rows (zeros in scratch) get P = 0 through L = +inf */
                 q[r] = s->qs + (size_t)(i0 + r) * Dp2;
                 dy[r] = s->dys + (size_t)(i0 + r) * Dp2;
                 L[r] = i0 + r < T ? lse[((size_t)b * H + h) * T + i0 + r] : INFINITY;
             }
-            int n = rup(i0 + R, W) < Tp ? rup(i0 + R, W) : Tp;
-            v16 dot[R]; /* rowsum(P * dP) = dY_i . Y_i */
+            int n = rup(i0 + RT, VW) < Tp ? rup(i0 + RT, VW) : Tp;
+            vf dot[RT]; /* rowsum(P * dP) = dY_i . Y_i */
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) dot[r] = bc(0.f);
-            for (int j0 = 0; j0 < n; j0 += W) {
-                v16 as[R], ap[R];
+            for (int r = 0; r < RT; r++) dot[r] = bc(0.f);
+            for (int j0 = 0; j0 < n; j0 += VW) {
+                vf as[RT], ap[RT];
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) as[r] = ap[r] = bc(0.f);
+                for (int r = 0; r < RT; r++) as[r] = ap[r] = bc(0.f);
                 for (int d = 0; d < D; d++) {
-                    v16 k = ld(ktp + (size_t)d * Tp + j0), v = ld(vtp + (size_t)d * Tp + j0);
+                    vf k = ld(ktp + (size_t)d * Tp + j0), v = ld(vtp + (size_t)d * Tp + j0);
 #pragma GCC unroll 8
-                    for (int r = 0; r < R; r++) {
+                    for (int r = 0; r < RT; r++) {
                         as[r] += bc(q[r][d]) * k;
                         ap[r] += bc(dy[r][d]) * v;
                     }
                 }
-                v16 jj = bc((float)j0) + IOTA;
+                vf jj = bc((float)j0) + VIOTA;
 #pragma GCC unroll 8
-                for (int r = 0; r < R; r++) {
-                    v16 pv = vexp(as[r] - L[r]); /* q is pre-scaled */
-                    if (j0 + W > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
+                for (int r = 0; r < RT; r++) {
+                    vf pv = vexp(as[r] - L[r]); /* q is pre-scaled */
+                    if (j0 + VW > i0) pv = sel(jj <= bc((float)(i0 + r)), pv, bc(0.f));
                     st(p + r * Tp + j0, pv);
                     st(ds + r * Tp + j0, ap[r]);
                     dot[r] += pv * ap[r];
                 }
             }
-            for (int r = 0; r < R; r++) {
-                v16 di = bc(hsum(dot[r]));
-                for (int j0 = 0; j0 < n; j0 += W) st(ds + r * Tp + j0, ld(p + r * Tp + j0) * (ld(ds + r * Tp + j0) - di));
+            for (int r = 0; r < RT; r++) {
+                vf di = bc(hsum(dot[r]));
+                for (int j0 = 0; j0 < n; j0 += VW) st(ds + r * Tp + j0, ld(p + r * Tp + j0) * (ld(ds + r * Tp + j0) - di));
             }
-            int jmax = i0 + R < T ? i0 + R : T;
-            for (int d0 = 0; d0 < D; d0 += 2 * W) { /* dQ rows, two vectors of channels at a time */
-                v16 dq[R][2];
+            int jmax = i0 + RT < T ? i0 + RT : T;
+            for (int d0 = 0; d0 < D; d0 += 2 * VW) { /* dQ rows, two vectors of channels at a time */
+                vf dq[RT][2];
                 rows_times_keys(ds, Tp, ks + d0, Dp2, jmax, dq);
-                for (int half = 0; half < 2 && d0 + half * W < D; half++) {
-                    int c = d0 + half * W, width = D - c < W ? D - c : W;
-                    v16 dqsum = bc(0.f);
-                    for (int r = 0; r < R && i0 + r < T; r++) {
+                for (int half = 0; half < 2 && d0 + half * VW < D; half++) {
+                    int c = d0 + half * VW, width = D - c < VW ? D - c : VW;
+                    vf dqsum = bc(0.f);
+                    for (int r = 0; r < RT && i0 + r < T; r++) {
                         float *o = dqkv + ((size_t)b * T + i0 + r) * C3 + (size_t)h * D + c;
-                        v16 g = dq[r][half] * scale;
+                        vf g = dq[r][half] * scale;
                         dqsum += g;
                         st_n(o, g, width);
                     }
                     if (dbias) { /* padded lanes of dq are 0: k padding is zero */
-                        float t[W];
+                        float t[VW];
                         st(t, dqsum);
                         for (int l = 0; l < width; l++) dbias[h * D + c + l] += t[l];
                     }
                 }
             }
         }
-        /* pass 2: dK = dS^T Q and dV = P^T dY over this chunk's rows, KB keys at a time. Key j is seen by rows
+        /* pass 2: dK = dS^T Q and dV = P^T dY over this chunk's rows, KBT keys at a time. Key j is seen by rows
          * i >= j only; P and dS are zero above the diagonal and were computed up to each row block's last
          * 16-key tile, which covers every key of a block starting at or before the row. */
-        for (int j0 = 0; j0 < c1; j0 += KB) {
+        for (int j0 = 0; j0 < c1; j0 += KBT) {
             const int i_start = j0 > c0 ? j0 : c0;
-            for (int d0 = 0; d0 < D; d0 += 2 * W) {
-                v16 dk[KB][2], dv[KB][2];
+            for (int d0 = 0; d0 < D; d0 += 2 * VW) {
+                vf dk[KBT][2], dv[KBT][2];
 #pragma GCC unroll 4
-                for (int kk = 0; kk < KB; kk++) {
+                for (int kk = 0; kk < KBT; kk++) {
                     dk[kk][0] = ld(s->dk + (size_t)(j0 + kk) * Dp2 + d0);
-                    dk[kk][1] = ld(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + W);
+                    dk[kk][1] = ld(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + VW);
                     dv[kk][0] = ld(s->dv + (size_t)(j0 + kk) * Dp2 + d0);
-                    dv[kk][1] = ld(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + W);
+                    dv[kk][1] = ld(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + VW);
                 }
                 for (int i = i_start; i < c1; i++) {
                     const float *qi = s->qs + (size_t)i * Dp2 + d0, *gi = s->dys + (size_t)i * Dp2 + d0;
-                    v16 q0 = ld(qi), q1 = ld(qi + W), g0 = ld(gi), g1 = ld(gi + W);
+                    vf q0 = ld(qi), q1 = ld(qi + VW), g0 = ld(gi), g1 = ld(gi + VW);
                     const float *pi = s->p + (size_t)(i - c0) * Tp + j0, *dsi = s->ds + (size_t)(i - c0) * Tp + j0;
 #pragma GCC unroll 4
-                    for (int kk = 0; kk < KB; kk++) {
-                        v16 e = bc(dsi[kk]), f = bc(pi[kk]);
+                    for (int kk = 0; kk < KBT; kk++) {
+                        vf e = bc(dsi[kk]), f = bc(pi[kk]);
                         dk[kk][0] += e * q0;
                         dk[kk][1] += e * q1;
                         dv[kk][0] += f * g0;
@@ -545,28 +590,28 @@ static void attention_backward_head(const float *qkv, const float *bias, const f
                     }
                 }
 #pragma GCC unroll 4
-                for (int kk = 0; kk < KB; kk++) {
+                for (int kk = 0; kk < KBT; kk++) {
                     st(s->dk + (size_t)(j0 + kk) * Dp2 + d0, dk[kk][0]);
-                    st(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + W, dk[kk][1]);
+                    st(s->dk + (size_t)(j0 + kk) * Dp2 + d0 + VW, dk[kk][1]);
                     st(s->dv + (size_t)(j0 + kk) * Dp2 + d0, dv[kk][0]);
-                    st(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + W, dv[kk][1]);
+                    st(s->dv + (size_t)(j0 + kk) * Dp2 + d0 + VW, dv[kk][1]);
                 }
             }
         }
     }
-    for (int d0 = 0; d0 < D; d0 += W) { /* dK and dV into the packed layout; their column sums are d(bias) */
-        int width = D - d0 < W ? D - d0 : W;
-        v16 ksum = bc(0.f), vsum = bc(0.f);
+    for (int d0 = 0; d0 < D; d0 += VW) { /* dK and dV into the packed layout; their column sums are d(bias) */
+        int width = D - d0 < VW ? D - d0 : VW;
+        vf ksum = bc(0.f), vsum = bc(0.f);
         for (int j = 0; j < T; j++) {
             float *o = dqkv + ((size_t)b * T + j) * C3 + C + (size_t)h * D;
-            v16 dk = ld(s->dk + (size_t)j * Dp2 + d0), dv = ld(s->dv + (size_t)j * Dp2 + d0);
+            vf dk = ld(s->dk + (size_t)j * Dp2 + d0), dv = ld(s->dv + (size_t)j * Dp2 + d0);
             ksum += dk;
             vsum += dv;
             st_n(o + d0, dk, width);
             st_n(o + C + d0, dv, width);
         }
         if (dbias) {
-            float tk[W], tv[W];
+            float tk[VW], tv[VW];
             st(tk, ksum);
             st(tv, vsum);
             for (int l = 0; l < width; l++) {
@@ -598,22 +643,22 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
             return total;
         }
         int j = 0;
-        v16 mv = bc(-INFINITY);
-        for (; j + W <= V; j += W) {
-            v16 v = ld(x + j);
+        vf mv = bc(-INFINITY);
+        for (; j + VW <= V; j += VW) {
+            vf v = ld(x + j);
             mv = sel(v > mv, v, mv);
         }
         float m = hmax(mv);
         for (; j < V; j++) m = x[j] > m ? x[j] : m;
-        v16 sv = bc(0.f), mm = bc(m);
-        for (j = 0; j + W <= V; j += W) sv += vexp(ld(x + j) - mm);
+        vf sv = bc(0.f), mm = bc(m);
+        for (j = 0; j + VW <= V; j += VW) sv += vexp(ld(x + j) - mm);
         float sum = hsum(sv);
         for (; j < V; j++) sum += expf(x[j] - m);
         float lse = m + logf(sum);
         total += (double)lse - (double)x[t];
         if (gr) { /* softmax * inv_n = exp(x - lse) * inv_n */
-            v16 l = bc(lse), sc = bc(inv_n);
-            for (j = 0; j + W <= V; j += W) st(gr + j, vexp(ld(x + j) - l) * sc);
+            vf l = bc(lse), sc = bc(inv_n);
+            for (j = 0; j + VW <= V; j += VW) st(gr + j, vexp(ld(x + j) - l) * sc);
             for (; j < V; j++) gr[j] = expf(x[j] - lse) * inv_n;
             gr[t] -= inv_n;
         }
@@ -625,7 +670,7 @@ static double cross_entropy_rows(const float *logits, const int64_t *targets, fl
  * the same mask from the seed. The hash is two rounds of MurmurHash3's 32-bit finaliser (each output bit
  * depends on every input bit) over the element index mixed with the two halves of a 64-bit seed.
  * out[i] = keep ? x[i] * scale : 0, for i in [i0, i1). */
-static inline u16v mix32(u16v h) {
+static inline vu mix32(vu h) {
     h ^= h >> 16;
     h *= 0x85ebca6bu;
     h ^= h >> 13;
@@ -637,12 +682,12 @@ static inline u16v mix32(u16v h) {
 static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, uint32_t threshold, float scale,
                           uint32_t seed_lo, uint32_t seed_hi) {
     int64_t i = i0;
-    const u16v lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    for (; i + W <= i1; i += W) {
-        u16v idx = (u16v){0} + (uint32_t)i + lane;
-        u16v h = mix32(mix32(idx ^ seed_lo) ^ seed_hi);
-        i16 keep = (i16)(h >= threshold);
-        v16 y = ld(x + i) * scale;
+    const vu lane = VLANES;
+    for (; i + VW <= i1; i += VW) {
+        vu idx = (vu){0} + (uint32_t)i + lane;
+        vu h = mix32(mix32(idx ^ seed_lo) ^ seed_hi);
+        vi keep = (vi)(h >= threshold);
+        vf y = ld(x + i) * scale;
         st(out + i, sel(keep, y, bc(0.f)));
     }
     for (; i < i1; i++) { /* the same hash, one element at a time */
@@ -676,3 +721,8 @@ static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, ui
 #undef add_row_bias
 #undef mix32
 #undef dropout_range
+#undef vf
+#undef vi
+#undef vu
+#undef VIOTA
+#undef VLANES
