@@ -1,4 +1,6 @@
-"""``sifirdan generate``: continue a prompt with a trained model (KV cache, sampling, streaming)."""
+"""``sifirdan generate``: continue a prompt with a trained model (KV cache, sampling, streaming), or, with
+``--instruction``, have a fine-tuned model answer one instruction in its chat template (``sifirdan chat`` is the
+multi-turn version)."""
 
 from __future__ import annotations
 
@@ -14,13 +16,17 @@ def register(subparsers) -> None:
         help="generate text with a trained model",
         description=(
             "Continue a prompt with a trained model. Prints the prompt followed by the completion "
-            "(--completion-only for the completion alone). An empty prompt starts from <|endoftext|>."
+            "(--completion-only for the completion alone). An empty prompt starts from <|endoftext|>. "
+            "--instruction TEXT asks a fine-tuned model instead: TEXT goes in the chat template the model was "
+            "fine-tuned with, generation stops where the answer ends, and only the answer is printed."
         ),
     )
     p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory (from `sifirdan pretrain --out`)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", metavar="TEXT", help="the prompt (default: empty -- start from <|endoftext|>)")
     src.add_argument("--input", metavar="FILE", help="read the prompt from a file ('-' = stdin)")
+    src.add_argument("--instruction", metavar="TEXT",
+                     help="a fine-tuned model answers TEXT (one user message in its chat template); prints the answer only")
     # numbers are parsed by us, not argparse, so a bad value is one clear line (see _parse)
     p.add_argument("--max-new-tokens", default="200", metavar="N", help="tokens to generate at most (default 200)")
     p.add_argument("--temperature", default="0.8", metavar="T", help="0 = greedy, higher = more random (default 0.8)")
@@ -67,6 +73,35 @@ def _read_prompt(args) -> str:
         raise UserError(f"cannot read prompt file {args.input} ({e.strerror}); check the path") from None
 
 
+def _instruction_template(args):
+    """The chat template saved in the checkpoint, or a one-line error naming the fix."""
+    from sifirdan.chat.template import template_of
+    from sifirdan.checkpoint import read_config
+
+    if not args.instruction.strip():
+        raise UserError("--instruction is empty; give the instruction to answer, e.g. --instruction \"Merhaba\"")
+    template = template_of(read_config(args.model))
+    if template is None:
+        raise UserError(f"{args.model} has no chat template (it is pre-trained, not fine-tuned), so it cannot follow "
+                        "--instruction; fine-tune it first with `sifirdan finetune --model DIR --data FILE --out RUN`, "
+                        "or use --prompt to continue text")
+    return template
+
+
+def _instruction_ids(template, instruction: str, tokenizer, block_size: int) -> list[int]:
+    missing = template.missing_tokens(tokenizer)
+    if missing:
+        raise UserError(f"the model's chat template needs the special token(s) {', '.join(missing)} but its tokenizer "
+                        "has none; the checkpoint is inconsistent -- fine-tune it again with `sifirdan finetune`")
+    ids = template.render_prompt([{"role": "user", "content": instruction}], tokenizer)
+    if len(ids) >= block_size:
+        # the engine would crop the prompt's start -- the template's opening tags -- and the model would answer
+        # a fragment; better to say so
+        raise UserError(f"the instruction takes {len(ids)} tokens with the template; the model reads at most {block_size} "
+                        "and needs room to answer; shorten it")
+    return ids
+
+
 def cmd_generate(args) -> int:
     from sifirdan.generate import GenerationConfig
 
@@ -89,11 +124,17 @@ def cmd_generate(args) -> int:
     from sifirdan.generate import Engine
     from sifirdan.train.runtime import resolve_device
 
+    template = _instruction_template(args) if args.instruction is not None else None  # before the weights load
     model, tokenizer = load_model(args.model, resolve_device(args.device))
     engine = Engine(model, tokenizer)
-    ids = engine.encode_prompt(prompt)
+    if template is not None:
+        ids = _instruction_ids(template, args.instruction, tokenizer, engine.block_size)
+        config = dataclasses.replace(config, stop_token_ids=template.stop_ids(tokenizer))
+        prefix = ""  # the answer only
+    else:
+        ids = engine.encode_prompt(prompt)
+        prefix = "" if args.completion_only else prompt
     out = sys.stdout
-    prefix = "" if args.completion_only else prompt
     for k in range(n):
         if n > 1:
             out.write(f"{'' if k == 0 else chr(10)}--- sample {k + 1}/{n} ---\n")

@@ -67,6 +67,9 @@ class TrainData:
     final: Callable[[], Iterable[Batch]] | None = None  # full non-overlapping pass over the validation text
     bytes_per_token: dict[str, float] = field(default_factory=dict)  # split -> UTF-8 bytes per token (bits/byte)
     chars_per_token: dict[str, float] = field(default_factory=dict)  # split -> characters per token (bits/char)
+    # what to show at each evaluation instead of a text continuation (fine-tuning: greedy answers to fixed val
+    # instructions): model -> [{"prompt": ..., "text": ...}]
+    samples: Callable[[torch.nn.Module], list[dict]] | None = None
 
 
 @dataclass
@@ -192,6 +195,7 @@ class Trainer:
         # dropout RNG: distinct per rank (otherwise every rank would drop the same units)
         torch.manual_seed(cfg.seed + self.dist.rank)
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.empty_micro_batches = 0  # micro-batches with no scored target (see train_step)
         self._loss_sum = torch.zeros((), device=self.device)
         self._loss_count = 0
         self._stop_signal: str | None = None
@@ -233,6 +237,9 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for m, source in enumerate(self.data.train):
             x, y = source.next_batch()
+            # a micro-batch with no scored target (every one IGNORE_INDEX) has no mean loss: 0/0. It still runs
+            # forward and backward (DDP needs every rank to), with a loss of exactly 0 and zero gradients.
+            empty = y.device.type == "cpu" and not bool((y != IGNORE_INDEX).any())
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             last = m == cfg.grad_accum - 1
@@ -240,7 +247,12 @@ class Trainer:
             sync = contextlib.nullcontext() if (last or not self.dist.enabled) else self.model.no_sync()
             with sync:
                 with autocast(self.device, self.dtype):
-                    _, loss = self.model(x, y)
+                    if empty:
+                        self.empty_micro_batches += 1
+                        logits, _ = self.model(x)
+                        loss = logits.float().sum() * 0.0
+                    else:
+                        _, loss = self.model(x, y)
                 self.scaler.scale(loss / cfg.grad_accum).backward()
             total += loss.detach().float()
         norm = None
@@ -261,11 +273,13 @@ class Trainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
         for x, y in batches:
+            n = int((y != IGNORE_INDEX).sum())
+            if n == 0:  # nothing scored (all padding / prompt): no loss to weigh in, not even 0 * NaN
+                continue
             x = x.to(self.device)
             y = y.to(self.device)
             with autocast(self.device, self.dtype):
                 _, loss = self.eval_model(x, y)
-            n = int((y != IGNORE_INDEX).sum())
             total += loss.double() * n
             count += n
         return (total.item() / count if count else float("nan")), count
@@ -336,7 +350,13 @@ class Trainer:
             self.best_val_loss = val_l
             if self.out_dir is not None and self.step > 0:
                 ckpt.save_checkpoint(self.out_dir / "best", self.raw_model, self.tokenizer, self._config_record(val_l))
-        if self.cfg.sample_interval and (self.evals_done - 1) % self.cfg.sample_interval == 0 and self.step > 0:
+        if self.data.samples is not None and self.cfg.sample_interval and self.step > 0:
+            with self._eval_mode():
+                answers = self.data.samples(self.raw_model)
+            for a in answers:
+                self.log(f"answer @ {self.step}: {a['prompt']!r} -> {a['text']!r}")
+                self.metrics.write({"kind": "sample", "iter": self.step, **a})
+        elif self.cfg.sample_interval and (self.evals_done - 1) % self.cfg.sample_interval == 0 and self.step > 0:
             text = self.sample_text()
             if text is not None:
                 self.log(f"sample @ {self.step}: {text!r}")
@@ -438,6 +458,8 @@ class Trainer:
             "tokens_per_s": tok_s,
             "peak_mem_mb": M.peak_memory_mb(self.device),
         }
+        if self.empty_micro_batches:
+            rec["empty_micro_batches"] = self.empty_micro_batches  # so far: no scored target, loss 0
         if self.peak_flops:
             rec["mfu"] = self.flops_per_token * tok_s / self.peak_flops
         if self.dist.is_main:
