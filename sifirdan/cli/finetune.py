@@ -3,6 +3,7 @@
     sifirdan finetune --model runs/nutuk --data nutuk_qa.jsonl --out runs/qa            # our recipe
     sifirdan finetune --model runs/nutuk --data pairs.jsonl --out runs/g --recipe guide  # the guide's, exactly
     sifirdan finetune --resume runs/qa --max-iters 600                                 # continue (bit-exact)
+    sifirdan finetune --model runs/nutuk --data qa.jsonl --out runs/qa-lora --lora-rank 8   # LoRA adapters only
 
 What happens: the base checkpoint's tokenizer gets any special tokens the chat template needs (the embedding
 and LM head grow, old rows bit-identical); ``--block-size`` above the base's grows the position table; the
@@ -10,6 +11,11 @@ records become conversations, lose exact duplicates, split by example into train
 are rendered with the template and fitted to the block (``--drop`` over-long ones, or ``--truncate`` their
 answers); then the same ``Trainer`` as pre-training runs, scoring only the answers (``--train-on-prompt``:
 every token). The run directory holds checkpoints whose ``config.json`` records the chat template.
+
+``--lora-rank R`` freezes the base model and trains low-rank adapters on the blocks' Linears instead
+(``sifirdan/model/lora.py``; ``--lora-alpha``, ``--lora-targets``). Checkpoints still hold plain weights --
+the adapters merged in -- so every other command loads them as any GPT; the unmerged weights ride in the
+trainer state, so ``--resume`` continues bit-exactly. The run's ``config.json`` records the LoRA settings.
 """
 
 from __future__ import annotations
@@ -70,6 +76,12 @@ def register(subparsers) -> None:
     length.add_argument("--truncate", dest="length_mode", action="store_const", const="truncate",
                         help="keep the prompt, cut the answer to fit (its </RESP> is left out)")
     p.add_argument("--train-on-prompt", action="store_true", help="score every token, not only the answers")
+    lora = p.add_argument_group("LoRA", "freeze the base model and train low-rank adapters only; checkpoints hold "
+                                "the merged plain weights")
+    lora.add_argument("--lora-rank", type=int, metavar="R", help="rank of the adapters, 1..n_embd (e.g. 8); off by default")
+    lora.add_argument("--lora-alpha", type=float, metavar="A", help="adapter scale = alpha / rank (default: alpha = rank)")
+    lora.add_argument("--lora-targets", metavar="LIST", help="comma-separated Linears to adapt in every block: qkv "
+                      "(attention Q/K/V), proj (attention output), ffn (both feed-forward Linears); default: qkv,proj,ffn")
     add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig; defaults come from --recipe)",
                         skip=("sample_prompt", "sample_tokens"))
     p.set_defaults(func=run, length_mode=None)
@@ -151,6 +163,7 @@ def run(args) -> int:
             data_source, val_fraction = ft["data"], ft["val_fraction"]
             max_samples, field_map_spec = ft.get("max_samples"), ft.get("field_map")
             length_mode, train_on_prompt, skip_bad = ft["length_mode"], ft["train_on_prompt"], ft.get("skip_bad", False)
+            lora = _resumed_lora(args, ft.get("lora"), out)
         else:
             recipe = args.recipe
             train_sections = {**RECIPES[recipe], **flags}
@@ -159,6 +172,7 @@ def run(args) -> int:
             data_source, val_fraction, max_samples = args.data, args.val_fraction, args.max_samples
             field_map_spec, length_mode = args.field_map, args.length_mode or "drop"
             train_on_prompt, skip_bad = args.train_on_prompt, args.skip_bad
+            lora = _lora_flags(args)
         train_cfg = TrainConfig.from_dict(train_sections)
         if max_samples is not None and max_samples <= 0:
             raise UserError(f"--max-samples must be a positive integer, got {max_samples}")
@@ -170,6 +184,10 @@ def run(args) -> int:
         source_dir = ckpt.resolve_checkpoint_dir(out / "last" if saved is not None else args.model)
         model, tokenizer = ckpt.load_model(source_dir)
         base_meta = ckpt.read_config(source_dir)
+        if lora is not None:  # the rank against this model's width, before any slow work
+            from sifirdan.model.lora import check_settings
+
+            check_settings(lora["rank"], lora["alpha"], lora["targets"], model.config.n_embd)
         if saved is None and TEMPLATE_KEY in base_meta:
             _say(f"note: {source_dir} is fine-tuned already; fine-tuning it again on {data_source}")
         template = ChatTemplate.from_dict(saved[TEMPLATE_KEY]) if saved is not None else (
@@ -257,6 +275,8 @@ def run(args) -> int:
                          "truncated": train_counts.truncated + val_counts.truncated,
                          "dropped": train_counts.dropped + val_counts.dropped},
         }
+        if lora is not None:
+            settings["lora"] = lora
         if main and run_dir is None:
             run_dir = rundir.RunDir.open(out, mode, "finetune", {"train": train_cfg.to_dict(), "finetune": settings})
 
@@ -266,13 +286,25 @@ def run(args) -> int:
             data = finetune_data(train_ex, val_ex, train_cfg, pad_id, tokenizer, dist)
         data.samples = _answer_sampler(split.val or split.train, tokenizer, template, block_size)
         run_config = {TEMPLATE_KEY: template.to_dict(), "finetune": settings}
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        _say(f"model: {model.num_parameters():,} parameters ({n_train:,} trained), vocab {model.config.vocab_size}, "
+        n_params = model.num_parameters()
+        export_model, trained_note = None, ""
+        if lora is not None:
+            from sifirdan.model.lora import apply_lora, merged_copy
+
+            # the adapters' own seeded generator: their init moves no other randomness
+            n_train = apply_lora(model, lora["rank"], lora["alpha"], lora["targets"],
+                                 generator=torch.Generator().manual_seed(train_cfg.seed))
+            export_model = merged_copy
+            trained_note = (f": LoRA rank {lora['rank']}, alpha {lora['alpha']:g} on {','.join(lora['targets'])}, "
+                            f"{n_train / n_params:.2%} of the model")
+        else:
+            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        _say(f"model: {n_params:,} parameters ({n_train:,} trained{trained_note}), vocab {model.config.vocab_size}, "
              f"block {block_size}; recipe {recipe}: lr {train_cfg.learning_rate:g} ({train_cfg.lr_schedule}), "
              f"batch {train_cfg.batch_size}, {train_cfg.max_iters} steps on {device}", main)
         torch.manual_seed(train_cfg.seed)
         trainer = Trainer(model, train_cfg, data, tokenizer=tokenizer, out_dir=out, run_config=run_config,
-                          dist_info=dist, resume=saved is not None)
+                          dist_info=dist, resume=saved is not None, export_model=export_model)
         if trainer.device.type == "cpu":
             _say(trainer.kernels_note, main)
         if saved is not None:
@@ -298,6 +330,40 @@ def run(args) -> int:
         print(f"done: {result.step} steps, best val loss {best} (answers only); model in {out} "
               f"(try: sifirdan chat --model {out} / sifirdan eval-instruct --model {out} --data FILE)")
     return 0
+
+
+def _lora_flags(args) -> dict | None:
+    """``{"rank", "alpha", "targets"}`` from --lora-rank/--lora-alpha/--lora-targets, or None without LoRA."""
+    from sifirdan.model.lora import DEFAULT_TARGETS, check_settings
+
+    if args.lora_rank is None:
+        for flag in ("alpha", "targets"):
+            if getattr(args, f"lora_{flag}") is not None:
+                raise UserError(f"--lora-{flag} needs --lora-rank (LoRA is off without it); add e.g. --lora-rank 8")
+        return None
+    targets = args.lora_targets if args.lora_targets is not None else DEFAULT_TARGETS
+    rank, alpha, targets = check_settings(args.lora_rank, args.lora_alpha, targets)
+    return {"rank": rank, "alpha": alpha, "targets": targets}
+
+
+def _resumed_lora(args, saved_lora: dict | None, out: Path) -> dict | None:
+    """The run's LoRA settings; a --lora-* flag given on resume must repeat them."""
+    given = {k: getattr(args, f"lora_{k}") for k in ("rank", "alpha", "targets")}
+    if saved_lora is None:
+        if any(v is not None for v in given.values()):
+            raise UserError(f"{out} was fine-tuned without LoRA (every weight trained); drop the --lora-* flags "
+                            "to resume it, or start a new run with --out")
+        return None
+    from sifirdan.model.lora import parse_targets
+
+    for key, value in given.items():
+        if value is None:
+            continue
+        value = parse_targets(value) if key == "targets" else float(value) if key == "alpha" else value
+        if value != saved_lora[key]:
+            shown = ",".join(saved_lora[key]) if key == "targets" else f"{saved_lora[key]:g}"
+            raise UserError(f"--lora-{key} differs from the run's ({shown}); drop it when resuming")
+    return dict(saved_lora)
 
 
 def _answer_sampler(convs, tokenizer, template, block_size: int):

@@ -12,6 +12,11 @@ One optimizer step (``Trainer.train_step``), the guide's §8 loop made robust:
 Around it ``fit`` evaluates, logs, samples text, checkpoints, stops cleanly on SIGINT/SIGTERM and on a NaN loss,
 and resumes bit-exactly: the checkpoint holds the optimizer moments, every RNG and every batch sampler's state.
 
+``export_model`` (optional) turns the trained module into the one saved as ``model.safetensors``: LoRA saves
+``lora.merged_copy`` (plain merged weights any command loads). The trained module's own weights then ride in
+the trainer state too (the merged ones alone cannot give the frozen base back bit-exactly), and resume loads
+those.
+
 Data streams: the batches of one optimizer step come from ``world_size * grad_accum`` independent streams;
 micro-step ``m`` of rank ``r`` reads stream ``r * grad_accum + m`` (see ``stream_index``). So 2 processes x
 batch B and 1 process x batch B x grad_accum 2 see exactly the same data, and the same loss curve.
@@ -140,8 +145,10 @@ class Trainer:
         dist_info: DistInfo | None = None,
         resume: bool = False,
         verbose: bool = True,
+        export_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
     ):
         self.cfg = cfg
+        self.export_model = export_model
         self.data = data
         self.tokenizer = tokenizer
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -349,7 +356,7 @@ class Trainer:
         if val_l is not None and math.isfinite(val_l) and (self.best_val_loss is None or val_l < self.best_val_loss):
             self.best_val_loss = val_l
             if self.out_dir is not None and self.step > 0:
-                ckpt.save_checkpoint(self.out_dir / "best", self.raw_model, self.tokenizer, self._config_record(val_l))
+                ckpt.save_checkpoint(self.out_dir / "best", self._saved_model(), self.tokenizer, self._config_record(val_l))
         if self.data.samples is not None and self.cfg.sample_interval and self.step > 0:
             with self._eval_mode():
                 answers = self.data.samples(self.raw_model)
@@ -372,13 +379,20 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
+    def _saved_model(self) -> torch.nn.Module:
+        """What ``model.safetensors`` holds: the model itself, or ``export_model`` of it (e.g. LoRA merged)."""
+        if self.export_model is None:
+            return self.raw_model
+        with torch.no_grad():
+            return self.export_model(self.raw_model)
+
     def state_dict(self) -> dict:
         """Trainer state (collective under DDP: every rank must call it)."""
         mine = {
             "rng": _rng_state(self.device),
             "sources": [s.state_dict() for s in self.data.train],
         }
-        return {
+        state = {
             "step": self.step,
             "best_val_loss": self.best_val_loss,
             "last_eval_step": self.last_eval_step,
@@ -387,6 +401,24 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ranks": gather_objects(mine, self.dist),
         }
+        if self.export_model is not None:
+            # model.safetensors holds the exported module; the trained one's exact weights go here (a tied
+            # weight once: safetensors refuses shared tensors)
+            state["model"], state["model_aliases"] = ckpt._dedupe_tied(self.raw_model.state_dict())
+        return state
+
+    def _load_model_state(self, weights: dict, aliases: dict, directory: Path) -> None:
+        weights = dict(weights)
+        for alias, target in aliases.items():
+            if target in weights:
+                weights[alias] = weights[target]
+        try:
+            with torch.no_grad():
+                self.raw_model.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            detail = " ".join(str(e).split())[:200]
+            raise UserError(f"{directory}: the weights in its trainer state do not fit this model ({detail}); "
+                            "resume with the settings the run was started with (LoRA rank and targets included)") from None
 
     def load_state(self, directory: Path) -> None:
         meta = ckpt.read_config(directory)
@@ -399,7 +431,10 @@ class Trainer:
                 f"{directory} was saved by {len(ranks)} process(es) but this run has {self.dist.world_size}; "
                 f"resume with the same --nproc_per_node x nodes"
             )
-        ckpt.load_weights(self.raw_model, directory, meta)
+        if "model" in state:  # saved with export_model: model.safetensors is not the trained module
+            self._load_model_state(state["model"], state.get("model_aliases") or {}, directory)
+        else:
+            ckpt.load_weights(self.raw_model, directory, meta)
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -415,7 +450,7 @@ class Trainer:
     def save_last(self) -> None:
         state = self.state_dict()  # collective
         if self.dist.is_main and self.out_dir is not None:
-            ckpt.save_checkpoint(self.out_dir / "last", self.raw_model, self.tokenizer, self._config_record(), state)
+            ckpt.save_checkpoint(self.out_dir / "last", self._saved_model(), self.tokenizer, self._config_record(), state)
 
     # ------------------------------------------------------------------------------------------ signals
     @contextlib.contextmanager
