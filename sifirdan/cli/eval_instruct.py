@@ -1,0 +1,179 @@
+"""``sifirdan eval-instruct``: answer held-out instruction pairs with a fine-tuned model and score the answers.
+
+    sifirdan eval-instruct --model runs/ft --data val.jsonl
+    sifirdan eval-instruct --model runs/ft --data val.jsonl --json --answers answers.jsonl
+
+Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a special token (leak_rate),
+their mean length in characters and their token F1 against the references (definitions:
+``sifirdan/chat/evaluate.py``). Greedy decoding, so the numbers are reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from sifirdan.errors import UserError
+
+N_EXAMPLES = 3  # example answers the readable report shows
+SHOW_CHARS = 160
+
+
+def register(subparsers) -> None:
+    from sifirdan.chat.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+
+    p = subparsers.add_parser(
+        "eval-instruct",
+        help="score a fine-tuned model's answers to instruction pairs",
+        description=(
+            "Answer every instruction of a data file with a fine-tuned model (greedy) and report ended_rate "
+            "(answers that end with </RESP>), leak_rate (answers holding a special token), the mean answer "
+            "length and token F1 against the reference answers."
+        ),
+    )
+    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned checkpoint or run directory (from `sifirdan finetune`)")
+    p.add_argument("--data", required=True, metavar="PATH",
+                   help="instruction pairs: .jsonl, .json or .csv (instruction/output, prompt/response, question/answer or messages), or hf:NAME[:SPLIT]")
+    p.add_argument("--json", action="store_true", help="print one JSON line: n, ended_rate, leak_rate, mean_answer_chars, f1")
+    p.add_argument("--max-new-tokens", default=str(DEFAULT_MAX_NEW_TOKENS), metavar="N",
+                   help=f"tokens an answer may take at most (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--answers", metavar="FILE", help="also write one JSON line per pair (instruction, reference, answer, ended, leaked, ...)")
+    p.add_argument("--batch-size", default=str(DEFAULT_BATCH_SIZE), metavar="N",
+                   help=f"prompts generated together (default {DEFAULT_BATCH_SIZE})")
+    p.add_argument("--field-map", metavar="OLD=NEW,...", help="rename fields first, e.g. --field-map soru=question,cevap=answer")
+    p.add_argument("--max-samples", default=None, metavar="N", help="evaluate only the first N pairs")
+    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines and records (counted) instead of stopping")
+    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--threads", default="auto", metavar="N",
+                   help="CPU threads; auto (default) uses the cores other programs leave free, re-decided every batch")
+    p.set_defaults(func=cmd_eval_instruct)
+
+
+def _int(value, name: str, low: int, high: int | None = None) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(str(value).strip(), 10)
+    except ValueError:
+        raise UserError(f"--{name} must be an integer, got {value!r}") from None
+    if n < low or (high is not None and n > high):
+        rng = f"from {low} to {high}" if high is not None else f">= {low}"
+        raise UserError(f"--{name} must be {rng}, got {n}")
+    return n
+
+
+def _short(text: str, limit: int = SHOW_CHARS) -> str:
+    """One line, safe for a terminal: a newline shows as \\n, control characters as escapes."""
+    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+ANSWER_KEYS = ("instruction", "reference", "answer", "ended", "leaked", "f1", "finish", "answer_tokens")
+
+
+def _answer_line(record) -> str:
+    """One JSON line, Turkish letters as they are; an answer holding a lone surrogate (bytes a model can produce,
+    which UTF-8 cannot store) is written with \\u escapes instead, which json.loads reads back exactly."""
+    row = {k: record[k] for k in ANSWER_KEYS}
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row)
+    return line + "\n"
+
+
+def cmd_eval_instruct(args) -> int:
+    from sifirdan.generate.config import MAX_NEW_TOKENS_CAP
+
+    # every flag checked before the model loads: a typo fails fast
+    max_new = _int(args.max_new_tokens, "max-new-tokens", 1, MAX_NEW_TOKENS_CAP)
+    batch_size = _int(args.batch_size, "batch-size", 1, 4096)
+    max_samples = _int(args.max_samples, "max-samples", 1)
+    threads = None if str(args.threads).strip().lower() == "auto" else _int(args.threads, "threads", 1, 1024)
+    from sifirdan.data.instructions import parse_field_map
+
+    field_map = parse_field_map(args.field_map)
+    answers = Path(args.answers) if args.answers else None
+    if answers is not None:
+        from sifirdan.fileio import check_writable_dir
+
+        if answers.is_dir():
+            raise UserError(f"--answers {answers} is a folder; give a file name, e.g. --answers {answers / 'answers.jsonl'}")
+        check_writable_dir(answers.parent if str(answers.parent) else Path("."), "--answers folder",
+                           "choose another --answers path")
+
+    from sifirdan.chat import template_of
+    from sifirdan.chat.evaluate import FINISH_LENGTH, evaluate_answers, load_eval_data
+    from sifirdan.checkpoint import load_model, read_config, resolve_checkpoint_dir
+    from sifirdan.train.runtime import resolve_device
+
+    directory = resolve_checkpoint_dir(args.model)
+    template = template_of(read_config(directory))
+    if template is None:
+        raise UserError(
+            f"{args.model} is not a fine-tuned model (its config.json has no chat_template), so it has no "
+            f"instruction format to answer in; fine-tune it first with `sifirdan finetune --model {args.model} "
+            "--data PAIRS.jsonl --out RUN` and evaluate RUN"
+        )
+    device = resolve_device(args.device)
+    before_batch = None
+    if device.type == "cpu":
+        import torch
+
+        from sifirdan.train.runtime import CpuShare
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        else:
+            # PyTorch's threads spin while they wait for each other: beside a busy core, 2 threads run slower than
+            # 1 (4x here on 2 shared cores). Measure what other programs use and take the rest, per batch.
+            share = CpuShare()
+            before_batch = share.adjust if share.available else None
+    model, tokenizer = load_model(directory, device)
+    data = load_eval_data(args.data, template, tokenizer, field_map=field_map, skip_bad=args.skip_bad,
+                          max_samples=max_samples)
+    if data.skipped_bad:
+        first = f" (first: {data.bad_examples[0]})" if data.bad_examples else ""
+        print(f"skipped {data.skipped_bad} bad record(s){first}", file=sys.stderr)
+    if data.duplicates:
+        print(f"dropped {data.duplicates} duplicate pair(s)", file=sys.stderr)
+    block = model.config.block_size
+    long_prompts = sum(len(template.render_prompt(c[:-1], tokenizer)) > block for c in data.conversations)
+    if long_prompts:
+        print(f"warning: {long_prompts} prompt(s) are longer than the model's {block}-token context; "
+              "the engine keeps only their end", file=sys.stderr)
+
+    summary, records = evaluate_answers(model, tokenizer, template, data.conversations, max_new_tokens=max_new,
+                                        batch_size=batch_size, progress=True, before_batch=before_batch)
+    if answers is not None:
+        from sifirdan.fileio import atomic_write_text
+
+        atomic_write_text(answers, "".join(_answer_line(r) for r in records))
+
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    n = summary["n"]
+    finishes: dict[str, int] = {}
+    for r in records:
+        finishes[r["finish"]] = finishes.get(r["finish"], 0) + 1
+    others = [f"{v} hit the {max_new}-token limit" if k == FINISH_LENGTH else f"{v} stopped at {k}"
+              for k, v in sorted(finishes.items()) if k != template.resp_close]
+    print(f"{n} instruction pair(s) from {args.data}, answered greedily (at most {max_new} new tokens)")
+    print(f"  ended with {template.resp_close:<10} {summary['ended_rate']:7.1%}" + (f"   ({'; '.join(others)})" if others else ""))
+    print(f"  leaked a special token {summary['leak_rate']:7.1%}")
+    print(f"  mean answer length    {summary['mean_answer_chars']:8.1f} chars")
+    print(f"  token F1              {summary['f1']:8.3f}")
+    for k, r in enumerate(records[:N_EXAMPLES], start=1):
+        end = ("ended" if r["ended"] else "hit the limit" if r["finish"] == FINISH_LENGTH
+               else f"stopped at {r['finish']}")
+        flags = end + (", leaked" if r["leaked"] else "")
+        print(f"\n[{k}] instruction: {_short(r['instruction'])}")
+        print(f"    reference:   {_short(r['reference'])}")
+        print(f"    answer:      {_short(r['answer'])}")
+        print(f"    ({flags}; F1 {r['f1']:.2f})")
+    if answers is not None:
+        print(f"\nanswers written to {answers}")
+    return 0
