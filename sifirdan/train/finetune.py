@@ -26,6 +26,7 @@ from sifirdan.train.distributed import DistInfo
 from sifirdan.train.trainer import TrainData, stream_index
 
 LENGTH_MODES = ("drop", "truncate")
+GROUP_BATCHES = 8  # ExampleBatches sorts examples by length within windows of this many batches
 
 
 @dataclass
@@ -109,9 +110,20 @@ class ExampleBatches:
         self._order = self._epoch_order()
 
     def _epoch_order(self) -> list[int]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
         order = list(range(len(self.examples)))
-        random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        return order[self.rank :: self.world_size]
+        rng.shuffle(order)
+        mine = order[self.rank :: self.world_size]
+        # Rows are padded to the longest of their batch, so batches of similar lengths waste less: within
+        # each window of GROUP_BATCHES batches the examples are sorted by length, and the batches cut from
+        # them are shuffled again (long and short batches interleave; every example still comes once an epoch).
+        bs, window = self.batch_size, self.batch_size * GROUP_BATCHES
+        grouped = []
+        for i in range(0, len(mine), window):
+            grouped += sorted(mine[i : i + window], key=lambda j: len(self.examples[j].ids))
+        batches = [grouped[i : i + bs] for i in range(0, len(grouped), bs)]
+        rng.shuffle(batches)
+        return [j for b in batches for j in b]
 
     def next_batch(self):
         picked = []
