@@ -105,7 +105,7 @@ def run(args) -> int:
     from sifirdan import checkpoint as ckpt
     from sifirdan import rundir
     from sifirdan.chat.template import DEFAULT_TEMPLATE, TEMPLATE_KEY, ChatTemplate
-    from sifirdan.cli.pretrain import explicit_flags
+    from sifirdan.cli.pretrain import explicit_flags, open_run_dir
     from sifirdan.data.instructions import ReadStats, parse_field_map, read_records, split_conversations, to_conversations
     from sifirdan.limits import check_fits, training_bytes
     from sifirdan.model import GPT
@@ -121,27 +121,10 @@ def run(args) -> int:
     flags = explicit_flags(args)["train"]
 
     # ---- the run directory (read-only checks first)
-    saved, run_dir = None, None
-    if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out).resolve() != out.resolve():
-            raise UserError(f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its directory (drop --out)")
-        if args.overwrite:
-            raise UserError("--overwrite starts a run anew and --resume continues one; give one of them")
-        mode = "resume"
-    else:
-        if not args.out:
-            raise UserError("--out RUN_DIR is required (where the fine-tuned checkpoints go); e.g. --out runs/qa")
-        if not args.model:
-            raise UserError("--model DIR is required: the pre-trained checkpoint to fine-tune (from `sifirdan pretrain --out`)")
-        out = Path(args.out)
-        mode = "overwrite" if args.overwrite else "new"
-    if main:
-        rundir.check_out_dir(out, mode)
-        if mode == "resume":
-            run_dir = rundir.RunDir.open(out, mode, "finetune", {})
-            for note in run_dir.repairs:
-                _say(f"repaired {out}: {note}")
+    if not args.resume and args.out and not args.model:
+        raise UserError("--model DIR is required: the pre-trained checkpoint to fine-tune (from `sifirdan pretrain --out`)")
+    out, mode, run_dir = open_run_dir(args, "finetune", main, example="runs/qa")
+    saved = None
     if mode == "resume":
         saved = ckpt.read_config(out / "last")
         if TEMPLATE_KEY not in saved or "finetune" not in saved:

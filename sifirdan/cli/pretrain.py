@@ -157,6 +157,35 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def open_run_dir(args, command: str, main: bool = True, example: str = "runs/first"):
+    """``--out`` / ``--resume`` / ``--overwrite`` -> ``(out, mode, run_dir)``: the read-only checks of
+    sifirdan/rundir.py now. A resumed run is locked (and a crashed save repaired) at once -- resuming writes
+    nothing new before training, and the checkpoint read next must be the one this process continues; a new
+    run's directory is opened only after every input check has passed (``run_dir`` is None then)."""
+    from sifirdan import rundir
+
+    run_dir = None
+    if args.resume:
+        out = Path(args.resume)
+        if args.out and Path(args.out).resolve() != out.resolve():
+            raise UserError(f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its directory (drop --out)")
+        if args.overwrite:
+            raise UserError("--overwrite starts a run anew and --resume continues one; give one of them")
+        mode = "resume"
+    else:
+        if not args.out:
+            raise UserError(f"--out RUN_DIR is required (where checkpoints and metrics go); e.g. --out {example}")
+        out = Path(args.out)
+        mode = "overwrite" if args.overwrite else "new"
+    if main:
+        rundir.check_out_dir(out, mode)
+        if mode == "resume":
+            run_dir = rundir.RunDir.open(out, mode, command, {})
+            for note in run_dir.repairs:
+                _say(f"repaired {out}: {note}")
+    return out, mode, run_dir
+
+
 def _say(msg: str, main: bool = True) -> None:
     if main:
         print(msg, file=sys.stderr, flush=True)
@@ -188,29 +217,8 @@ def run(args) -> int:
     main = dist.is_main
 
     # ---- the run directory: read-only checks now (rank 0 owns it; the others only read what it writes)
-    saved, run_dir = None, None
-    if args.resume:
-        out = Path(args.resume)
-        if args.out and Path(args.out).resolve() != out.resolve():
-            raise UserError(f"--out {args.out} differs from --resume {args.resume}; a resumed run stays in its directory (drop --out)")
-        if args.overwrite:
-            raise UserError("--overwrite starts a run anew and --resume continues one; give one of them")
-        mode = "resume"
-    else:
-        if not args.out:
-            raise UserError("--out RUN_DIR is required (where checkpoints and metrics go); e.g. --out runs/first")
-        out = Path(args.out)
-        mode = "overwrite" if args.overwrite else "new"
-    if main:
-        rundir.check_out_dir(out, mode)
-        if mode == "resume":
-            # resuming writes nothing new before training, so the lock (and the repair of a crashed save) come
-            # first: the checkpoint read next must be the one this process will continue
-            run_dir = rundir.RunDir.open(out, mode, "pretrain", {})
-            for note in run_dir.repairs:
-                _say(f"repaired {out}: {note}")
-    if mode == "resume":
-        saved = ckpt.read_config(out / "last")
+    out, mode, run_dir = open_run_dir(args, "pretrain", main)
+    saved = ckpt.read_config(out / "last") if mode == "resume" else None
     base = {s: saved.get(s, {}) for s in SECTIONS} if saved else {}
     finished = False
     try:
