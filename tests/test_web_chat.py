@@ -6,8 +6,10 @@ Two servers:
     ``/v1/chat/completions``: it records every request and cuts its event stream mid-line and mid-UTF-8
     character, so the page's parsing, multi-turn bookkeeping, Stop, Regenerate, Reset, errors and escaping are
     checked exactly, whatever the real server does;
-  * the real ``sifirdan serve`` with a tiny fine-tuned-style checkpoint: the page works against it end to end,
-    and the screenshot ``docs/chat.png`` is taken there.
+  * the real ``sifirdan serve`` with a tiny fine-tuned-style checkpoint (trained for a few seconds so that it
+    answers in Turkish words): the page works against it end to end, and the screenshot ``docs/chat.png`` is
+    taken there (greedy decoding: the same conversation every run). The browser reaches it through a TCP relay
+    that can deliver the server's bytes slowly, so Stop lands mid-reply although the model is fast.
 
 Needs ``chromium`` (``apt-get install chromium``) and the ``playwright`` Python package (no ``playwright
 install``: the system browser is used). Either missing -> skipped with the reason.
@@ -152,7 +154,8 @@ class StandIn:
 
     MODEL = "sahte-model"
 
-    def __init__(self):
+    def __init__(self, api_key: str | None = None):
+        self.api_key = api_key
         self.requests: list[dict] = []
         self.disconnected = threading.Event()
         self.n = 0
@@ -170,6 +173,8 @@ class StandIn:
                 if self.path in files:
                     name, ctype = files[self.path]
                     return self.reply(200, (STATIC / name).read_bytes(), ctype)
+                if self.path.startswith("/v1/") and not self.authorized():
+                    return
                 if self.path == "/v1/models":
                     return self.json(200, {"object": "list", "data": [{"id": StandIn.MODEL, "object": "model",
                                                                         "created": 0, "owned_by": "sifirdan"}]})
@@ -177,6 +182,8 @@ class StandIn:
                                           "param": None, "code": None}})
 
             def do_POST(self):
+                if not self.authorized():
+                    return
                 if self.path != "/v1/chat/completions":
                     return self.json(404, {"error": {"message": "no route", "type": "not_found_error"}})
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -195,7 +202,7 @@ class StandIn:
                 self.end_headers()
                 try:
                     if "uzun" in last:
-                        self.events(("kelime%d " % i for i in range(100_000)), split=None, delay=0.02)
+                        self.events((f"kelime{i} " for i in range(100_000)), split=None, delay=0.02)
                     elif "xss" in last:
                         self.events(["Şöyle: ", XSS, " ve <b>kalın</b> &amp; <script>window.__xss=2</script>"])
                     elif "geniş" in last:
@@ -227,6 +234,13 @@ class StandIn:
                     write(chunk({"content": p}))
                 write(chunk({}, "stop") + 'data: {"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[],'
                       '"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}\n\ndata: [DONE]\n\n')
+
+            def authorized(self) -> bool:
+                if stand_in.api_key is None or self.headers.get("Authorization") == f"Bearer {stand_in.api_key}":
+                    return True
+                self.json(401, {"error": {"message": "missing or wrong API key", "type": "invalid_request_error",
+                                          "param": None, "code": "invalid_api_key"}})
+                return False
 
             def json(self, status, obj):
                 self.reply(status, json.dumps(obj).encode(), "application/json")
@@ -264,16 +278,22 @@ class StandIn:
 
 
 def test_page_against_stand_in_server(browser):
-    with StandIn() as api:
+    with StandIn(api_key="gizli-anahtar") as api:
+        # a server with an API key: the model list is refused until the key is entered
         page, log = open_page(browser, api.url + "/")
-        wait_model(page, StandIn.MODEL)
         assert page.title() == "sifirdan sohbet"
+        page.wait_for_selector("#error:not([hidden])")
+        assert "missing or wrong API key" in page.text_content("#error")
+        assert page.text_content("#model-name") == "—"
+        open_settings(page)
+        page.fill("#api-key", "gizli-anahtar")
+        page.press("#api-key", "Tab")
+        wait_model(page, StandIn.MODEL)
+        assert page.is_hidden("#error")
 
         # settings are sent with each request; the API key only as a Bearer header
-        open_settings(page)
         page.fill("#temperature", "0.3")
         page.fill("#max-tokens", "77")
-        page.fill("#api-key", "gizli-anahtar")
 
         # turn 1: the Turkish message, a reply that streams in (split mid-line and mid-character)
         watch_growth(page)
@@ -377,13 +397,15 @@ def test_page_against_stand_in_server(browser):
             p.feed(piece);
           p.end(); return out; }""")
         assert events == ["a", "b\nc", "[DONE]"]
-        log.assert_clean(allow=("status of 400",))  # the deliberate error turn
+        log.assert_clean(allow=("status of 400", "status of 401"))  # the deliberate error turn, the missing key
         page.close()
 
         # phone width: no horizontal scrollbar, even with a long unbroken word and the settings open
         page, log = open_page(browser, api.url + "/", 375, 700)
-        wait_model(page, StandIn.MODEL)
         open_settings(page)
+        page.fill("#api-key", "gizli-anahtar")
+        page.press("#api-key", "Tab")
+        wait_model(page, StandIn.MODEL)
         send(page, "geniş bir kelime")
         wait_idle(page)
         send(page, TURKISH)
@@ -393,21 +415,21 @@ def test_page_against_stand_in_server(browser):
         for sel in ("#send", "#stop", "#regenerate", "#reset", "#input"):
             box = page.locator(sel).bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= 375, (sel, box)
-        log.assert_clean()
+        log.assert_clean(allow=("status of 401",))  # before the key was entered
         page.close()
 
 
 def test_page_errors_when_the_server_is_gone(browser):
     """No server behind the page any more: the model line and a send say so instead of failing silently."""
     with StandIn() as api:
-        page, log = open_page(browser, api.url + "/")
+        page, _ = open_page(browser, api.url + "/")
         wait_model(page, StandIn.MODEL)
     # the stand-in is shut down: fetch fails at the network level
     send(page, "kimse var mı?")
     page.wait_for_selector("#error:not([hidden])")
     wait_idle(page)
     assert "kimse var mı?" == page.input_value("#input") and page.locator("#messages .msg").count() == 0
-    assert page.text_content("#error").strip()
+    assert page.text_content("#error").startswith("Sunucuya ulaşılamadı")
     page.close()
 
 
@@ -418,22 +440,111 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+QUESTIONS = [TURKISH, "Ankara'yı anlat, lütfen.", "Meclis ne yaptı?", "Bugün ne var?"]
+
+
 def _tiny_checkpoint(directory: Path) -> Path:
+    """A tiny fine-tuned-style checkpoint: BPE, a 2-layer GPT, the default chat template, and 150 full-batch
+    steps on made-up conversations (a few seconds), so that the replies are Turkish words that end with
+    </RESP> rather than a random model's control bytes: the screenshot shows a conversation one can read."""
+    import random
+
     import torch
+    from conftest import TINY_WORDS
 
     from sifirdan.chat.template import DEFAULT_TEMPLATE
     from sifirdan.checkpoint import save_model
-    from sifirdan.model import GPT, GPTConfig
+    from sifirdan.model import GPT, IGNORE_INDEX, GPTConfig
     from sifirdan.tokenizer import BPETokenizer
 
-    from conftest import TINY_WORDS
+    rng = random.Random(0)
 
-    text = " ".join(TINY_WORDS * 20) + "\nMerhaba, nasılsın? Çok güzel bir gün! Iğdır'da şu an güneşli.\n"
-    tok = BPETokenizer.train(text, vocab_size=300)
+    def sentence(lo: int, hi: int, end: str) -> str:
+        words = [rng.choice(TINY_WORDS) for _ in range(rng.randint(lo, hi))]
+        return " ".join([words[0][:1].upper() + words[0][1:]] + words[1:]) + end
+
+    conversations = []
+    for _ in range(48):
+        turns = []
+        for _ in range(rng.randint(1, 2)):
+            question = rng.choice(QUESTIONS) if rng.random() < 0.5 else sentence(3, 6, "?")
+            turns += [{"role": "user", "content": question}, {"role": "assistant", "content": sentence(4, 9, ".")}]
+        conversations.append(turns)
+    tok = BPETokenizer.train("\n".join(m["content"] for c in conversations for m in c), vocab_size=384)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2))
-    save_model(directory, model, tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
+    # block_size 256, not 64: a two-turn conversation must fit (a longer prompt is a 400, by design)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=256, n_embd=32, n_head=2, n_layer=2))
+    rows = [DEFAULT_TEMPLATE.render(c, tok) for c in conversations]  # (ids, loss mask: 1 on the answers)
+    width = max(len(ids) for ids, _ in rows) - 1
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    y = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (ids, mask) in enumerate(rows):
+        x[i, :len(ids) - 1] = torch.tensor(ids[:-1])
+        y[i, :len(ids) - 1] = torch.tensor([t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:])])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model: one thread is fastest, and kind to a busy machine
+    try:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(150):
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    save_model(directory, model.eval(), tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
     return directory
+
+
+class SlowRelay:
+    """A TCP relay in front of the real server. Bytes pass unchanged; while ``slow`` is set, the server's bytes
+    reach the browser 48 at a time every 40 ms (cut anywhere, mid-line and mid-character), so that a reply
+    from a tiny, fast model is still arriving when the test presses Stop. Closing either side closes both."""
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.slow = threading.Event()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src, dst, to_browser: bool):
+        try:
+            while data := src.recv(65536):
+                slow = to_browser and self.slow.is_set()
+                step = 48 if slow else len(data)
+                for i in range(0, len(data), step):
+                    dst.sendall(data[i:i + step])
+                    if slow:
+                        time.sleep(0.04)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+    def close(self):
+        self.server.close()
 
 
 def _server_present() -> bool:
@@ -452,33 +563,33 @@ def sifirdan_serve(tmp_path):
         pytest.skip("sifirdan.serve is not there yet (the server half of issue 12); the stand-in test covers the page")
     model_dir = _tiny_checkpoint(tmp_path / "tiny-chat")
     port = _free_port()
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "sifirdan", "serve", "--model", str(model_dir), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"sifirdan serve exited with {proc.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"sifirdan serve did not answer /health within 90 s:\n{(tmp_path / 'serve.log').read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "sifirdan", "serve", "--model", str(model_dir), "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+        url = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"sifirdan serve exited with {proc.returncode}:\n{log_path.read_text()}")
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except (urllib.error.URLError, ConnectionError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"sifirdan serve did not answer /health within 90 s:\n{log_path.read_text()}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 def test_static_files_ship_with_the_package():
@@ -495,14 +606,22 @@ def test_static_files_ship_with_the_package():
     assert '<script src="/static/chat.js"' in html and "<script>" not in html
 
 
-def test_page_against_sifirdan_serve(browser, sifirdan_serve):
+@pytest.fixture
+def relay(sifirdan_serve):
+    r = SlowRelay(int(sifirdan_serve.rsplit(":", 1)[1]))
+    yield r
+    r.close()
+
+
+def test_page_against_sifirdan_serve(browser, sifirdan_serve, relay):
     url = sifirdan_serve
     with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
         model_id = json.load(r)["data"][0]["id"]
     with urllib.request.urlopen(url + "/", timeout=10) as r:
         assert r.headers.get_content_type() == "text/html"
+        assert "default-src 'self'" in r.headers.get("Content-Security-Policy", "")
 
-    page, log = open_page(browser, url + "/")
+    page, log = open_page(browser, relay.url + "/")  # the same server, through the relay (see the Stop step)
     bodies: list[dict] = []
     page.on("request", lambda req: req.url.endswith("/v1/chat/completions") and req.method == "POST"
             and bodies.append(json.loads(req.post_data)))
@@ -538,40 +657,37 @@ def test_page_against_sifirdan_serve(browser, sifirdan_serve):
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=str(SCREENSHOT))
 
-    # Stop during a long reply: the network is throttled so the reply is still arriving when Stop is pressed
+    # Stop while the reply is arriving (the relay delivers it slowly): the partial text stays, marked
+    story = "Türk Türk Türk Türk Türk Türk"  # this checkpoint answers it with one of its longest replies
     open_settings(page)
-    page.fill("#temperature", "1")
-    page.fill("#max-tokens", "2000")
-    cdp = browser.new_cdp_session(page)
-    cdp.send("Network.enable")
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": 2000,
-                                                  "uploadThroughput": -1})
-    send(page, "Uzun bir hikâye anlat.")
+    page.fill("#max-tokens", "2000")  # the server lowers it to its --max-tokens-cap
+    relay.slow.set()
+    send(page, story)
     page.wait_for_function("""() => { const b = document.querySelectorAll('#messages .msg.assistant .text');
                                       return b.length === 3 && b[2].textContent.length > 0; }""")
     page.click("#stop")
     wait_idle(page)
-    cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 0, "downloadThroughput": -1,
-                                                  "uploadThroughput": -1})
+    relay.slow.clear()
     stopped = page.locator("#messages .msg.assistant").last
     assert stopped.locator(".note").text_content() == "durduruldu"
     kept = stopped.locator(".text").text_content()
     page.wait_for_timeout(300)
     assert stopped.locator(".text").text_content() == kept
 
-    # Regenerate after Stop, unthrottled: a complete reply replaces the partial one
-    page.fill("#max-tokens", "30")
+    # Regenerate after Stop: the conversation without the partial reply; greedy, so the full reply extends it
     page.click("#regenerate")
     wait_idle(page)
-    assert bodies[-1]["messages"][-1] == {"role": "user", "content": "Uzun bir hikâye anlat."}
-    assert len(bodies[-1]["messages"]) == 5 and len(assistant_texts(page)) == 3
+    assert bodies[-1]["messages"][-1] == {"role": "user", "content": story} and len(bodies[-1]["messages"]) == 5
+    full = assistant_texts(page)[-1]
+    assert len(assistant_texts(page)) == 3 and full.startswith(kept) and len(full) > len(kept), (kept, full)
+    assert page.locator("#messages .msg.assistant").last.locator(".note").count() == 0
 
-    # an error from the real server's envelope is shown in the page: a prompt over the 64-token context
+    # an error from the real server's envelope is shown in the page: a prompt over the 256-token context
     too_long = "Türkiye Cumhuriyeti'nin başkenti Ankara'dır. " * 40
     send(page, too_long)
     page.wait_for_selector("#error:not([hidden])")
     wait_idle(page)
-    assert "64" in page.text_content("#error"), page.text_content("#error")
+    assert "256" in page.text_content("#error"), page.text_content("#error")
     assert page.input_value("#input") == too_long and len(assistant_texts(page)) == 3
     page.fill("#input", "")
 

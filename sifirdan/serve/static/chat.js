@@ -301,6 +301,7 @@
       }
     } catch (e) {
       if (e.name === "AbortError") aborted = true;
+      else if (e instanceof TypeError) streamError = "Sunucuya ulaşılamadı: " + e.message; // fetch's network error
       else streamError = e.message || String(e);
     } finally {
       if (controller === mine) controller = null;
