@@ -35,8 +35,6 @@ guarantee), and prompts are grouped by length only to waste less padding; result
 
 from __future__ import annotations
 
-import hashlib
-import json
 import string
 import sys
 import unicodedata
@@ -95,7 +93,7 @@ def load_eval_data(source, template, tokenizer, field_map: Mapping[str, str] | N
     Bad records are a one-line ``UserError`` naming the record (or skipped and counted with ``skip_bad``);
     exact duplicates are dropped (as fine-tuning drops them); ``max_samples`` keeps the first N (file order).
     An empty result is an error."""
-    from sifirdan.data.instructions import ReadStats, read_records, to_conversation
+    from sifirdan.data.instructions import ReadStats, conversation_key, read_records, to_conversation
 
     template.stop_ids(tokenizer)  # a tokenizer without the template's tokens: the model's problem, said first
     stats = ReadStats()
@@ -118,7 +116,7 @@ def load_eval_data(source, template, tokenizer, field_map: Mapping[str, str] | N
             if len(out.bad_examples) < 3:
                 out.bad_examples.append(str(e))
             continue
-        key = hashlib.sha256(json.dumps(conv, ensure_ascii=False, sort_keys=True).encode("utf-8")).digest()
+        key = conversation_key(conv)
         if key in seen:
             out.duplicates += 1
             continue

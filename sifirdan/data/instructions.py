@@ -42,6 +42,17 @@ class ReadStats:
     duplicates: int = 0
     bad_examples: list[str] = field(default_factory=list)  # the first few skipped, for the report
 
+    def skip(self, error: UserError) -> None:
+        """Count a bad line or record skipped under --skip-bad (the first three messages are kept)."""
+        self.skipped_bad += 1
+        if len(self.bad_examples) < 3:
+            self.bad_examples.append(str(error))
+
+
+def conversation_key(conv) -> bytes:
+    """What makes two examples exact duplicates: the same messages, in the same order."""
+    return hashlib.sha256(json.dumps(conv, ensure_ascii=False, sort_keys=True).encode("utf-8")).digest()
+
 
 # ------------------------------------------------------------------------------------------------ reading
 def read_records(source: str | Path, skip_bad: bool = False, stats: ReadStats | None = None) -> list[dict]:
@@ -84,9 +95,7 @@ def _read_jsonl(path: Path, text: str, skip_bad: bool, stats: ReadStats) -> list
         except UserError as e:
             if not skip_bad:
                 raise
-            stats.skipped_bad += 1
-            if len(stats.bad_examples) < 3:
-                stats.bad_examples.append(str(e))
+            stats.skip(e)
             continue
         rec["_where"] = f"{path.name} line {n}"
         records.append(rec)
@@ -223,11 +232,9 @@ def to_conversations(records: Iterable[Mapping], field_map=None, skip_bad: bool 
         except UserError as e:
             if not skip_bad:
                 raise
-            stats.skipped_bad += 1
-            if len(stats.bad_examples) < 3:
-                stats.bad_examples.append(str(e))
+            stats.skip(e)
             continue
-        key = hashlib.sha256(json.dumps(conv, ensure_ascii=False, sort_keys=True).encode("utf-8")).digest()
+        key = conversation_key(conv)
         if key in seen:
             stats.duplicates += 1
             continue
