@@ -90,3 +90,86 @@ class Sampler:
         if self.seen is not None:
             self.seen.scatter_(1, nxt[:, None], True)
         return nxt
+
+
+class RowSampler:
+    """One row's sampling state when every row of a batch has its own settings (continuous batching).
+
+    The same steps as ``Sampler`` -- repetition penalty -> temperature -> top-k -> top-p -> one draw from the
+    row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
+    caller adds a choice index itself), so a row samples what ``Sampler`` samples for row 0 of a batch.
+    ``sample_rows`` runs the rows of a batch together.
+    """
+
+    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = ()):
+        self.config = config
+        self.vocab_size = vocab_size
+        self.generator: torch.Generator | None = None
+        if not config.greedy:
+            self.generator = torch.Generator(device=device)
+            if config.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(config.seed)
+        self.seen: torch.Tensor | None = None  # (V,) bool, only with a repetition penalty
+        if config.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            self.mark_seen(prompt_ids)
+
+    def mark_seen(self, ids) -> None:
+        if self.seen is not None and len(ids):
+            self.seen[torch.tensor(list(ids), device=self.seen.device)] = True
+
+
+def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
+    """logits (B, V) -> next ids (B,), row i with ``rows[i]``'s settings and generator.
+
+    Rows are filtered together where their settings allow (one top-k, one sort for top-p), and every step is
+    row-wise, so a row's result does not depend on the other rows.
+    """
+    V = rows[0].vocab_size
+    logits = logits[:, :V].float()
+    pen = [i for i, r in enumerate(rows) if r.seen is not None]
+    if pen:
+        logits = logits.clone()
+        for i in pen:
+            logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
+    nxt = logits.argmax(dim=-1)
+    sampled = [i for i, r in enumerate(rows) if not r.config.greedy]
+    if sampled:
+        sub = logits if len(sampled) == len(rows) else logits[sampled]
+        cfgs = [rows[i].config for i in sampled]
+        temps = torch.tensor([c.temperature for c in cfgs], dtype=sub.dtype, device=sub.device)[:, None]
+        sub = sub / temps
+        ks = [c.top_k if 0 < c.top_k < V else 0 for c in cfgs]
+        if any(ks):
+            top = torch.topk(sub, max(ks), dim=-1).values  # (b, kmax), largest first
+            kth = top.gather(1, torch.tensor([max(k, 1) - 1 for k in ks], device=sub.device)[:, None])
+            off = torch.tensor([k == 0 for k in ks], device=sub.device)[:, None]
+            kth = kth.masked_fill(off, float("-inf"))  # rows without top-k keep everything
+            sub = sub.masked_fill(sub < kth, float("-inf"))
+        ps = [c.top_p for c in cfgs]
+        if any(p < 1.0 for p in ps):
+            # top_p_filter with one p per row; rows at p = 1 (off) get p = inf: nothing is ever cut there
+            p = torch.tensor([q if q < 1.0 else float("inf") for q in ps], dtype=sub.dtype, device=sub.device)[:, None]
+            sorted_logits, order = torch.sort(sub, dim=-1, descending=True)
+            probs = F.softmax(sorted_logits, dim=-1)
+            mass_before = probs.cumsum(dim=-1) - probs
+            sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+            sub = torch.full_like(sub, float("-inf")).scatter(-1, order, sorted_logits)
+        probs = F.softmax(sub, dim=-1)
+        # torch.multinomial(p, 1) draws argmax(p / q) with q ~ Exp(1) (the Gumbel-max trick, PyTorch's own
+        # implementation for one sample): the same q from each row's generator, then one division and one
+        # argmax for all rows -- the same token as a multinomial call per row, without its per-call checks
+        q = torch.empty_like(probs)
+        for j, i in enumerate(sampled):
+            q[j].exponential_(1, generator=rows[i].generator)
+        draws = (probs / q).argmax(dim=-1)
+        if len(sampled) == len(rows):
+            nxt = draws
+        else:
+            nxt = nxt.clone()
+            nxt[torch.tensor(sampled, device=nxt.device)] = draws
+    for i in pen:
+        rows[i].seen[nxt[i]] = True
+    return nxt

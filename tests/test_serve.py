@@ -1,0 +1,731 @@
+"""`sifirdan serve`: continuous batching, the OpenAI API through the official `openai` client and raw httpx,
+the limits, and the CLI.
+
+Servers run in a thread of this process (uvicorn on a socket bound to 127.0.0.1 port 0, so no port race) and
+are always stopped by their fixture; one test starts the real `sifirdan serve` as a subprocess. Every wait has
+a deadline. Models are tiny (2 layers, 32 wide): one random, one trained for a second on Turkish text with a
+byte-level tokenizer, so that its answers are Turkish letters split over two tokens each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+uvicorn = pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from sifirdan.chat.template import DEFAULT_TEMPLATE  # noqa: E402
+from sifirdan.checkpoint import save_model  # noqa: E402
+from sifirdan.generate import Engine, GenerationConfig  # noqa: E402
+from sifirdan.generate.continuous import ContinuousBatcher, Row  # noqa: E402
+from sifirdan.model import GPT, GPTConfig  # noqa: E402
+from sifirdan.serve import ServerConfig, load_app  # noqa: E402
+from sifirdan.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = (
+    "Türkiye'nin başkenti Ankara'dır. Çiğdem ağaçların altında şarkı söylüyor. "
+    "Öğretmen, öğrencilere ışığın hızını anlattı. İstanbul'da güneşli bir gün, Iğdır'da yağmur.\n"
+) * 20
+TIMEOUT = 60  # seconds, for every client call
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; the server's worker thread takes this count too
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------------ models
+@pytest.fixture(scope="module")
+def tok():
+    return BPETokenizer.train(TEXT, vocab_size=300)
+
+
+def _random_model(tok, block_size=64, seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_embd=32, n_head=2, n_layer=2,
+                         dropout=0.0, init="pytorch")).eval()
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("chat")
+    save_model(d, _random_model(tok), tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
+    return d
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory, tok):
+    d = tmp_path_factory.mktemp("plain")
+    save_model(d, _random_model(tok, seed=1), tok)
+    return d
+
+
+@pytest.fixture(scope="module")
+def turkish_dir(tmp_path_factory):
+    """Byte tokens only (every Turkish letter is two tokens), trained ~150 steps on TEXT: greedy output is
+    Turkish text whose letters a careless stream would split."""
+    tok = BPETokenizer(special_tokens={name: 256 + i for i, name in enumerate(DEFAULT_SPECIAL_TOKENS)})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=48, n_head=2, n_layer=2, dropout=0.0))
+    data = torch.tensor(tok.encode(TEXT))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        ix = torch.randint(0, len(data) - 49, (16,))
+        x = torch.stack([data[i : i + 48] for i in ix])
+        y = torch.stack([data[i + 1 : i + 49] for i in ix])
+        _, loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    d = tmp_path_factory.mktemp("turkish")
+    save_model(d, model.eval(), tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
+    return d
+
+
+# ------------------------------------------------------------------------------------------------ servers
+@contextlib.contextmanager
+def serving(app):
+    """Run an app with uvicorn in a thread on a free loopback port; yield its base URL; always stop it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+        assert not thread.is_alive(), "the server did not stop"
+
+
+@contextlib.contextmanager
+def server_for(model_dir, **config):
+    app = load_app(str(model_dir), ServerConfig(**{"model_name": "tiny", **config}))
+    with serving(app) as url:
+        yield url, app.state
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_dir):
+    with server_for(chat_dir) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def turkish_server(turkish_dir):
+    with server_for(turkish_dir) as s:
+        yield s
+
+
+@pytest.fixture
+def client(chat_server):
+    url, _ = chat_server
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
+
+
+def slow_steps(state, seconds: float, record: list | None = None):
+    """Make each batch step take at least `seconds` (so a test can act while rows run); record running counts."""
+    sched = state.scheduler
+    inner = sched.batcher.step
+
+    def step():
+        t = time.monotonic()
+        res = inner()
+        if record is not None:
+            record.append(sched.batcher.running + sum(1 for ev in res.events if ev.finished))
+        time.sleep(max(0.0, seconds - (time.monotonic() - t)))
+        return res
+
+    sched.batcher.step = step
+    return lambda: setattr(sched.batcher, "step", inner)
+
+
+def sse_events(lines) -> list:
+    """SSE lines -> parsed data objects; '[DONE]' stays a string. Every event must be valid UTF-8 JSON alone."""
+    out = []
+    for line in lines:
+        if line.startswith("data: "):
+            data = line[len("data: "):]
+            out.append(data if data == "[DONE]" else json.loads(data))
+        else:
+            assert line == "", f"unexpected SSE line {line!r}"
+    return out
+
+
+def stream_raw(url, path, body, headers=None) -> list:
+    with httpx.stream("POST", url + path, json=body, headers=headers, timeout=TIMEOUT) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read()
+    return sse_events(raw.decode("utf-8").split("\n"))
+
+
+def assert_envelope(r, status, param=None):
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if param is not None:
+        assert body["error"]["param"] == param, body
+    return body["error"]
+
+
+# ================================================================================= continuous batching
+def test_batcher_rows_join_and_leave_and_match_engine_alone(tok):
+    """16 rows, each with its own settings and seed, joining every 3 steps into a batch of at most 6 (some cross
+    the 64-token context and are cropped + prefilled again): each gives exactly what Engine gives it alone."""
+    model = _random_model(tok, block_size=48)
+    engine = Engine(model, tok)
+    rng = random.Random(0)
+    prompts = [tok.encode(TEXT[rng.randrange(200):][: rng.randrange(1, 60)]) or [0] for _ in range(16)]
+    cfgs = [GenerationConfig(max_new_tokens=rng.randrange(5, 70), temperature=rng.choice([0, 0.8, 1.2]),
+                             top_k=rng.choice([0, 5]), top_p=rng.choice([1.0, 0.9]),
+                             repetition_penalty=rng.choice([1.0, 1.3]), seed=i, stop_token_ids=(),
+                             stop=rng.choice([(), ("a",)])) for i in range(16)]
+    alone = [engine.generate_ids(p, c) for p, c in zip(prompts, cfgs)]
+    batcher = ContinuousBatcher(engine, max_batch=6)
+    rows = [Row(p, c, tag=i) for i, (p, c) in enumerate(zip(prompts, cfgs))]
+    todo, steps, widest = list(rows), 0, 0
+    while todo or batcher.busy:
+        if todo and steps % 3 == 0:
+            batcher.add(todo.pop(0))
+        batcher.step()
+        widest = max(widest, batcher.running)
+        steps += 1
+        assert steps < 2000
+    assert widest == 6  # the batch really was shared
+    for r, a in zip(rows, alone):
+        res = r.result()
+        assert (res.token_ids, res.text, res.finish_reason) == (a.token_ids, a.text, a.finish_reason), r.tag
+    assert any(r.result().completion_tokens + len(r.prompt_ids) > 48 for r in rows)  # crops happened
+
+
+def test_batcher_cancel_frees_the_row_at_the_next_step(tok):
+    engine = Engine(_random_model(tok), tok)
+    batcher = ContinuousBatcher(engine, max_batch=2)
+    cfg = GenerationConfig(max_new_tokens=50, temperature=0.0, stop_token_ids=())
+    a, b, c = (Row(tok.encode(t), cfg, tag=t) for t in ("Ankara", "İstanbul", "Iğdır"))
+    for r in (a, b, c):
+        batcher.add(r)
+    first = batcher.step()
+    assert {r.tag for r in first.admitted} == {"Ankara", "İstanbul"} and batcher.queued == 1
+    a.cancel()
+    res = batcher.step()  # a leaves before this step computes anything; c takes its slot in the same step
+    assert a in res.dropped and all(ev.row is not a for ev in res.events)
+    assert res.admitted == [c] and batcher.running == 2 and batcher.queued == 0
+    n = a.seq.completion_tokens
+    batcher.step()
+    assert a.seq.completion_tokens == n == 1
+
+
+def test_batcher_new_row_gets_its_first_token_the_step_it_joins(tok):
+    engine = Engine(_random_model(tok), tok)
+    batcher = ContinuousBatcher(engine, max_batch=4)
+    cfg = GenerationConfig(max_new_tokens=30, temperature=0.0, stop_token_ids=())
+    long = Row(tok.encode("Öğretmen, öğrencilere ışığın hızını anlattı."), cfg)
+    batcher.add(long)
+    for _ in range(5):
+        batcher.step()
+    short = Row(tok.encode("Ankara"), GenerationConfig(max_new_tokens=3, temperature=0.0, stop_token_ids=()))
+    batcher.add(short)
+    res = batcher.step()
+    assert {id(ev.row) for ev in res.events} == {id(long), id(short)}
+    batcher.step()
+    res = batcher.step()
+    assert any(ev.row is short and ev.finished for ev in res.events)
+    assert batcher.running == 1  # the finished row left at once
+    assert short.result().token_ids == engine.generate_ids(short.prompt_ids, short.config).token_ids
+
+
+# ================================================================================= the openai client
+def test_openai_models_list_and_retrieve(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == ["tiny"]
+    m = client.models.retrieve("tiny")
+    assert m.id == "tiny" and m.object == "model"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_openai_chat_completion(client):
+    r = client.chat.completions.create(model="tiny", messages=[
+        {"role": "system", "content": "Kısa cevap ver."},
+        {"role": "user", "content": [{"type": "text", "text": "Türkiye'nin başkenti "}, {"type": "text", "text": "neresidir?"}]},
+    ], max_tokens=12, temperature=0.7, seed=3, frequency_penalty=0.0, user="someone")  # unknown fields ignored
+    assert r.object == "chat.completion" and r.model == "tiny" and r.id.startswith("chatcmpl-")
+    assert isinstance(r.created, int)
+    (choice,) = r.choices
+    assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+    assert choice.finish_reason in ("stop", "length")
+    assert r.usage.completion_tokens <= 12 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    again = client.chat.completions.create(model="tiny", messages=[
+        {"role": "system", "content": "Kısa cevap ver."},
+        {"role": "user", "content": "Türkiye'nin başkenti neresidir?"}], max_tokens=12, temperature=0.7, seed=3)
+    assert again.choices[0].message.content == choice.message.content  # seeded; text parts == the joined string
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_openai_chat_streaming(client, include_usage):
+    kw = {"stream_options": {"include_usage": True}} if include_usage else {}
+    messages = [{"role": "user", "content": "Merhaba, nasılsın?"}]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=15, seed=5, stream=True, **kw))
+    assert len({c.id for c in chunks}) == 1 and all(c.object == "chat.completion.chunk" for c in chunks)
+    body = [c for c in chunks if c.choices]
+    assert body[0].choices[0].delta.role == "assistant"
+    assert all(c.choices[0].finish_reason is None for c in body[:-1]) and body[-1].choices[0].finish_reason in ("stop", "length")
+    text = "".join(c.choices[0].delta.content or "" for c in body)
+    plain = client.chat.completions.create(model="tiny", messages=messages, max_tokens=15, seed=5)
+    assert text == plain.choices[0].message.content
+    if include_usage:
+        assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+        assert chunks[-1].usage.prompt_tokens == plain.usage.prompt_tokens
+        assert all(c.usage is None for c in chunks[:-1])
+    else:
+        assert all(c.choices for c in chunks) and all(getattr(c, "usage", None) is None for c in chunks)
+
+
+def test_openai_completions_plain_streaming_and_n(client):
+    r = client.completions.create(model="tiny", prompt="Türkiye'nin", max_tokens=8, seed=11, n=3, temperature=1.0)
+    assert r.object == "text_completion" and [c.index for c in r.choices] == [0, 1, 2]
+    assert all(c.finish_reason in ("stop", "length") for c in r.choices)
+    assert 3 <= r.usage.completion_tokens <= 24
+    # choice i samples with seed + i: choice 1 of seed 11 is choice 0 of seed 12
+    r12 = client.completions.create(model="tiny", prompt="Türkiye'nin", max_tokens=8, seed=12, temperature=1.0)
+    assert r12.choices[0].text == r.choices[1].text
+    chunks = list(client.completions.create(model="tiny", prompt="Türkiye'nin", max_tokens=8, seed=11, stream=True,
+                                            stream_options={"include_usage": True}))
+    assert len({c.id for c in chunks}) == 1
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens <= 8
+
+
+def test_openai_errors_are_the_clients_exception_types(client, chat_server, plain_dir):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert "gpt-4o" in e.value.message and e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="x", temperature=-1)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="tiny", prompt="Ankara " * 200)
+    assert "64 tokens" in e.value.message and e.value.body["code"] == "context_length_exceeded"
+    with server_for(plain_dir) as (url, _):
+        plain = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
+        with pytest.raises(openai.BadRequestError) as e:
+            plain.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Merhaba"}])
+        assert "not fine-tuned" in e.value.message
+        assert plain.completions.create(model="tiny", prompt="Merhaba", max_tokens=4).choices[0].finish_reason
+
+
+def test_openai_authentication_error(chat_dir):
+    with server_for(chat_dir, api_key="s3cret-key") as (url, _):
+        bad = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0, timeout=TIMEOUT)
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        good = openai.OpenAI(base_url=url + "/v1", api_key="s3cret-key", max_retries=0, timeout=TIMEOUT)
+        assert good.models.list().data[0].id == "tiny"
+        for headers in ({}, {"Authorization": "Bearer s3cret-ke"}, {"Authorization": "Basic s3cret-key"},
+                        {"Authorization": "Bearer s3cret-keyy"}):
+            r = httpx.post(url + "/v1/completions", json={"prompt": "x"}, headers=headers, timeout=TIMEOUT)
+            err = assert_envelope(r, 401)
+            assert err["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+        assert httpx.get(url + "/health", timeout=TIMEOUT).status_code == 200  # probes need no key
+
+
+# ================================================================================= raw HTTP: shapes and limits
+def test_chat_chunk_shapes(chat_server):
+    url, _ = chat_server
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Merhaba"}], "max_tokens": 10, "seed": 1,
+            "stream": True, "n": 2}
+    events = stream_raw(url, "/v1/chat/completions", body)
+    assert events[-1] == "[DONE]" and "[DONE]" not in events[:-1]
+    chunks = events[:-1]
+    assert len({c["id"] for c in chunks}) == 1 and len({c["created"] for c in chunks}) == 1
+    for c in chunks:
+        assert c["object"] == "chat.completion.chunk" and c["model"] == "tiny" and "usage" not in c
+        assert len(c["choices"]) == 1
+    for i in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == i]
+        assert mine[0]["delta"]["role"] == "assistant"
+        assert all("role" not in ch["delta"] for ch in mine[1:])
+        assert [ch["finish_reason"] is not None for ch in mine] == [False] * (len(mine) - 1) + [True]
+        assert mine[-1]["delta"] == {}
+    body["stream_options"] = {"include_usage": True}
+    events = stream_raw(url, "/v1/chat/completions", body)
+    *chunks, usage_chunk, done = events
+    assert done == "[DONE]" and usage_chunk["choices"] == [] and all(c["usage"] is None for c in chunks)
+    u = usage_chunk["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] <= 20
+
+
+def test_completion_chunk_shapes(chat_server):
+    url, _ = chat_server
+    events = stream_raw(url, "/v1/completions", {"prompt": ["Ankara", "İzmir"], "max_tokens": 6, "stream": True})
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert len({c["id"] for c in chunks}) == 1 and all(c["object"] == "text_completion" for c in chunks)
+    finals = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert sorted(ch["index"] for ch in finals) == [0, 1]  # one choice per prompt, each finished once
+
+
+def test_streamed_turkish_is_never_split(turkish_server):
+    """Every Turkish letter of this model's output is two byte tokens: the stream sends whole characters
+    (no U+FFFD halves), and its pieces join to exactly the non-streamed text."""
+    url, _ = turkish_server
+    for prompt in ("Öğretmen, öğrencilere ", "İstanbul'da güneşli "):
+        body = {"prompt": prompt, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+        full = httpx.post(url + "/v1/completions", json=body, timeout=TIMEOUT).json()["choices"][0]["text"]
+        assert re.search(r"[çğıöşüÇĞİÖŞÜ]", full) and "\ufffd" not in full, full
+        pieces = [c["choices"][0]["text"] for c in stream_raw(url, "/v1/completions", {**body, "stream": True})[:-1]]
+        assert "".join(pieces) == full
+        assert all("\ufffd" not in p for p in pieces)
+        assert sum(1 for p in pieces if p) > 10  # it really streamed piece by piece
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": "Merhaba"}, "messages"),
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": True}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "top_p": 1.5}, "top_p"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": [1, 2]}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "seed": -1}, "seed"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": 1}}, "include_usage"),
+    ({"messages": [{"role": "user", "content": "x"}], "model": 3}, "model"),
+    ({"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}, None),
+    ({"messages": [{"role": "user", "content": "Ankara " * 300}]}, "messages"),
+])
+def test_bad_chat_fields_are_400_naming_the_field(chat_server, body, param):
+    url, _ = chat_server
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=TIMEOUT)
+    err = assert_envelope(r, 400, param)
+    assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({}, "prompt"), ({"prompt": 5}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, "a"]}, "prompt"),
+    ({"prompt": [[1, 2], []]}, "prompt"), ({"prompt": [10**9]}, None), ({"prompt": "x", "top_k": -2}, "top_k"),
+    ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"), ({"prompt": "x", "ignore_eos": "no"}, "ignore_eos"),
+])
+def test_bad_completion_fields_are_400(chat_server, body, param):
+    url, _ = chat_server
+    assert_envelope(httpx.post(url + "/v1/completions", json=body, timeout=TIMEOUT), 400, param)
+
+
+def test_malformed_bodies_and_routes(chat_server):
+    url, _ = chat_server
+    post = lambda content, **h: httpx.post(url + "/v1/chat/completions", content=content,  # noqa: E731
+                                           headers={"content-type": "application/json", **h}, timeout=TIMEOUT)
+    for content in (b"{", b"[1, 2]", b'"text"', b"\xff\xfe{}", b'{"messages": NaN}', b"[" * 100_000 + b"]" * 100_000):
+        err = assert_envelope(post(content), 400)
+        assert err["code"] == "invalid_json"
+    big = b'{"prompt": "' + b"a" * (1 << 20) + b'"}'
+    assert_envelope(httpx.post(url + "/v1/completions", content=big, headers={"content-type": "application/json"},
+                               timeout=TIMEOUT), 413)
+
+    def chunked():  # no Content-Length: the limit holds while reading
+        yield b'{"prompt": "'
+        for _ in range(20):
+            yield b"a" * 65536
+        yield b'"}'
+    assert_envelope(httpx.post(url + "/v1/completions", content=chunked(), headers={"content-type": "application/json"},
+                               timeout=TIMEOUT), 413)
+    # a form post, as a page elsewhere could send without asking: refused
+    r = httpx.post(url + "/v1/completions", content=b'{"prompt": "x"}', headers={"content-type": "text/plain"}, timeout=TIMEOUT)
+    assert_envelope(r, 415)
+    assert_envelope(httpx.get(url + "/v1/nothing", timeout=TIMEOUT), 404)
+    assert_envelope(httpx.get(url + "/v1/completions", timeout=TIMEOUT), 405)
+    assert_envelope(httpx.post(url + "/v1/completions", json={"model": "nope", "prompt": "x"}, timeout=TIMEOUT), 404, "model")
+    # DNS rebinding: a name that is not this machine
+    r = httpx.get(url + "/v1/models", headers={"host": "evil.example:80"}, timeout=TIMEOUT)
+    assert_envelope(r, 400)
+
+
+def test_no_request_reaches_a_file(chat_server):
+    url, _ = chat_server
+    for path in ("/static/../app.py", "/static/..%2fapp.py", "/static/chat.html", "/static/%2e%2e/errors.py",
+                 "/static/x/../../app.py", "/static//etc/passwd", "/../../etc/passwd"):
+        r = httpx.get(url + path, timeout=TIMEOUT)
+        assert r.status_code == 404 and "root:" not in r.text and "import" not in r.text, path
+    r = httpx.post(url + "/v1/completions", json={"model": "/etc/passwd", "prompt": "x"}, timeout=TIMEOUT)
+    assert_envelope(r, 404, "model")
+    r = httpx.post(url + "/v1/completions", json={"prompt": "/etc/passwd", "max_tokens": 3}, timeout=TIMEOUT)
+    assert r.status_code == 200 and "root:" not in r.text  # a prompt is text, nothing more
+
+
+def test_page_and_static_files(chat_server, monkeypatch):
+    url, _ = chat_server
+    r = httpx.get(url + "/", timeout=TIMEOUT)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert r.headers["x-content-type-options"] == "nosniff"
+    for name, kind in (("chat.js", "text/javascript"), ("chat.css", "text/css")):
+        r = httpx.get(url + "/static/" + name, timeout=TIMEOUT)
+        if r.status_code == 200:
+            assert r.headers["content-type"].startswith(kind)
+        else:
+            assert_envelope(r, 404)  # the page engineer's file is not there (yet)
+    from sifirdan.serve import app as app_module
+
+    monkeypatch.setattr(app_module, "_resource", lambda name: None)
+    r = httpx.get(url + "/", timeout=TIMEOUT)
+    assert r.status_code == 200 and "missing" in r.text and "content-security-policy" in r.headers
+
+
+def test_max_tokens_is_capped(chat_dir):
+    with server_for(chat_dir, max_tokens_cap=5) as (url, _):
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Ankara", "max_tokens": 500, "ignore_eos": True},
+                       timeout=TIMEOUT).json()
+        assert r["usage"]["completion_tokens"] == 5 and r["choices"][0]["finish_reason"] == "length"
+
+
+def test_stop_strings_and_finish_reason(turkish_server):
+    url, _ = turkish_server
+    body = {"prompt": "Öğretmen, öğrencilere ", "max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    full = httpx.post(url + "/v1/completions", json=body, timeout=TIMEOUT).json()["choices"][0]["text"]
+    stop = full[10:13]
+    r = httpx.post(url + "/v1/completions", json={**body, "stop": stop}, timeout=TIMEOUT).json()
+    assert r["choices"][0]["text"] == full[: full.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+
+
+# ================================================================================= batching through HTTP
+def test_seeded_request_alone_equals_among_15_others(chat_server):
+    url, state = chat_server
+    mine = {"model": "tiny", "messages": [{"role": "user", "content": "Türkiye'nin başkenti neresidir?"}],
+            "max_tokens": 30, "temperature": 0.9, "top_p": 0.95, "seed": 1234, "ignore_eos": True}
+    alone = httpx.post(url + "/v1/chat/completions", json=mine, timeout=TIMEOUT).json()["choices"][0]["message"]["content"]
+    rng = random.Random(0)
+    others = [{"model": "tiny", "messages": [{"role": "user", "content": rng.choice(["Merhaba", "Ankara nerede?", "Iğdır"]) * rng.randint(1, 3)}],
+               "max_tokens": rng.randint(5, 40), "temperature": rng.choice([0, 0.5, 1.3]), "top_k": rng.choice([0, 7]),
+               "repetition_penalty": rng.choice([1.0, 1.2]), "seed": rng.randint(0, 10**6), "stream": rng.random() < 0.5}
+              for _ in range(15)]
+    counts: list[int] = []
+    restore = slow_steps(state, 0.003, counts)  # steps long enough that all 16 overlap
+
+    async def run():
+        async with httpx.AsyncClient(timeout=TIMEOUT) as c:
+            async def one(body):
+                if body.get("stream"):
+                    text = []
+                    async with c.stream("POST", url + "/v1/chat/completions", json=body) as r:
+                        assert r.status_code == 200
+                        async for line in r.aiter_lines():
+                            if line.startswith("data: {"):
+                                ch = json.loads(line[6:])["choices"]
+                                text += [ch[0]["delta"].get("content") or ""] if ch else []
+                    return "".join(text)
+                r = await c.post(url + "/v1/chat/completions", json=body)
+                assert r.status_code == 200, r.text
+                return r.json()["choices"][0]["message"]["content"]
+            bodies = others[:7] + [mine] + others[7:]
+            return await asyncio.gather(*(one(b) for b in bodies))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        restore()
+    assert results[7] == alone
+    assert max(counts) >= 8, counts  # it really ran inside a shared batch
+
+
+def test_disconnect_frees_the_row(chat_server):
+    url, state = chat_server
+    sched = state.scheduler
+    restore = slow_steps(state, 0.01)
+    try:
+        body = {"prompt": "Ankara", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=TIMEOUT) as r:
+            lines = r.iter_lines()
+            got = 0
+            for line in lines:
+                got += line.startswith("data: ")
+                if got >= 3:
+                    break
+            assert sched.running == 1
+            steps_at_close = sched.steps
+        # the response is closed: the server sees the client go and the row leaves before the next step
+        deadline = time.monotonic() + 10
+        while sched.running:
+            assert time.monotonic() < deadline, "the row was never freed"
+            time.sleep(0.005)
+        assert sched.steps - steps_at_close <= 3  # 10 ms steps: freed within a step or so of the close
+        assert sched.queued == 0
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=TIMEOUT)
+        assert r.status_code == 200  # and the server goes on
+    finally:
+        restore()
+
+
+def test_non_streaming_disconnect_frees_the_row(chat_server):
+    url, state = chat_server
+    sched = state.scheduler
+    restore = slow_steps(state, 0.01)
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/completions", json={"prompt": "Ankara", "max_tokens": 1000, "ignore_eos": True},
+                       timeout=httpx.Timeout(TIMEOUT, read=0.3))
+        deadline = time.monotonic() + 10
+        while sched.running:
+            assert time.monotonic() < deadline, "the row was never freed"
+            time.sleep(0.01)
+    finally:
+        restore()
+
+
+def test_full_queue_answers_429_with_retry_after(chat_dir):
+    with server_for(chat_dir, max_batch=1, max_queue=1) as (url, state):
+        restore = slow_steps(state, 0.01)
+        body = {"prompt": "Ankara", "max_tokens": 1000, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=TIMEOUT) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator would close the response
+            next(lines)  # running
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=TIMEOUT) as second:
+                deadline = time.monotonic() + 10
+                while state.scheduler.queued < 1:  # waiting for the one row
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                r = httpx.post(url + "/v1/completions", json={"prompt": "x"}, timeout=TIMEOUT)
+                err = assert_envelope(r, 429)
+                assert r.headers["retry-after"] == "1" and err["code"] == "server_busy"
+                c = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=TIMEOUT)
+                with pytest.raises(openai.RateLimitError):
+                    c.completions.create(model="tiny", prompt="x")
+                assert second.status_code == 200
+        deadline = time.monotonic() + 10
+        while state.scheduler.running or state.scheduler.queued:
+            assert time.monotonic() < deadline, state.scheduler.stats()
+            time.sleep(0.01)
+        restore()
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=TIMEOUT)
+        assert r.status_code == 200
+
+
+def test_a_failed_step_is_a_500_and_the_server_goes_on(chat_dir):
+    with server_for(chat_dir) as (url, state):
+        sched = state.scheduler
+        inner = sched.batcher.step
+
+        def broken():
+            sched.batcher.step = inner  # fail once
+            raise RuntimeError("simulated failure")
+
+        sched.batcher.step = broken
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=TIMEOUT)
+        err = assert_envelope(r, 500)
+        assert "simulated failure" in err["message"]
+        r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=TIMEOUT)
+        assert r.status_code == 200 and sched.queued == 0
+
+
+# ================================================================================= the CLI
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serve_subprocess(chat_dir, tmp_path, sig):
+    """The real `sifirdan serve`: --port 0 prints the URL, --api-key is enforced, Ctrl-C (or SIGTERM) stops it
+    cleanly: exit code 0, "server stopped", no traceback."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SIFIRDAN_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, "-m", "sifirdan", "serve", "--model", str(chat_dir), "--port", "0",
+                             "--api-key", "k3y", "--threads", "1", "--max-batch", "4"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    try:
+        line = _readline(proc, 90)
+        m = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+        assert m, line
+        url = m.group(1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert httpx.get(url + "/v1/models", timeout=TIMEOUT).status_code == 401
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k3y", max_retries=0, timeout=TIMEOUT)
+        assert c.models.list().data[0].id == chat_dir.name
+        r = c.chat.completions.create(model=chat_dir.name, messages=[{"role": "user", "content": "Merhaba"}], max_tokens=4)
+        assert r.choices[0].finish_reason in ("stop", "length")
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, out
+        assert "server stopped" in out and "Traceback" not in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _readline(proc, timeout):
+    box = []
+    t = threading.Thread(target=lambda: box.append(proc.stdout.readline()), daemon=True)
+    t.start()
+    t.join(timeout)
+    assert box, "sifirdan serve printed nothing"
+    return box[0]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--port", "http"], "--port must be an integer"),
+    (["--max-batch", "0"], "--max-batch must be from 1"),
+    (["--max-tokens-cap", "-3"], "--max-tokens-cap must be from 1"),
+    (["--api-key", " "], "--api-key"),
+])
+def test_cli_bad_flags_are_one_line(chat_dir, argv, needle, capsys):
+    from sifirdan.cli import main
+
+    assert main(["serve", "--model", str(chat_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_cli_port_in_use_and_missing_model(chat_dir, tmp_path, capsys):
+    from sifirdan.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        assert main(["serve", "--model", str(chat_dir), "--port", str(port)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "cannot listen" in err and "--port" in err and len(err.splitlines()) == 1
+    assert main(["serve", "--model", str(tmp_path / "none")]) == 2
+    assert "does not exist" in capsys.readouterr().err
