@@ -405,10 +405,11 @@ def test_streamed_turkish_is_never_split(turkish_server):
     for prompt in ("Öğretmen, öğrencilere ", "İstanbul'da güneşli "):
         body = {"prompt": prompt, "max_tokens": 40, "temperature": 0, "ignore_eos": True}
         full = httpx.post(url + "/v1/completions", json=body, timeout=TIMEOUT).json()["choices"][0]["text"]
-        assert re.search(r"[çğıöşüÇĞİÖŞÜ]", full) and "\ufffd" not in full, full
+        # (max_tokens may cut the last letter in half: like tokenizer.decode, the end is then one U+FFFD)
+        assert re.search(r"[çğıöşüÇĞİÖŞÜ]", full) and "\ufffd" not in full[:-1], full
         pieces = [c["choices"][0]["text"] for c in stream_raw(url, "/v1/completions", {**body, "stream": True})[:-1]]
         assert "".join(pieces) == full
-        assert all("\ufffd" not in p for p in pieces)
+        assert all("\ufffd" not in p for p in pieces[:-2])  # the last two: the final text and the finish chunk
         assert sum(1 for p in pieces if p) > 10  # it really streamed piece by piece
 
 
