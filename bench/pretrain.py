@@ -329,6 +329,9 @@ RECIPES = {
     "d-wd1.5": dict(preset=None, vocab=None, model={}, train={"weight_decay": 1.5}),
     "d-wd1.0-min0-h2": dict(preset=None, vocab=None, model={"n_head": 2},
                             train={"weight_decay": 1.0, "min_lr_ratio": 0.0}),
+    # the LM head lost its bias by default (GPT-2's head, so the default model exports to transformers): the
+    # defaults against the defaults with the head bias back
+    "d-head-bias": dict(preset=None, vocab=None, model={"lm_head_bias": True}, train={}),
 }
 
 
@@ -479,7 +482,7 @@ def _describe(r: dict) -> str:
 
         m, t = GPTConfig(), TrainConfig()
         return (f"sifirdan defaults: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
-                f"{'tied' if m.tie_weights else 'untied'} embeddings, dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
+                f"{'tied' if m.tie_weights else 'untied'} embeddings, LM-head bias {'on' if m.lm_head_bias else 'off'}, dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
                 f"(warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x), AdamW {t.beta1}/{t.beta2} wd {t.weight_decay}, "
                 f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}"
                 + "".join(f"; {k}={v}" for k, v in {**r.get("model", {}), **r.get("train", {})}.items()))

@@ -345,7 +345,14 @@ def read_config(directory: str | os.PathLike) -> dict:
     fp = meta.get("tokenizer_fingerprint")
     if fp is not None and not isinstance(fp, str):
         raise UserError(f"{path}: tokenizer_fingerprint must be a string, got {fp!r}; restore the original {CONFIG_FILE}")
+    meta["model"] = _upgrade_model_config(meta["model"])  # an older checkpoint loads as it was saved
     return meta
+
+
+def _upgrade_model_config(d: dict) -> dict:
+    from sifirdan.model import GPTConfig
+
+    return GPTConfig.upgrade_saved(d)
 
 
 def model_config(meta: dict, directory: Path):
@@ -400,6 +407,7 @@ def check_loadable(directory: str | os.PathLike, meta: dict | None = None, devic
     if saved_arch is not None:
         arch = parse_json(saved_arch, f"{path} metadata", _CORRUPT)
         if isinstance(arch, dict):
+            arch = _upgrade_model_config(arch)
             mine = config.to_dict()
             changed = sorted(k for k in set(arch) | set(mine) if k not in RUNTIME_FIELDS and arch.get(k, "<unset>") != mine.get(k, "<unset>"))
             if changed:

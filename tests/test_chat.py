@@ -36,7 +36,7 @@ def tok():
 def _model(tok, block_size=64):
     torch.manual_seed(0)
     return GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_embd=32, n_head=2, n_layer=2,
-                         init="pytorch", tie_weights=False))
+                         init="pytorch", tie_weights=False, lm_head_bias=True))
 
 
 FT = {"chat_template": DEFAULT_TEMPLATE.to_dict()}

@@ -47,12 +47,12 @@ def test_round_trip_identical_logits(tmp_path, tok, tie):
 def test_run_dir_prefers_best(tmp_path, tok):
     a, b = tiny(tok.vocab_size), tiny(tok.vocab_size)
     with torch.no_grad():
-        b.lm_head.bias.fill_(1.0)
+        b.ln_f.bias.fill_(1.0)
     ckpt.save_model(tmp_path / "run" / "last", a, tok)
     assert ckpt.resolve_checkpoint_dir(tmp_path / "run") == tmp_path / "run" / "last"
     ckpt.save_model(tmp_path / "run" / "best", b, tok)
     model, _ = sifirdan.load_model(tmp_path / "run")
-    assert torch.all(model.lm_head.bias == 1.0)
+    assert torch.all(model.ln_f.bias == 1.0)
 
 
 def test_trainer_state_without_pickle(tmp_path, tok):
@@ -131,10 +131,46 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(ckpt, "open", full_disk, raising=False)
     new = tiny(tok.vocab_size)
     with torch.no_grad():
-        new.lm_head.bias.fill_(5.0)
+        new.ln_f.bias.fill_(5.0)
     with pytest.raises(OSError):
         ckpt.save_model(tmp_path / "run" / "last", new, tok)
     monkeypatch.undo()
     model, _ = sifirdan.load_model(tmp_path / "run")
-    assert torch.equal(model.lm_head.bias, old.lm_head.bias)
+    assert torch.equal(model.ln_f.bias, old.ln_f.bias)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last"]  # no temporary leftovers
+
+
+def _as_saved_before_lm_head_bias(ck) -> None:
+    """Rewrite a checkpoint as sifirdan wrote it before ``lm_head_bias`` was a field: no such key in
+    config.json nor in the weights' architecture record (the checksums made to fit)."""
+    from safetensors.torch import load, save
+
+    raw = (ck / "model.safetensors").read_bytes()
+    _, metadata = ckpt.read_safetensors_header(ck / "model.safetensors")
+    arch = json.loads(metadata[ckpt.ARCH_KEY])
+    del arch["lm_head_bias"]
+    data = save(load(raw), metadata={**metadata, ckpt.ARCH_KEY: json.dumps(arch, sort_keys=True)})
+    (ck / "model.safetensors").write_bytes(data)
+    meta = json.loads((ck / "config.json").read_text())
+    del meta["model"]["lm_head_bias"]
+    meta["sha256"]["model.safetensors"] = ckpt._sha256(data)
+    (ck / "config.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_checkpoints_from_before_lm_head_bias_load_as_they_were_saved(tmp_path, tok, bias):
+    # then the LM head had a bias exactly when the other layers did
+    torch.manual_seed(0)
+    old = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=32, n_head=2, n_layer=2, bias=bias,
+                        lm_head_bias=bias, init="pytorch")).eval()
+    ckpt.save_model(tmp_path / "ck", old, tok)
+    _as_saved_before_lm_head_bias(tmp_path / "ck")
+    assert "lm_head_bias" not in json.loads((tmp_path / "ck" / "config.json").read_text())["model"]
+    loaded, _ = sifirdan.load_model(tmp_path / "ck")
+    assert loaded.config.lm_head_bias is bias and (loaded.lm_head.bias is not None) is bias
+    x = torch.randint(0, tok.vocab_size, (2, 16))
+    assert torch.equal(old(x)[0], loaded(x)[0])
+    assert ckpt.read_config(tmp_path / "ck")["model"]["lm_head_bias"] is bias  # what a resumed run is built from
+    # saving it again writes the field: the next load needs no guess
+    ckpt.save_model(tmp_path / "again", loaded, tok)
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["model"]["lm_head_bias"] is bias

@@ -57,7 +57,7 @@ def tok():
 def tiny_model(tok, winner: int | None = None, seed: int = 0, **kw) -> GPT:
     """A random GPT; with ``winner``, its LM head bias makes that id the argmax at every step."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2, **kw))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2, lm_head_bias=True, **kw))
     if winner is not None:
         with torch.no_grad():
             model.lm_head.bias.zero_()

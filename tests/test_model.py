@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sifirdan.errors import UserError
-from sifirdan.model import GPT, IGNORE_INDEX, GPTConfig, KVCache
+from sifirdan.model import GPT, IGNORE_INDEX, MODEL_PRESETS, GPTConfig, KVCache
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -104,7 +104,7 @@ def test_our_model_computes_the_guides_function():
     torch.manual_seed(0)
     gc = GuideConfig(vocab_size=61, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
     ref = GuideGPT(gc).eval()
-    ours = GPT(tiny(attention="explicit", tie_weights=False)).eval()  # the guide's head is its own matrix
+    ours = GPT(tiny(attention="explicit", tie_weights=False, lm_head_bias=True)).eval()  # the guide's head: its own Linear
     sd = {
         "embeddings.token_embedding.weight": ref.token_embedding.weight,
         "embeddings.position_embedding.weight": ref.position_embedding.weight,
@@ -272,3 +272,14 @@ def test_the_engine_generates_what_the_guides_loop_generates():
             naive = model.generate(torch.tensor([ids]), 20, temperature=0.9, top_k=8)[0, len(ids):].tolist()
             cfg = GenerationConfig(max_new_tokens=20, temperature=0.9, top_k=8, seed=seed, stop_token_ids=())
             assert engine.generate_ids(ids, cfg).token_ids == naive, (prompt, seed)
+
+
+def test_lm_head_bias_is_its_own_field():
+    # GPT-2's head by default (no bias: `sifirdan export hf` writes it as a GPT2LMHeadModel); the guide's presets
+    # keep the guide's nn.Linear head with its bias; bias=False still removes the others
+    assert GPT(tiny()).lm_head.bias is None and GPT(tiny()).ln_f.bias is not None
+    for preset in MODEL_PRESETS:
+        assert GPTConfig.from_preset(preset).lm_head_bias is True
+    assert GPT(tiny(lm_head_bias=True)).lm_head.bias.shape == (61,)
+    names = [n for n, _ in GPT(tiny(bias=False, lm_head_bias=True)).named_parameters() if n.endswith("bias")]
+    assert names == ["lm_head.bias"]

@@ -16,7 +16,7 @@ from sifirdan.errors import UserError
 from sifirdan.fileio import DISK_ERRNOS, os_reason
 
 # subcommand modules, in the order ``--help`` lists them (the guide's order)
-COMMANDS = ["tokenizer", "params", "pretrain", "finetune", "template", "eval", "eval_instruct", "generate", "chat", "serve", "attention"]
+COMMANDS = ["tokenizer", "params", "pretrain", "finetune", "template", "eval", "eval_instruct", "generate", "chat", "serve", "interop", "attention"]
 
 
 class Parser(argparse.ArgumentParser):

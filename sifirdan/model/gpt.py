@@ -31,7 +31,7 @@ class GPT(nn.Module):
         self.embeddings = Embeddings(config)  # 1. token + position embeddings
         self.blocks = nn.ModuleList([TransformerBlock(config, i) for i in range(config.n_layer)])  # 2. N blocks
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)  # 3. final LayerNorm
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)  # 4. LM head
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)  # 4. LM head
         if config.tie_weights:
             self.lm_head.weight = self.embeddings.token_embedding.weight
         self._init_weights()

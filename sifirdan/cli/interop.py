@@ -1,0 +1,61 @@
+"""``sifirdan export hf`` and ``sifirdan import hf``: to and from Hugging Face transformers (a GPT-2 directory).
+
+    sifirdan export hf --model runs/nutuk --out hf/nutuk      # AutoModelForCausalLM.from_pretrained("hf/nutuk")
+    sifirdan import hf --from hf/some-gpt2 --out runs/gpt2   # then generate / chat / eval / finetune --model runs/gpt2
+
+Both work offline (nothing is downloaded) and never load a pickle; see ``sifirdan/interop/``.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    exp = subparsers.add_parser("export", help="export a model for other tools (hf: a transformers GPT-2 directory)")
+    exp_sub = exp.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
+    hf = exp_sub.add_parser(
+        "hf", help="a directory transformers loads as GPT2LMHeadModel + its tokenizer",
+        description="Write a checkpoint as a Hugging Face transformers GPT-2 directory (config.json, model.safetensors, "
+        "tokenizer.json, tokenizer_config.json with the chat template of a fine-tuned model, generation_config.json) "
+        "that AutoModelForCausalLM and AutoTokenizer load offline with no custom code. A model GPT-2 cannot compute "
+        "exactly (an LM-head bias) is refused.")
+    hf.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
+    hf.add_argument("--out", required=True, metavar="DIR", help="the export directory (new, empty, or an earlier export)")
+    hf.set_defaults(func=cmd_export)
+
+    imp = subparsers.add_parser("import", help="import a model from other tools (hf: a local transformers GPT-2)")
+    imp_sub = imp.add_subparsers(dest="import_format", metavar="FORMAT", required=True)
+    hf = imp_sub.add_parser(
+        "hf", help="a local transformers GPT-2 directory with a byte-level BPE tokenizer.json",
+        description="Turn a local Hugging Face GPT-2 directory (config.json, model.safetensors, tokenizer.json) into a "
+        "sifirdan checkpoint that generate, chat, eval and finetune accept. Only safetensors are read; options "
+        "sifirdan cannot compute exactly (gelu_new, scale_attn_by_inverse_layer_idx, ...) are refused.")
+    hf.add_argument("--from", dest="source", required=True, metavar="DIR", help="the transformers model directory")
+    hf.add_argument("--out", required=True, metavar="DIR", help="the checkpoint directory to write (new or empty)")
+    hf.set_defaults(func=cmd_import)
+
+
+def cmd_export(args) -> int:
+    from sifirdan.interop import export_hf
+
+    report = export_hf(args.model, args.out)
+    for note in report.notes:
+        print(f"note: {note}")
+    c = report.config
+    print(f"exported {args.model} -> {report.path} (GPT2LMHeadModel: {c.n_layer} layers, n_embd {c.n_embd}, "
+          f"{c.n_head} heads, context {c.block_size}, vocab {c.vocab_size}, "
+          f"{'tied' if c.tie_weights else 'untied'} embeddings)")
+    print(f"load it with: AutoModelForCausalLM.from_pretrained({str(report.path)!r}) and "
+          f"AutoTokenizer.from_pretrained({str(report.path)!r})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from sifirdan.interop import import_hf
+
+    report = import_hf(args.source, args.out)
+    for note in report.notes:
+        print(f"note: {note}")
+    c = report.config
+    print(f"imported {args.source} -> {report.path} ({c.n_layer} layers, n_embd {c.n_embd}, {c.n_head} heads, "
+          f"context {c.block_size}, vocab {c.vocab_size}); try: sifirdan generate --model {report.path}")
+    return 0

@@ -1,0 +1,252 @@
+"""sifirdan's GPT and Hugging Face's GPT-2 (``GPT2LMHeadModel``): the same function under other names.
+
+Both are pre-LN decoder-only transformers with learned positions, one fused q|k|v projection (heads contiguous,
+scaled by 1/sqrt(head_size)), a 4x feed-forward network and LayerNorm eps 1e-5. Tensor by tensor:
+
+    sifirdan                                  GPT-2 (transformers)                      orientation
+    embeddings.token_embedding.weight         transformer.wte.weight                    as is
+    embeddings.position_embedding.weight      transformer.wpe.weight                    as is
+    blocks.{i}.ln1.weight / .bias             transformer.h.{i}.ln_1.weight / .bias     as is
+    blocks.{i}.attention.qkv.weight / .bias   transformer.h.{i}.attn.c_attn.weight / .bias   weight transposed
+    blocks.{i}.attention.proj.weight / .bias  transformer.h.{i}.attn.c_proj.weight / .bias   weight transposed
+    blocks.{i}.ln2.weight / .bias             transformer.h.{i}.ln_2.weight / .bias     as is
+    blocks.{i}.feed_forward.fc.weight / .bias transformer.h.{i}.mlp.c_fc.weight / .bias      weight transposed
+    blocks.{i}.feed_forward.proj.weight/.bias transformer.h.{i}.mlp.c_proj.weight / .bias    weight transposed
+    ln_f.weight / .bias                       transformer.ln_f.weight / .bias           as is
+    lm_head.weight                            lm_head.weight                            as is (absent when tied)
+
+"Transposed": GPT-2's ``Conv1D`` computes ``x @ W + b`` with W of shape (in, out); ``nn.Linear`` computes
+``x @ W.T + b`` with W of shape (out, in). A transpose is exact, so the mapping is lossless both ways.
+
+What GPT-2 cannot express, and what happens to it (``export_problem`` / ``import_problem`` name the option):
+
+* ``lm_head_bias`` (the guide presets' LM head): GPT-2's head has no bias. Refused, unless every entry of the
+  bias is exactly 0 (then dropping it changes nothing).
+* ``bias=False`` (no biases in the blocks, LayerNorms and ln_f): exported as biases of exact zeros, which
+  compute the same function (``x @ W + 0 == x @ W``, a LayerNorm with a zero bias is one without).
+* ``dropout`` is training-time only. Ours sits after the feed-forward network alone, which GPT-2's three
+  dropouts (embeddings, attention weights, both residual branches) cannot say, so an export sets them to 0:
+  the function is the same; fine-tuning with transformers then runs without dropout unless told otherwise.
+* GPT-2 options sifirdan has no counterpart for are refused on import: another activation (``gelu_new``, the
+  tanh approximation GPT-2 itself uses), ``scale_attn_by_inverse_layer_idx``, ``reorder_and_upcast_attn``,
+  ``scale_attn_weights=false``, another LayerNorm eps, ``n_inner`` other than 4 x n_embd, cross-attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from sifirdan.errors import UserError
+from sifirdan.model import GPTConfig
+
+LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in sifirdan's model uses
+
+# (ours inside blocks.{i}., GPT-2's inside transformer.h.{i}., weight transposed?)
+_BLOCK = [
+    ("ln1.weight", "ln_1.weight", False),
+    ("ln1.bias", "ln_1.bias", False),
+    ("attention.qkv.weight", "attn.c_attn.weight", True),
+    ("attention.qkv.bias", "attn.c_attn.bias", False),
+    ("attention.proj.weight", "attn.c_proj.weight", True),
+    ("attention.proj.bias", "attn.c_proj.bias", False),
+    ("ln2.weight", "ln_2.weight", False),
+    ("ln2.bias", "ln_2.bias", False),
+    ("feed_forward.fc.weight", "mlp.c_fc.weight", True),
+    ("feed_forward.fc.bias", "mlp.c_fc.bias", False),
+    ("feed_forward.proj.weight", "mlp.c_proj.weight", True),
+    ("feed_forward.proj.bias", "mlp.c_proj.bias", False),
+]
+_TOP = [
+    ("embeddings.token_embedding.weight", "transformer.wte.weight", False),
+    ("embeddings.position_embedding.weight", "transformer.wpe.weight", False),
+    ("ln_f.weight", "transformer.ln_f.weight", False),
+    ("ln_f.bias", "transformer.ln_f.bias", False),
+]
+HEAD = ("lm_head.weight", "lm_head.weight", False)
+
+
+def name_map(n_layer: int, tied: bool) -> list[tuple[str, str, bool]]:
+    """(our name, GPT-2's name, transposed) for every tensor of a GPT2LMHeadModel file with ``n_layer`` blocks;
+    the LM head only when it is not tied (a tied head is the token embedding, stored once)."""
+    out = list(_TOP)
+    for i in range(n_layer):
+        out += [(f"blocks.{i}.{a}", f"transformer.h.{i}.{b}", t) for a, b, t in _BLOCK]
+    if not tied:
+        out.append(HEAD)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ export
+def export_problem(model) -> str | None:
+    """Why ``model`` cannot be written as a GPT-2 without changing what it computes (one line), or None."""
+    config = model.config
+    bias = model.lm_head.bias
+    if bias is not None and bool(torch.any(bias != 0)):
+        return ("lm_head_bias is on: this model's LM head has a bias (the guide presets' head) and GPT-2's LM head "
+                "has none, so no GPT2LMHeadModel computes these logits; export a model trained with lm_head_bias off "
+                "(the default; `sifirdan pretrain --no-lm-head-bias`)")
+    expected = {ours for ours, _, _ in name_map(config.n_layer, tied=False)} | {"lm_head.bias"}
+    extra = sorted(set(model.state_dict()) - expected)
+    if extra:
+        return f"the model holds tensors GPT-2 has no place for ({', '.join(extra[:3])}); export a plain sifirdan GPT"
+    if config.tie_weights and model.lm_head.weight is not model.embeddings.token_embedding.weight:
+        return "tie_weights is on but the LM head is not the token embedding; save the model again and export that"
+    return None
+
+
+def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pad_id: int | None, dtype: str) -> dict:
+    """The ``config.json`` of the GPT2LMHeadModel that computes what ``GPT(config)`` computes."""
+    out = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_ctx": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": 4 * config.n_embd,
+        "activation_function": "gelu",  # exact erf GELU, nn.GELU(); GPT-2's own "gelu_new" is the tanh one
+        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        # ours is one dropout after the feed-forward network; GPT-2 has no such one (see the module docstring)
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": config.tie_weights,
+        "use_cache": True,
+        "torch_dtype": dtype,
+    }
+    for key, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def gpt2_tensors(model) -> dict[str, torch.Tensor]:
+    """``model``'s weights under GPT-2's names and orientation (call ``export_problem`` first). Missing biases
+    (``bias=False``) become exact zeros; a tied LM head is left out, as transformers writes it."""
+    config = model.config
+    state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    out = {}
+    for ours, theirs, transposed in name_map(config.n_layer, config.tie_weights):
+        t = state.get(ours)
+        if t is None:  # a bias of a bias=False model: zeros, the shape of its weight's output
+            weight = state[ours[: -len("bias")] + "weight"]
+            t = torch.zeros(weight.shape[0], dtype=weight.dtype)
+        out[theirs] = (t.t() if transposed else t).contiguous().clone()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ import
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def import_problem(hf: dict) -> str | None:
+    """Why a GPT-2 ``config.json`` describes a model sifirdan cannot compute exactly (one line), or None."""
+    mtype = hf.get("model_type")
+    if mtype != "gpt2":
+        return (f"model_type is {mtype!r}; sifirdan imports GPT-2 models only (model_type 'gpt2': learned positions, "
+                "pre-LN blocks, one fused c_attn)")
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        value = hf.get(key)
+        if not _is_int(value) or value <= 0:
+            return f"{key} is {value!r}, not a positive integer"
+    if hf["n_embd"] % hf["n_head"]:
+        return f"n_embd {hf['n_embd']} is not divisible by n_head {hf['n_head']}"
+    act = hf.get("activation_function", "gelu_new")
+    if act != "gelu":
+        what = " (the tanh approximation)" if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast") else ""
+        return (f"activation_function is {act!r}{what}; sifirdan's feed-forward uses the exact GELU ('gelu'), "
+                "and importing would change every output")
+    n_inner = hf.get("n_inner")
+    if n_inner is not None and n_inner != 4 * hf["n_embd"]:
+        return f"n_inner is {n_inner!r}; sifirdan's feed-forward is 4 x n_embd = {4 * hf['n_embd']} wide"
+    eps = hf.get("layer_norm_epsilon", LAYER_NORM_EPS)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not math.isclose(eps, LAYER_NORM_EPS, rel_tol=1e-9, abs_tol=0):
+        return f"layer_norm_epsilon is {eps!r}; sifirdan's LayerNorms use {LAYER_NORM_EPS}"
+    for key, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                      ("reorder_and_upcast_attn", False), ("add_cross_attention", False)):
+        value = hf.get(key, want)
+        if value is not want:
+            return f"{key} is {value!r}; sifirdan's attention has no such option (it needs {key}={str(want).lower()})"
+    tie = hf.get("tie_word_embeddings", True)
+    if not isinstance(tie, bool):
+        return f"tie_word_embeddings is {tie!r}, not true or false"
+    return None
+
+
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_embd", "n_head", "n_layer", "tie_weights")
+RECORD_FIELDS = ("bias", "dropout", "attention", "init")  # sifirdan fields a GPT-2 config.json has no place for
+
+
+def sifirdan_config(hf: dict, record: dict | None = None) -> tuple[GPTConfig, bool]:
+    """``(GPTConfig, record used)`` for a GPT-2 ``config.json`` (checked by ``import_problem``). ``record``: the
+    sifirdan model config an export wrote beside it; its ``RECORD_FIELDS`` are taken when it describes this very
+    shape and is a valid config (the caller still checks that ``bias=False`` finds only zero biases)."""
+    fields = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_embd=hf["n_embd"],
+                  n_head=hf["n_head"], n_layer=hf["n_layer"], tie_weights=hf.get("tie_word_embeddings", True))
+    plain = GPTConfig.from_dict({**fields, "bias": True, "lm_head_bias": False, "dropout": 0.0})
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in fields.items()):
+        return plain, False
+    try:
+        return GPTConfig.from_dict({**plain.to_dict(), **{k: record[k] for k in RECORD_FIELDS if k in record}}), True
+    except UserError:
+        return plain, False
+
+
+def strip_prefix(names) -> dict[str, str]:
+    """GPT-2 file name -> the name with ``transformer.`` in front (files saved from a ``GPT2Model``, such as the
+    original gpt2 repository's, leave it out). The causal-mask buffers old files carry (``h.{i}.attn.bias`` of
+    shape (1, 1, n, n), ``attn.masked_bias``) are not weights and map to None."""
+    out = {}
+    for n in names:
+        full = n if n.startswith("transformer.") or n.startswith("lm_head.") else f"transformer.{n}"
+        parts = full.split(".")
+        if len(parts) == 5 and parts[1] == "h" and parts[3] == "attn" and parts[4] in ("bias", "masked_bias"):
+            full = None
+        out[n] = full
+    return out
+
+
+def sifirdan_state(config: GPTConfig, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """GPT-2 tensors (full names, shapes checked) -> ``GPT(config)``'s state dict. With ``config.bias`` off the
+    biases are left out (the caller checked that they are all zeros)."""
+    state = {}
+    for ours, theirs, transposed in name_map(config.n_layer, config.tie_weights):
+        if not config.bias and ours.endswith(".bias"):
+            continue
+        t = tensors[theirs]
+        state[ours] = (t.t() if transposed else t).contiguous().to(torch.float32)
+    if config.tie_weights:
+        state[HEAD[0]] = state["embeddings.token_embedding.weight"]
+    return state
+
+
+def expected_gpt2_shapes(config: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """GPT-2 name -> shape for every tensor a GPT2LMHeadModel file of this config holds."""
+    C, V, T = config.n_embd, config.vocab_size, config.block_size
+    block = {
+        "ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+        "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+        "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C), "mlp.c_proj.bias": (C,),
+    }
+    out = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (T, C),
+           "transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)}
+    for i in range(config.n_layer):
+        out.update({f"transformer.h.{i}.{k}": s for k, s in block.items()})
+    if not config.tie_weights:
+        out["lm_head.weight"] = (V, C)
+    return out
+
+
+def check_import_config(hf: dict, source: str) -> None:
+    problem = import_problem(hf)
+    if problem:
+        raise UserError(f"{source}: {problem}; sifirdan cannot represent this model")
