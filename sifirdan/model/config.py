@@ -30,8 +30,8 @@ class GPTConfig:
     bias: bool = True  # biases in the blocks' Linear and LayerNorm layers and ln_f (the guide: yes)
     # a bias in the LM head (the guide: yes, nn.Linear's default; GPT-2: no). Off by default so that the default
     # model is a GPT-2 (`sifirdan export hf` writes it as a GPT2LMHeadModel); the guide's presets keep it.
-    # Measured once, in a short run (~500 steps) on a loaded CPU: 2.227 bits/char without it, 2.154 with it
-    # (bench/RESULTS.md, 2026-12-01 22:15); not yet measured at the full budget.
+    # It costs the default recipe 0.037 bits/char at equal wall time (1.860 without, 1.824 with; full budget,
+    # bench/RESULTS.md 2026-12-01), the price of a default model that exports to GPT-2: an open trade-off.
     lm_head_bias: bool = False
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
     # share the token embedding with the LM head (the guide: no; GPT-2: yes). Measured on Nutuk at equal
