@@ -107,7 +107,7 @@ def run(args) -> int:
     from sifirdan import checkpoint as ckpt
     from sifirdan import rundir
     from sifirdan.chat.template import DEFAULT_TEMPLATE, TEMPLATE_KEY, ChatTemplate
-    from sifirdan.cli.pretrain import explicit_flags, open_run_dir
+    from sifirdan.cli.pretrain import explicit_flags, finish_run, open_run_dir
     from sifirdan.data.instructions import ReadStats, parse_field_map, read_records, split_conversations, to_conversations
     from sifirdan.limits import check_fits, training_bytes
     from sifirdan.model import GPT
@@ -305,16 +305,8 @@ def run(args) -> int:
         if run_dir is not None:
             run_dir.close()
 
-    if result.status == "diverged":
-        print(f"sifirdan: error: {result.message}", file=sys.stderr)
-        return 1
-    if result.status == "interrupted":
-        return 143 if result.signal_name == "SIGTERM" else 130
-    if main:
-        best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-        print(f"done: {result.step} steps, best val loss {best} (answers only); model in {out} "
-              f"(try: sifirdan chat --model {out} / sifirdan eval-instruct --model {out} --data FILE)")
-    return 0
+    return finish_run(result, main, "best val loss {best} (answers only); " + f"model in {out} "
+                      f"(try: sifirdan chat --model {out} / sifirdan eval-instruct --model {out} --data FILE)")
 
 
 def _lora_flags(args) -> dict | None:

@@ -324,6 +324,12 @@ def run(args) -> int:
         if run_dir is not None:
             run_dir.close()
 
+    return finish_run(result, main, "best val loss {best}; " + f"model in {out} "
+                      f"(try: sifirdan generate --model {out} / sifirdan eval --model {out} --data FILE)")
+
+
+def finish_run(result, main: bool, done_line: str) -> int:
+    """The exit code of a training run, and its last line: ``done_line`` with ``{best}`` filled in."""
     if result.status == "diverged":
         print(f"sifirdan: error: {result.message}", file=sys.stderr)
         return 1
@@ -331,8 +337,7 @@ def run(args) -> int:
         return 143 if result.signal_name == "SIGTERM" else 130
     if main:
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-        print(f"done: {result.step} steps, best val loss {best}; model in {out} "
-              f"(try: sifirdan generate --model {out} / sifirdan eval --model {out} --data FILE)")
+        print(f"done: {result.step} steps, " + done_line.replace("{best}", best))  # not .format: paths may hold braces
     return 0
 
 
