@@ -255,6 +255,15 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     half[half.index("--max-iters") + 1] = "3"
     assert main(half) == 0
     assert main(["finetune", "--resume", str(tmp_path / "half"), "--max-iters", "6"]) == 0
+    # a resumed run keeps its own data settings without repeating them; a different one is refused
+    other = ft_args(pretrained, data, tmp_path / "other", "--val-fraction", "0.25")
+    other[other.index("--max-iters") + 1] = "3"
+    assert main(other) == 0
+    assert main(["finetune", "--resume", str(tmp_path / "other"), "--max-iters", "4"]) == 0
+    assert read_config(tmp_path / "other" / "last")["finetune"]["val_fraction"] == 0.25
+    capsys.readouterr()
+    assert main(["finetune", "--resume", str(tmp_path / "other"), "--val-fraction", "0.5"]) != 0
+    assert "--val-fraction differs" in capsys.readouterr().err
     a, _ = load_model(tmp_path / "full" / "last")
     b, _ = load_model(tmp_path / "half" / "last")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):

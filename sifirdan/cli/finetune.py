@@ -68,7 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--block-size", type=int, help="context length for fine-tuning (default: the base model's; "
                    f"the guide recipe: {GUIDE_BLOCK_SIZE}); larger than the base's grows the position table")
     p.add_argument("--dropout", type=float, help="dropout while fine-tuning (default: the base model's)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of examples held out (default: 0.1)")
+    p.add_argument("--val-fraction", type=float, help="share of examples held out (default: 0.1)")
     p.add_argument("--max-samples", type=int, help="use only the first N examples (the guide used 1000)")
     p.add_argument("--field-map", metavar="OLD=NEW,...", help="rename record fields, e.g. soru=question,cevap=answer")
     p.add_argument("--skip-bad", action="store_true", help="skip malformed lines and records (counted) instead of stopping")
@@ -154,7 +154,8 @@ def run(args) -> int:
             train_sections = {**RECIPES[recipe], **flags}
             if not args.data:
                 raise UserError("--data PATH is required: instruction pairs as .jsonl, .json or .csv")
-            data_source, val_fraction, max_samples = args.data, args.val_fraction, args.max_samples
+            data_source, max_samples = args.data, args.max_samples
+            val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
             field_map_spec, length_mode = args.field_map, args.length_mode or "drop"
             train_on_prompt, skip_bad = args.train_on_prompt, args.skip_bad
             lora = _lora_flags(args)
