@@ -45,7 +45,7 @@ def test_multi_turn_and_system(tok):
     assert tok.decode([i for i, m in zip(ids, mask) if m]) == "İki</RESP>Dört</RESP>"
     prompt = DEFAULT_TEMPLATE.render_prompt(conv[:4], tok)
     assert prompt == ids[: len(prompt)] and tok.decode(prompt).endswith("<INST>Üç</INST><RESP>")
-    before, answer, _ = DEFAULT_TEMPLATE.render_parts(conv, tok)
+    before, answer = DEFAULT_TEMPLATE.render_parts(conv, tok)
     assert before + answer == ids and tok.decode(answer) == "Dört</RESP>"
 
 

@@ -94,17 +94,15 @@ class ChatTemplate:
                 ids += tokenizer.encode(assistant) + [close]
         return ids
 
-    def render_parts(self, conversation: Sequence[Mapping], tokenizer) -> tuple[list[int], list[int], int]:
-        """``(prompt_ids, answer_ids, n_turns)`` for a conversation ending with an assistant turn: the prompt is
+    def render_parts(self, conversation: Sequence[Mapping], tokenizer) -> tuple[list[int], list[int]]:
+        """``(prompt_ids, answer_ids)`` for a conversation ending with an assistant turn: the prompt is
         ``render_prompt`` of everything before the last answer, the answer is that answer plus ``</RESP>``.
         ``prompt_ids + answer_ids == render(...)[0]``; fine-tuning uses the split to truncate an answer."""
         ids, mask = self.render(conversation, tokenizer)
-        n = len(ids)
-        # the last answer is the final run of mask 1s
-        start = n
-        while start > 0 and mask[start - 1] == 1:
+        start = len(ids)
+        while start > 0 and mask[start - 1] == 1:  # the last answer is the final run of 1s in the mask
             start -= 1
-        return ids[:start], ids[start:], sum(1 for m in conversation if m.get("role") == "assistant")
+        return ids[:start], ids[start:]
 
     def _begin(self, tokenizer) -> tuple[list[int], list[int]]:
         special = self._ids(tokenizer)

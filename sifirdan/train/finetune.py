@@ -58,7 +58,7 @@ def tokenize_conversations(convs, tokenizer, template, block_size: int, mode: st
         ids, mask = template.render(conv, tokenizer)
         counts.longest = max(counts.longest, len(ids))
         if len(ids) > limit:
-            prompt, _, _ = template.render_parts(conv, tokenizer)
+            prompt, _ = template.render_parts(conv, tokenizer)
             if mode == "drop" or len(prompt) >= limit:  # not even one answer token would fit
                 counts.dropped += 1
                 continue
