@@ -332,6 +332,9 @@ RECIPES = {
     # the LM head lost its bias by default (GPT-2's head, so the default model exports to transformers): the
     # defaults against the defaults with the head bias back
     "d-head-bias": dict(preset=None, vocab=None, model={"lm_head_bias": True}, train={}),
+    # can an exportable default (no head bias) win the gap back? its weight decay and learning rate, once more
+    "d-wd03": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.3}),
+    "d-lr5e3": dict(preset=None, vocab=None, model={}, train={"learning_rate": 5e-3}),
 }
 
 
