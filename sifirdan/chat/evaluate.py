@@ -98,8 +98,7 @@ def load_eval_data(source, template, tokenizer, field_map: Mapping[str, str] | N
     template.stop_ids(tokenizer)  # a tokenizer without the template's tokens: the model's problem, said first
     stats = ReadStats()
     records = read_records(source, skip_bad=skip_bad, stats=stats)
-    out = EvalData(conversations=[], where=[], records=len(records), skipped_bad=stats.skipped_bad,
-                   bad_examples=list(stats.bad_examples))
+    out = EvalData(conversations=[], where=[], records=len(records))
     seen: set[bytes] = set()
     for rec in records:
         where = rec.get("_where", "a record")
@@ -112,19 +111,18 @@ def load_eval_data(source, template, tokenizer, field_map: Mapping[str, str] | N
         except UserError as e:
             if not skip_bad:
                 raise
-            out.skipped_bad += 1
-            if len(out.bad_examples) < 3:
-                out.bad_examples.append(str(e))
+            stats.skip(e)
             continue
         key = conversation_key(conv)
         if key in seen:
-            out.duplicates += 1
+            stats.duplicates += 1
             continue
         seen.add(key)
         out.conversations.append(conv)
         out.where.append(where)
         if max_samples is not None and len(out.conversations) >= max_samples:
             break
+    out.skipped_bad, out.duplicates, out.bad_examples = stats.skipped_bad, stats.duplicates, list(stats.bad_examples)
     if not out.conversations:
         why = []
         if out.skipped_bad:
