@@ -335,6 +335,8 @@ RECIPES = {
     # can an exportable default (no head bias) win the gap back? its weight decay and learning rate, once more
     "d-wd03": dict(preset=None, vocab=None, model={}, train={"weight_decay": 0.3}),
     "d-lr5e3": dict(preset=None, vocab=None, model={}, train={"learning_rate": 5e-3}),
+    # an untied head (its own matrix, still no bias) is something GPT-2 can express (tie_word_embeddings=false)
+    "d-untied": dict(preset=None, vocab=None, model={"tie_weights": False}, train={}),
 }
 
 
