@@ -11,6 +11,10 @@
   every variant alike. Ratios are of the median chunk rate.
 --quality: the guide's recipe (its code, vocab 500, constant LR 3e-4, 1000 steps, B32 T128, dropout 0.1)
   against sifirdan recipes given no more training wall-clock than the guide's recipe took in the same run.
+  The guide's recipe runs twice, once per initialisation (--guide-inits): N(0, 0.02) weights and zero biases
+  ("normal", the init that reproduces the guide's published step-0 loss 6.244; the reference the ratios are
+  taken against) and PyTorch's default init ("pytorch", the guide's code as printed, which re-initialises
+  nothing and starts higher). Each guide row also reports its step-0 loss (20 batches, before training).
   Metric: bits per character over a full pass of the validation split (the standard split: dedup, then the
   last 10 % of characters). Anchors on the same text: PPMd 1.805 bits/char, xz 2.17.
 """
@@ -168,8 +172,7 @@ def throughput(args) -> None:
     notes = (
         f"Device: {args.device}. Guide preset shape: batch {B}, block {T}, vocab {VOCAB}, n_embd 128, n_head 4, n_layer 4. {args.iters} timed "
         f"steps per variant after {args.warmup} warm-up steps, in interleaved chunks of {args.chunk}, one worker "
-        "process per variant (own allocator, own peak RSS). Ratio = median chunk rate / that of (a). The guide "
-        "reports 21.1k tok/s for its code on a similar 2-core CPU."
+        "process per variant (own allocator, own peak RSS). Ratio = median chunk rate / that of (a)."
     )
     if not args.no_append:
         append_results(f"pretrain --throughput ({args.device} training step, guide shape)", table, notes)
@@ -374,39 +377,101 @@ def _full_val(model, bins, block_size: int) -> tuple[float, float]:
     return nats, bits_per_unit(nats, bins.chars_per_token("val"))
 
 
-def _guide_recipe(bins, iters: int, seed: int, device: str = "cpu"):
-    """The guide's code and loop, as written: returns (model, training seconds)."""
+GUIDE_INITS = {
+    # N(0, 0.02) weights, zero biases: sifirdan's init="guide". With it the step-0 loss is the guide's published
+    # 6.244 (GUIDE.md §8 "Training Süreci"), so the guide's own runs must have started from an init like it.
+    "normal": "N(0, 0.02) init: reproduces the guide's published step-0 loss 6.244",
+    # the code the guide prints re-initialises nothing: nn.Linear / nn.Embedding defaults, a higher start
+    "pytorch": "PyTorch's default init: the guide's code as printed, which does not reproduce its step-0 loss",
+}
+
+
+def _normal_init(model) -> None:
+    """N(0, 0.02) on every Linear and Embedding weight, zero biases (LayerNorm stays 1/0): as GPT(init="guide")."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+
+
+def _step0_loss(model, bins, seed: int, device: str, batches: int = 20) -> tuple[float, float]:
+    """(train, val) loss before any step, as the guide's estimate_loss prints it at step 0: the mean over
+    ``batches`` random windows of each split. Its own samplers and no dropout: the training that follows draws
+    exactly what it would have drawn without this."""
+    import torch
+
+    from sifirdan.data import BatchSampler
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for data in (bins.train, bins.val):
+            sampler = BatchSampler(data, B, T, seed + 1)
+            losses = []
+            for _ in range(batches):
+                x, y = sampler.next_batch()
+                losses.append(model(x.to(device), y.to(device))[1].item())
+            out.append(sum(losses) / len(losses))
+    model.train()
+    return out[0], out[1]
+
+
+def _guide_recipe(bins, iters: int, seed: int, device: str = "cpu", init: str = "pytorch"):
+    """The guide's code and loop, as written: returns (model, training seconds, (train, val) step-0 loss).
+
+    ``init``: "pytorch" (the code as printed) or "normal" (N(0, 0.02), the start the guide's published log shows).
+    """
     from guide_reference import GuideConfig, guide_step, make_guide
     from sifirdan.data import BatchSampler
 
     model, opt = make_guide(GuideConfig(vocab_size=VOCAB, max_iters=iters), seed=seed)
+    if init == "normal":
+        _normal_init(model)  # in place: the optimizer already holds these very tensors
+    elif init != "pytorch":
+        raise ValueError(f"unknown guide init {init!r}; choose from {', '.join(GUIDE_INITS)}")
     model.to(device)
+    step0 = _step0_loss(model, bins, seed, device)
     sampler = BatchSampler(bins.train, B, T, seed)
     t0 = time.perf_counter()
     for _ in range(iters):
         x, y = sampler.next_batch()
         guide_step(model, opt, x.to(device), y.to(device))
-    return model, time.perf_counter() - t0
+    return model, time.perf_counter() - t0, step0
+
+
+def _guide_label(init: str) -> str:
+    """The guide rows' label, from the GuideConfig the run uses and torch's AdamW defaults (what the guide calls)."""
+    import inspect
+
+    import torch
+    from guide_reference import GuideConfig
+
+    c = GuideConfig()
+    wd = inspect.signature(torch.optim.AdamW).parameters["weight_decay"].default
+    betas = inspect.signature(torch.optim.AdamW).parameters["betas"].default
+    return (f"guide recipe, {GUIDE_INITS[init]} (its code: {c.n_embd}/{c.n_head}/{c.n_layer}, block {c.block_size}, "
+            f"v{VOCAB}, untied head with bias, dropout {c.dropout}, batch {c.batch_size}, constant lr {c.learning_rate:g}, "
+            f"AdamW {betas[0]}/{betas[1]} wd {wd} on every parameter, no clipping, fp32)")
 
 
 def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str = "cpu"):
     """Train ``recipe`` with sifirdan's Trainer for at most ``budget_s`` seconds of training steps."""
     import torch
 
-    from sifirdan.model import GPT, GPTConfig
-    from sifirdan.train import Trainer, TrainConfig
+    from sifirdan.model import GPT
+    from sifirdan.train import Trainer
     from sifirdan.train.pretrain import pretrain_data
 
-    if recipe["preset"] is None:  # the defaults, with the recipe's vocab when it names one
-        mcfg = GPTConfig(**({"vocab_size": recipe["vocab"]} if recipe["vocab"] else {}), **recipe.get("model", {}))
-    else:
-        mcfg = GPTConfig.from_preset(recipe["preset"], vocab_size=recipe["vocab"], **recipe.get("model", {}))
-    train = dict(recipe.get("train", {}))
-    batch = train.pop("batch_size", TrainConfig.batch_size if recipe["preset"] is None else B)
+    mcfg, _ = _recipe_configs(recipe, device)
 
     def make(max_iters):
         torch.manual_seed(seed)
-        cfg = TrainConfig(batch_size=batch, max_iters=max_iters, seed=seed, final_eval=False, device=device, **train)
+        cfg = _recipe_configs(recipe, device, max_iters=max_iters, seed=seed)[1]
         return Trainer(GPT(mcfg), cfg, pretrain_data(bins, cfg, mcfg.block_size), verbose=False)
 
     # calibrate: the step time decides how many steps the cosine schedule is planned for
@@ -430,6 +495,22 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
     return trainer.raw_model, elapsed, steps, max_iters
 
 
+def _recipe_configs(recipe: dict, device: str = "cpu", **train_extra):
+    """The (GPTConfig, TrainConfig) a recipe trains with: the recipe's preset (or the defaults) plus its overrides.
+    A preset recipe takes the model preset only; its training settings are TrainConfig's defaults, batch 32."""
+    from sifirdan.model import GPTConfig
+    from sifirdan.train import TrainConfig
+
+    if recipe["preset"] is None:  # the defaults, with the recipe's vocab when it names one
+        mcfg = GPTConfig(**({"vocab_size": recipe["vocab"]} if recipe["vocab"] else {}), **recipe.get("model", {}))
+    else:
+        mcfg = GPTConfig.from_preset(recipe["preset"], vocab_size=recipe["vocab"], **recipe.get("model", {}))
+    train = dict(recipe.get("train", {}))
+    batch = train.pop("batch_size", TrainConfig.batch_size if recipe["preset"] is None else B)
+    tcfg = TrainConfig(batch_size=batch, final_eval=False, device=device, **{**train, **train_extra})
+    return mcfg, tcfg
+
+
 def quality(args) -> None:
     import torch
 
@@ -439,36 +520,58 @@ def quality(args) -> None:
     cache = Path(args.cache)
     toks: dict = {}
     log = lambda m: print(m, flush=True)  # noqa: E731
-    rows = []
+    inits = [i for i in args.guide_inits.split(",") if i]
+    for i in inits:
+        if i not in GUIDE_INITS:
+            sys.exit(f"--guide-inits: unknown init {i!r}; choose from {', '.join(GUIDE_INITS)}")
+    recipes = [r for r in args.recipes.split(",") if r]
+    for name in recipes:
+        if name not in RECIPES:
+            sys.exit(f"--recipes: unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    if not inits:
+        sys.exit("--guide-inits: name at least one of normal, pytorch (the guide rows set the time budget)")
+    rows, guide_bpc, guide_sec = [], {}, []
     _, bins500, _ = _prepare(data, VOCAB, cache, toks)
-    log(f"guide recipe: {args.guide_iters} steps ...")
-    torch.manual_seed(args.seed)
-    gmodel, gsec = _guide_recipe(bins500, args.guide_iters, args.seed, args.device)
-    gnats, gbpc = _full_val(gmodel, bins500, T)
-    log(f"  {gsec:.0f}s, val {gnats:.4f} nats/token, {gbpc:.4f} bits/char")
-    rows.append(["guide recipe (its code; v500, const 3e-4, dropout 0.1)", args.guide_iters, f"{gsec:.0f}",
-                 f"{gnats:.4f}", f"{gbpc:.4f}", "1.00"])
-    budget = gsec if args.budget_fraction == 1.0 else gsec * args.budget_fraction
-    results = {}
-    for name in args.recipes.split(","):
+    for init in inits:
+        log(f"guide recipe, {init} init: {args.guide_iters} steps ...")
+        torch.manual_seed(args.seed)
+        gmodel, gsec, (s0_train, s0_val) = _guide_recipe(bins500, args.guide_iters, args.seed, args.device, init)
+        gnats, gbpc = _full_val(gmodel, bins500, T)
+        guide_bpc[init], guide_sec = gbpc, guide_sec + [gsec]
+        log(f"  step 0: train {s0_train:.4f}, val {s0_val:.4f}; {gsec:.0f}s, val {gnats:.4f} nats/token, {gbpc:.4f} bits/char")
+        rows.append([f"{init}: {_guide_label(init)}", f"{s0_train:.4f} / {s0_val:.4f}", args.guide_iters, f"{gsec:.0f}",
+                     f"{gnats:.4f}", f"{gbpc:.4f}"])
+    ref = inits[0]  # the first guide row is the reference the ratios are taken against (default: normal)
+    gsec = sum(guide_sec) / len(guide_sec)
+    budget = gsec * args.budget_fraction
+    for name in recipes:
         recipe = RECIPES[name]
         _, bins, tok_s = _prepare(data, recipe["vocab"] or _default_vocab(), cache, toks)
         log(f"{name}: budget {budget:.0f}s (tokenizer {tok_s:.1f}s, not counted)")
         model, sec, steps, planned = _our_recipe(bins, recipe, budget, args.seed, log, args.device)
         nats, bpc = _full_val(model, bins, model.config.block_size)
-        results[name] = bpc
         log(f"  val {nats:.4f} nats/token, {bpc:.4f} bits/char")
-        rows.append([f"{name}: {_describe(recipe)}", f"{steps}/{planned}", f"{sec:.0f}", f"{nats:.4f}", f"{bpc:.4f}",
-                     f"{bpc / gbpc:.3f}"])
-    table = md_table(["recipe", "steps", "train s", "val nats/token", "val bits/char", "vs guide"], rows)
+        rows.append([f"{name}: {_describe(recipe, args.device)}", "", f"{steps}/{planned}", f"{sec:.0f}", f"{nats:.4f}",
+                     f"{bpc:.4f}"])
+    headers = ["recipe", "step-0 loss train / val", "steps", "train s", "val nats/token", "val bits/char"]
+    for init in inits:  # one ratio column per guide row
+        headers.append(f"vs guide ({init} init)")
+        for row in rows:
+            row.append(f"{float(row[5]) / guide_bpc[init]:.3f}")
+    table = md_table(headers, rows)
     print()
     print(table)
     notes = (
         f"Device: {args.device}. Corpus {data.name}, standard split (dedup, last 10 % of characters = val), full validation pass, "
-        f"seed {args.seed}. Each sifirdan recipe may train for at most the guide recipe's measured training time "
-        f"x {args.budget_fraction:g} ({budget:.0f}s); tokenizer training and evaluation are not counted (BPE training "
-        "takes ~1 s here). Anchors on this text: PPMd 1.805 bits/char, xz 2.17."
+        f"seed {args.seed}. The guide's recipe ran once per init ({', '.join(inits)}); each sifirdan recipe may train for "
+        f"at most the guide rows' mean measured training time x {args.budget_fraction:g} ({budget:.0f}s); tokenizer "
+        "training and evaluation are not counted (BPE training takes ~1 s here). Step-0 loss: mean over 20 random "
+        "batches of each split before the first step (the guide's log: train 6.2443, val 6.2459). Anchors on this "
+        "text: PPMd 1.805 bits/char, xz 2.17."
     )
+    if "normal" in guide_bpc and "pytorch" in guide_bpc:
+        notes += (f" The guide's recipe gives {guide_bpc['normal']:.3f} bits/char from the N(0, 0.02) init that "
+                  f"reproduces its published step-0 loss and {guide_bpc['pytorch']:.3f} from PyTorch's default init.")
     if not args.no_append:
         append_results("pretrain --quality (val bits/char at equal wall-clock, CPU)", table, notes)
 
@@ -479,22 +582,23 @@ def _default_vocab() -> int:
     return GPTConfig().vocab_size
 
 
-def _describe(r: dict) -> str:
-    if r["preset"] is None:
-        from sifirdan.model import GPTConfig
-        from sifirdan.train import TrainConfig
-        from sifirdan.train.config import CPU_DEFAULT_DTYPE
+def _describe(r: dict, device: str = "cpu") -> str:
+    """A recipe's label, computed from the GPTConfig and TrainConfig it actually trains with (never a fixed
+    string: defaults change, and a label must say what ran), then the recipe's own overrides."""
+    from sifirdan.train.config import CPU_DEFAULT_DTYPE
 
-        m, t = GPTConfig(), TrainConfig()
-        return (f"sifirdan defaults: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
-                f"{'tied' if m.tie_weights else 'untied'} embeddings, LM-head bias {'on' if m.lm_head_bias else 'off'}, dropout {m.dropout}, batch {t.batch_size}, lr {t.learning_rate:g} {t.lr_schedule} "
-                f"(warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x), AdamW {t.beta1}/{t.beta2} wd {t.weight_decay}, "
-                f"clip {t.grad_clip}, CPU dtype {CPU_DEFAULT_DTYPE}"
-                + "".join(f"; {k}={v}" for k, v in {**r.get("model", {}), **r.get("train", {})}.items()))
-    m = {**r.get("model", {})}
-    t = r.get("train", {})
-    parts = [f"{r['preset']} preset", f"v{r['vocab']}"] + [f"{k}={v}" for k, v in {**m, **t}.items()]
-    return ", ".join(parts) + " (cosine, AdamW .9/.95 wd .1, clip 1)"
+    m, t = _recipe_configs(r, device)
+    base = "sifirdan defaults" if r["preset"] is None else f"{r['preset']} preset + TrainConfig defaults"
+    dtype = t.dtype if t.dtype != "auto" else (f"auto ({CPU_DEFAULT_DTYPE} on CPU)" if device == "cpu" else "auto")
+    schedule = (f"lr {t.learning_rate:g} cosine (warmup {t.warmup_iters}, to {t.min_lr_ratio:g}x)"
+                if t.lr_schedule == "cosine" else f"lr {t.learning_rate:g} {t.lr_schedule}")
+    desc = (f"{base}: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
+            f"{'tied' if m.tie_weights else 'untied'} embeddings, LM-head bias {'on' if m.lm_head_bias else 'off'}, "
+            f"init {m.init}, dropout {m.dropout:g}, batch {t.batch_size}, {schedule}, "
+            f"AdamW {t.beta1:g}/{t.beta2:g} wd {t.weight_decay:g} ({'every parameter' if t.decay_all else 'matrices'}), "
+            f"clip {t.grad_clip:g}, dtype {dtype}")
+    changed = {**r.get("model", {}), **r.get("train", {})}
+    return desc + (f"; set by the recipe: {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
 
 
 # ================================================================================================ memory
@@ -579,6 +683,9 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--cache", default="/tmp/sifirdan-bench-cache", help="token-bin cache folder (quality)")
     p.add_argument("--guide-iters", type=int, default=1000)
+    p.add_argument("--guide-inits", default="normal,pytorch",
+                   help="comma list of the guide rows' inits, the first is the reference: normal (N(0, 0.02), "
+                   "reproduces the guide's step-0 loss), pytorch (PyTorch's default, the guide's code as printed)")
     p.add_argument("--recipes", default="default", help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--budget-fraction", type=float, default=1.0, help="scale the wall-clock budget (short explorations)")
     p.add_argument("--seed", type=int, default=1337)
