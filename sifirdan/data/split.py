@@ -80,11 +80,15 @@ def _as_list(paths) -> list:
 
 
 def standard_split(paths, cfg: DataConfig | None = None) -> tuple[str, str, dict]:
-    """The project's standard split of a *small* corpus, as text: ``(train_text, val_text, stats)``.
+    """The project's standard split of a *small* corpus, as text. Returns three values, not two::
+
+        train_text, val_text, stats = standard_split("nutuk.txt")
 
     Dedup, then the last ``val_fraction`` of characters (from a line start) is val; documents are joined by
     ``"\\n\\n"``. ``paths=None`` is the default corpus. Holds the corpus in memory: for big inputs stream it with
-    ``iter_split_texts`` instead (same split, same text). ``stats`` has the dedup counts and per-split sizes.
+    ``iter_split_texts`` instead (same split, same text). ``stats`` is a dict: ``"dedup"`` (the ``DedupStats``
+    counts as a dict), ``"train"`` and ``"val"`` (each ``{"n_chars", "n_bytes"}``) and ``"source"`` (the paths
+    as strings, or the default corpus's name).
     """
     cfg = (cfg or DataConfig()).validate()
     dstats = DedupStats()
