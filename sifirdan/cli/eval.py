@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="loss / perplexity / bits per byte of a model on a text",
                               description="Score every token of a text with a trained model.")
     p.add_argument("--model", required=True, metavar="DIR", help="run directory or checkpoint directory")
-    p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s) or folder(s); default: the built-in corpus")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s), folder(s) or corpus names (`sifirdan data list`); default: nutuk, bundled")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")

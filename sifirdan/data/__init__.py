@@ -27,7 +27,6 @@ from sifirdan.data.config import DataConfig
 from sifirdan.data.corpus import (
     DEFAULT_CORPUS_NAME,
     default_corpus,
-    default_corpus_records,
     iter_texts,
     read_text,
     resolve_inputs,
@@ -56,7 +55,6 @@ __all__ = [
     "corpus_hash",
     "default_cache_dir",
     "default_corpus",
-    "default_corpus_records",
     "eval_windows",
     "iter_eval_batches",
     "iter_split_texts",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sifirdan.data.config import DataConfig
+from sifirdan.data.corpora import default_cache_dir
 from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, resolve_inputs
 from sifirdan.data.dedup import DedupStats, _iter_units
 from sifirdan.data.split import (
@@ -55,12 +56,6 @@ _HASH_BLOCK = 1 << 20
 
 
 # ================================================================================================ hashing / cache
-def default_cache_dir() -> Path:
-    """``$SIFIRDAN_CACHE``, else ``~/.cache/sifirdan``."""
-    env = os.environ.get("SIFIRDAN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "sifirdan"
-
-
 def corpus_hash(paths) -> str:
     """sha256 over the input's content (see the module docstring for what it covers and why)."""
     h = hashlib.sha256(b"sifirdan-corpus-v1\0")

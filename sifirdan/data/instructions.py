@@ -61,7 +61,9 @@ def read_records(source: str | Path, skip_bad: bool = False, stats: ReadStats | 
     text_source = str(source)
     if text_source.startswith("hf:"):
         return _read_hf(text_source[3:])
-    path = Path(source)
+    from sifirdan.data import corpora
+
+    path = corpora.resolve_name(source) or Path(source)
     if not path.is_file():
         raise UserError(f"instruction data {path} does not exist; pass a .jsonl, .json or .csv file (or hf:NAME)")
     try:
@@ -262,3 +264,16 @@ def split_conversations(convs: list[list[dict]], val_fraction: float = 0.1, seed
     val_idx = sorted(order[:n_val])
     train_idx = sorted(order[n_val:])
     return ConversationSplit(train=[convs[i] for i in train_idx], val=[convs[i] for i in val_idx])
+
+
+def run_split(settings: Mapping, seed: int) -> ConversationSplit:
+    """The train/val split a ``sifirdan finetune`` run made, rebuilt from the settings it saved (its config.json's
+    ``finetune`` section and ``train.seed``): the same records, filters and seeded split, so its val examples --
+    held out from training -- can be answered afterwards (``sifirdan demo`` does)."""
+    stats = ReadStats()
+    skip_bad = bool(settings.get("skip_bad", False))
+    records = read_records(settings["data"], skip_bad=skip_bad, stats=stats)
+    convs = to_conversations(records, parse_field_map(settings.get("field_map")), skip_bad=skip_bad, stats=stats)
+    if settings.get("max_samples") is not None:
+        convs = convs[: settings["max_samples"]]
+    return split_conversations(convs, settings["val_fraction"], seed)
