@@ -127,9 +127,10 @@ def check_out_dir(path: str | os.PathLike, mode: str, flag: str = "--out", _lock
 class RunDir:
     """An open run directory: locked by this process until ``close()``."""
 
-    def __init__(self, path: Path, made: str | None, lock_fd: int | None, repairs: list[str]):
+    def __init__(self, path: Path, made: str | None, lock_fd: int | None, repairs: list[str], parents: int = 0):
         self.path = path
         self.made = made  # "folder": this process created it; "files": it was empty; None: a run was there
+        self.parents = parents  # folders above it this process created too (--out runs/new/r: runs/new)
         self._lock_fd = lock_fd
         self.repairs = repairs  # what recovery did on open, for the log
 
@@ -139,14 +140,19 @@ class RunDir:
         path = Path(path)
         check_out_dir(path, mode, flag)
         made = None if path.is_dir() and not _is_empty(path) else ("files" if path.is_dir() else "folder")
+        parents = 0
+        while made == "folder" and not path.parents[parents].exists():
+            parents += 1
+        run = cls(path, made, None, [], parents)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            run._remove_made()  # mkdir may have made some of the parents before it failed
             raise UserError(f"{flag} {path} cannot be created ({os_reason(e)}); pick a folder you can write") from None
-        fd = _lock(path, flag)
         try:
+            run._lock_fd = _lock(path, flag)
             check_out_dir(path, mode, flag, _locked=True)  # again, now that no other sifirdan process can change it
-            repairs = [r for r in (repair_checkpoints(path),) if r]
+            run.repairs = [r for r in (repair_checkpoints(path),) if r]
             if mode == "resume" and not (path / "last" / "config.json").is_file():
                 raise UserError(f"{path} has no complete last/ checkpoint to resume from; start it again with "
                                 f"--out {path} --overwrite")
@@ -160,24 +166,37 @@ class RunDir:
                     config = {k: saved.get(k) for k in ("model", "train", "data")}
                 write_marker(path, command, config)
         except BaseException:
-            _unlock(fd)
+            # only unlock: what is in the folder now may be another run's (one that got the lock first)
+            run.close()
             raise
-        return cls(path, made, fd, repairs)
+        return run
 
     def close(self) -> None:
         _unlock(self._lock_fd)
         self._lock_fd = None
 
     def abandon(self) -> None:
-        """Undo a new run that failed before it saved a checkpoint (a bad input found late): remove what it
-        wrote -- the folder itself if this process created it."""
+        """Undo a new run that failed before it saved a checkpoint (a bad input found late, a crash): remove
+        what it wrote -- the folder itself, and the parents it created with it, if this process created it."""
         if self.made and not _has_checkpoint(self.path) and not (self.path / "best").exists():
             if self.made == "folder":
-                shutil.rmtree(self.path, ignore_errors=True)
+                self._remove_made()
             else:
                 clear_run(self.path)
                 (self.path / LOCK).unlink(missing_ok=True)
         self.close()
+
+    def _remove_made(self) -> None:
+        """Remove the folder this process created and the parents it created with it, nearest first; a
+        parent that is not empty (another program put something there since) stops it."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.path.parents[: self.parents]:
+            try:
+                parent.rmdir()
+            except FileNotFoundError:  # mkdir failed before it got here
+                continue
+            except OSError:
+                break
 
     def __enter__(self) -> RunDir:
         return self
