@@ -340,6 +340,9 @@ RECIPES = {
     "d-lr5e3": dict(preset=None, vocab=None, model={}, train={"learning_rate": 5e-3}),
     # an untied head (its own matrix, still no bias) is something GPT-2 can express (tie_word_embeddings=false)
     "d-untied": dict(preset=None, vocab=None, model={"tie_weights": False}, train={}),
+    # the head bias escapes weight decay; the tied embedding that must carry the unigram prior without it does not
+    "d-emb-nodecay": dict(preset=None, vocab=None, model={}, train={"decay_embeddings": False}),
+    "d-emb-nodecay-lr5e3": dict(preset=None, vocab=None, model={}, train={"decay_embeddings": False, "learning_rate": 5e-3}),
 }
 
 
@@ -459,8 +462,10 @@ def _guide_label(init: str) -> str:
             f"AdamW {betas[0]}/{betas[1]} wd {wd} on every parameter, no clipping, fp32)")
 
 
-def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str = "cpu"):
-    """Train ``recipe`` with sifirdan's Trainer for at most ``budget_s`` seconds of training steps."""
+def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str = "cpu", steps: int | None = None):
+    """Train ``recipe`` with sifirdan's Trainer for at most ``budget_s`` seconds of training steps, or for exactly
+    ``steps`` steps (``--steps``: recipes of the same step cost compared where the machine's load would skew a
+    wall-clock budget)."""
     import torch
 
     from sifirdan.model import GPT
@@ -474,6 +479,14 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
         cfg = _recipe_configs(recipe, device, max_iters=max_iters, seed=seed)[1]
         return Trainer(GPT(mcfg), cfg, pretrain_data(bins, cfg, mcfg.block_size), verbose=False)
 
+    if steps is not None:
+        trainer = make(steps)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()[0].item()
+        elapsed = time.perf_counter() - t0
+        log(f"    ran {steps} steps in {elapsed:.0f}s")
+        return trainer.raw_model, elapsed, steps, steps
     # calibrate: the step time decides how many steps the cosine schedule is planned for
     probe = make(1000)
     for _ in range(5):
@@ -528,7 +541,9 @@ def quality(args) -> None:
     for name in recipes:
         if name not in RECIPES:
             sys.exit(f"--recipes: unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
-    if not inits:
+    if args.steps is not None and args.guide_iters == 0:
+        inits = []  # --steps with --guide-iters 0: sifirdan recipes against each other only, no guide rows
+    elif not inits:
         sys.exit("--guide-inits: name at least one of normal, pytorch (the guide rows set the time budget)")
     rows, guide_bpc, guide_sec = [], {}, []
     _, bins500, _ = _prepare(data, VOCAB, cache, toks)
@@ -541,14 +556,14 @@ def quality(args) -> None:
         log(f"  step 0: train {s0_train:.4f}, val {s0_val:.4f}; {gsec:.0f}s, val {gnats:.4f} nats/token, {gbpc:.4f} bits/char")
         rows.append([f"{init}: {_guide_label(init)}", f"{s0_train:.4f} / {s0_val:.4f}", args.guide_iters, f"{gsec:.0f}",
                      f"{gnats:.4f}", f"{gbpc:.4f}"])
-    ref = inits[0]  # the first guide row is the reference the ratios are taken against (default: normal)
-    gsec = sum(guide_sec) / len(guide_sec)
+    ref = inits[0] if inits else None  # the first guide row is the reference the ratios are taken against (default: normal)
+    gsec = sum(guide_sec) / len(guide_sec) if guide_sec else 0.0
     budget = gsec * args.budget_fraction
     for name in recipes:
         recipe = RECIPES[name]
         _, bins, tok_s = _prepare(data, recipe["vocab"] or _default_vocab(), cache, toks)
         log(f"{name}: budget {budget:.0f}s (tokenizer {tok_s:.1f}s, not counted)")
-        model, sec, steps, planned = _our_recipe(bins, recipe, budget, args.seed, log, args.device)
+        model, sec, steps, planned = _our_recipe(bins, recipe, budget, args.seed, log, args.device, args.steps)
         nats, bpc = _full_val(model, bins, model.config.block_size)
         log(f"  val {nats:.4f} nats/token, {bpc:.4f} bits/char")
         rows.append([f"{name}: {_describe(recipe, args.device)}", "", f"{steps}/{planned}", f"{sec:.0f}", f"{nats:.4f}",
@@ -569,6 +584,10 @@ def quality(args) -> None:
         "batches of each split before the first step (the guide's log: train 6.2443, val 6.2459). Anchors on this "
         "text: PPMd 1.805 bits/char, xz 2.17."
     )
+    if args.steps is not None:
+        notes += (f" This run: every sifirdan recipe trained for exactly {args.steps} steps (--steps), not for the "
+                  "wall-clock budget, so the machine's load cannot change what it learns"
+                  + (" (no guide rows: --guide-iters 0)." if not inits else "."))
     if "normal" in guide_bpc and "pytorch" in guide_bpc:
         notes += (f" The guide's recipe gives {guide_bpc['normal']:.3f} bits/char from the N(0, 0.02) init that "
                   f"reproduces its published step-0 loss and {guide_bpc['pytorch']:.3f} from PyTorch's default init.")
@@ -688,6 +707,8 @@ def main(argv=None) -> None:
                    "reproduces the guide's step-0 loss), pytorch (PyTorch's default, the guide's code as printed)")
     p.add_argument("--recipes", default="default", help=f"comma list of {', '.join(RECIPES)}")
     p.add_argument("--budget-fraction", type=float, default=1.0, help="scale the wall-clock budget (short explorations)")
+    p.add_argument("--steps", type=int, help="train every sifirdan recipe for exactly this many steps instead of the "
+                   "wall-clock budget (for recipes of equal step cost on a loaded machine)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-append", action="store_true", help="print only; do not append to bench/RESULTS.md")
     args = p.parse_args(argv)

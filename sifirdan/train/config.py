@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sifirdan.configs import MAX_SEED, check_choice, check_types, dataclass_from_dict
+from sifirdan.configs import MAX_SEED, check_choice, check_device, check_types, dataclass_from_dict
 from sifirdan.errors import UserError
 from sifirdan.model.config import LEGACY_KEYS as LEGACY_MODEL_KEYS
 
 SCHEDULES = ("cosine", "constant")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+# fields that take one of a fixed set of values: validate() checks them, the CLI offers them as choices
+FIELD_CHOICES = {"lr_schedule": SCHEDULES, "dtype": DTYPES}
 
 # What ``--dtype auto`` means on a CPU. bf16 autocast halves memory traffic but is only faster on CPUs with
 # native bf16 (AVX512-BF16 / AMX); measurements decide. One place to change it.
@@ -45,6 +47,8 @@ class TrainConfig:
     # (bench/RESULTS.md). One pass over a big corpus: try 0.1.
     weight_decay: float = 1.0
     decay_all: bool = False  # True: decay every parameter, as ``AdamW(model.parameters())`` in the guide
+    # False: the token/position embeddings (with tied weights also the LM head) are not decayed
+    decay_embeddings: bool = True
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
@@ -93,12 +97,13 @@ class TrainConfig:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; the guide uses 3e-4")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
+        for name, choices in FIELD_CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
+        check_device(self.device)  # a config file's typo is found with the other fields, before any work
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise UserError("weight_decay and grad_clip must be >= 0 (grad_clip 0 disables clipping)")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
-        check_choice("dtype", self.dtype, DTYPES)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

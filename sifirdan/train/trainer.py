@@ -94,9 +94,12 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     if cfg.decay_all:
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
     else:
+        kept = set()  # parameters never decayed besides biases and gains: the embeddings, when asked
+        if not cfg.decay_embeddings:
+            kept = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in params if p.dim() >= 2 and id(p) not in kept], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2 or id(p) in kept], "weight_decay": 0.0},
         ]
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
     if device.type in ("cuda", "cpu"):
