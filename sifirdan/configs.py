@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 
 from sifirdan.errors import UserError
@@ -13,6 +14,12 @@ from sifirdan.errors import UserError
 MAX_SEED = 2**63 - 1
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+# The devices a command runs on (``--device``, ``TrainConfig.device``); cuda:N is the GPU with index N.
+# ``sifirdan.train.runtime.resolve_device`` turns a checked name into a torch.device (and finds out whether
+# that device is there).
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE_NAME = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
 
 
 def check_field_type(name: str, value, want) -> None:
@@ -63,3 +70,10 @@ def check_choice(name: str, value, choices) -> None:
     """A one-line error when a field holds a value outside its fixed set."""
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def check_device(name) -> str:
+    """``name`` lower-cased when it is one of ``DEVICES`` (an index allowed: cuda:1), else a one-line error."""
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name.strip().lower()):
+        raise UserError(f"unknown device {name!r}; use {', '.join(DEVICES[:-1])} or {DEVICES[-1]}")
+    return name.strip().lower()

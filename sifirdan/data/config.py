@@ -9,8 +9,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sifirdan.configs import check_types
+from sifirdan.configs import check_choice, check_types
 from sifirdan.errors import UserError
+
+# what to do with bytes that are not valid UTF-8 (Python's codec error handlers of these names)
+ENCODING_ERRORS = ("strict", "replace", "ignore")
+# fields that take one of a fixed set of values: validate() checks them, the CLI offers them as choices
+FIELD_CHOICES = {"errors": ENCODING_ERRORS}
 
 
 @dataclass
@@ -31,8 +36,8 @@ class DataConfig:
         n = self.dedup_min_chars
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise UserError(f"dedup_min_chars must be a positive integer, not {n!r}; e.g. --dedup-min-chars 40")
-        if self.errors not in ("strict", "replace", "ignore"):
-            raise UserError(f"--errors must be strict, replace or ignore, not {self.errors!r}")
+        for name, choices in FIELD_CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
         if not isinstance(self.text_field, str) or not self.text_field:
             raise UserError(f"text_field must be a non-empty field name, not {self.text_field!r}; e.g. --text-field text")
         if not isinstance(self.dedup, bool):

@@ -17,6 +17,8 @@ ATTENTION_KINDS = ("sdpa", "explicit")
 # a run-time choice, not architecture; it is ``TrainConfig.cpu_kernels`` now (sifirdan/kernels).
 LEGACY_KEYS = frozenset({"cpu_kernels"})
 INIT_KINDS = ("guide", "scaled", "pytorch")
+# fields that take one of a fixed set of values: validate() checks them, the CLI offers them as choices
+FIELD_CHOICES = {"attention": ATTENTION_KINDS, "init": INIT_KINDS}
 
 
 @dataclass
@@ -63,8 +65,8 @@ class GPTConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        check_choice("attention", self.attention, ATTENTION_KINDS)
-        check_choice("init", self.init, INIT_KINDS)
+        for name, choices in FIELD_CHOICES.items():
+            check_choice(name, getattr(self, name), choices)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

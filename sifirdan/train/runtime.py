@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from sifirdan.configs import check_device
 from sifirdan.errors import UserError
 from sifirdan.train.config import CPU_DEFAULT_DTYPE
 
@@ -17,17 +18,14 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto``: cuda > mps > cpu. Asking for a device that is not there is a user error, not a crash."""
-    name = (name or "auto").lower()
+    name = check_device(name or "auto")  # one list of names for the flags, config files and this
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda was requested but no CUDA GPU is available here; use --device cpu (or auto)")
@@ -38,8 +36,6 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise UserError("--device mps was requested but MPS is not available; use --device cpu (or auto)")
-    elif dev.type != "cpu":
-        raise UserError(f"unsupported device {name!r}; use auto, cpu, cuda or mps")
     return dev
 
 
