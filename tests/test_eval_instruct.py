@@ -269,14 +269,23 @@ def test_cli_field_map_max_samples_skip_bad_csv(tmp_path, tok, capsys):
     (["--batch-size", "0"], "--batch-size must be from 1"),
     (["--max-samples", "-1"], "--max-samples must be >= 1"),
     (["--field-map", "soru"], "--field-map entry 'soru' must look like old=new"),
-    (["--threads", "0"], "--threads must be from 1"),
-    (["--device", "tpu"], "unknown device"),
 ])
 def test_cli_bad_flags(tmp_path, tok, capsys, extra, message):
     model_dir = save(tmp_path, tok, tiny_model(tok))
     data = write_pairs(tmp_path / "val.jsonl")
     code, _, err = run(capsys, "eval-instruct", "--model", model_dir, "--data", data, *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--threads", "-1"], "--threads: must be an integer from 0 (automatic)"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_cli_bad_flags_argparse_checks(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(capsys, "eval-instruct", "--model", tmp_path, "--data", tmp_path / "val.jsonl", *extra)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_bad_inputs(tmp_path, tok, capsys):

@@ -17,6 +17,8 @@ FONT = "DejaVu Sans"  # ships with matplotlib and has every Turkish letter plus 
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser(
         "attention",
         help="plot attention weights as heat maps (PNG)",
@@ -26,12 +28,12 @@ def register(subparsers) -> None:
             f"their first {MAX_TOKENS}."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
-    p.add_argument("--text", required=True, metavar="TEXT", help="the text to look at")
-    p.add_argument("--out", default="attention.png", metavar="PNG", help="output image (default attention.png)")
-    p.add_argument("--layer", default="0", metavar="L", help="which layer, 0-based; negative counts from the end (default 0)")
+    options.add(p, "--model", required=True)
+    options.add(p, "--text", required=True)
+    p.add_argument("--out", default="attention.png", metavar="PNG", help="the PNG image to write (default: attention.png)")
+    p.add_argument("--layer", default="0", metavar="L", help="which layer, 0-based; negative counts from the end (default: 0)")
     p.add_argument("--head", default=None, metavar="H", help="one head, 0-based (default: all heads of the layer)")
-    p.add_argument("--device", default="cpu", metavar="D", help="cpu (default), cuda, mps or auto")
+    options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_attention)
 
 

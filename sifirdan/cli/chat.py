@@ -17,6 +17,7 @@ FINETUNE_HINT = "sifirdan finetune --model DIR --data FILE --out RUN"
 
 def register(subparsers) -> None:
     from sifirdan.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+    from sifirdan.cli import options
 
     p = subparsers.add_parser(
         "chat",
@@ -31,23 +32,19 @@ def register(subparsers) -> None:
             f"template is used for plain completion: your text is continued (for a chat model: `{FINETUNE_HINT}`)."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory (from `sifirdan finetune --out`)")
+    options.add(p, "--model", required=True)
     p.add_argument("--system", metavar="TEXT", help="a system message the model reads before the conversation (kept when old turns are dropped)")
     p.add_argument("-p", "--prompt", metavar="TEXT", help="answer this one message on stdout and exit (for scripts)")
     # numbers are parsed by us, not argparse, so a bad value is one clear line
-    p.add_argument("--temperature", default=str(DEFAULT_TEMPERATURE), metavar="T",
-                   help=f"randomness: 0 = always the most likely token (default {DEFAULT_TEMPERATURE})")
-    p.add_argument("--top-p", default=str(DEFAULT_TOP_P), metavar="P",
-                   help=f"sample from the most likely tokens that together reach probability P; 1 = off (default {DEFAULT_TOP_P})")
-    p.add_argument("--top-k", default=str(DEFAULT_TOP_K), metavar="K",
-                   help=f"sample from the K most likely tokens only; 0 = off (default {DEFAULT_TOP_K})")
-    p.add_argument("--max-tokens", "--max-new-tokens", dest="max_tokens", default=str(DEFAULT_MAX_TOKENS), metavar="N",
-                   help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS}); room for it, up to half the context, is "
-                        "kept free when fitting the conversation")
-    p.add_argument("--repetition-penalty", default="1.0", metavar="R", help="> 1 discourages repeating tokens (default 1 = off)")
-    p.add_argument("--seed", default=None, metavar="S",
-                   help="integer seed: reply k samples with S + k, so the same messages give the same chat (default: random)")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    options.add(p, "--temperature", default=str(DEFAULT_TEMPERATURE))
+    options.add(p, "--top-p", default=str(DEFAULT_TOP_P))
+    options.add(p, "--top-k", default=str(DEFAULT_TOP_K))
+    options.add(p, "--max-new-tokens", names=("--max-tokens", "--max-new-tokens"), dest="max_tokens",
+                default=str(DEFAULT_MAX_TOKENS), note=f"{DEFAULT_MAX_TOKENS}; room for a reply this long, up to half "
+                "the context, is kept free when fitting the conversation")
+    options.add(p, "--repetition-penalty", default="1.0")
+    options.add(p, "--seed", note="random; reply k uses SEED + k, so the same messages give the same chat")
+    options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_chat)
 
 

@@ -18,16 +18,19 @@ from sifirdan.errors import UserError
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser("eval", help="loss / perplexity / bits per byte of a model on a text",
                               description="Score every token of a text with a trained model.")
-    p.add_argument("--model", required=True, metavar="DIR", help="run directory or checkpoint directory")
+    options.add(p, "--model", required=True)
     p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s), folder(s) or corpus names (`sifirdan data list`); default: nutuk, bundled")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default: 32)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 (default: fp32)")
-    p.add_argument("--text-field", default="text", metavar="NAME", help="field that holds the text in .jsonl/.json/.csv (default text)")
-    p.add_argument("--errors", default="strict", choices=["strict", "replace", "ignore"], help="invalid UTF-8: strict | replace | ignore")
+    options.add(p, "--json")
+    options.add(p, "--batch-size", type=int, default=32)
+    options.add(p, "--device", default="auto")
+    # fp32 by default, not auto: the numbers a user compares across runs and machines
+    options.add(p, "--dtype", default="fp32")
+    options.add(p, "--text-field", default="text")
+    options.add(p, "--errors", default="strict")
     p.set_defaults(func=run)
 
 
@@ -77,8 +80,6 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.dtype not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"--dtype must be fp32, bf16 or fp16, got {args.dtype!r}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model, tokenizer = ckpt.load_model(args.model, device=device)

@@ -22,6 +22,7 @@ SHOW_CHARS = 160
 
 def register(subparsers) -> None:
     from sifirdan.chat.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+    from sifirdan.cli import options
 
     p = subparsers.add_parser(
         "eval-instruct",
@@ -29,24 +30,22 @@ def register(subparsers) -> None:
         description=(
             "Answer every instruction of a data file with a fine-tuned model (greedy) and report ended_rate "
             "(answers that end with </RESP>), leak_rate (answers holding a special token), the mean answer "
-            "length and token F1 against the reference answers."
+            "length and token F1 against the reference answers. --json prints them as one line: n, ended_rate, "
+            "leak_rate, mean_answer_chars, f1."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned checkpoint or run directory (from `sifirdan finetune`)")
+    options.add(p, "--model", required=True)
     p.add_argument("--data", required=True, metavar="PATH",
                    help="instruction pairs: .jsonl, .json or .csv (instruction/output, prompt/response, question/answer or messages), or hf:NAME[:SPLIT]")
-    p.add_argument("--json", action="store_true", help="print one JSON line: n, ended_rate, leak_rate, mean_answer_chars, f1")
-    p.add_argument("--max-new-tokens", default=str(DEFAULT_MAX_NEW_TOKENS), metavar="N",
-                   help=f"tokens an answer may take at most (default {DEFAULT_MAX_NEW_TOKENS})")
+    options.add(p, "--json")
+    options.add(p, "--max-new-tokens", default=str(DEFAULT_MAX_NEW_TOKENS))
     p.add_argument("--answers", metavar="FILE", help="also write one JSON line per pair (instruction, reference, answer, ended, leaked, ...)")
-    p.add_argument("--batch-size", default=str(DEFAULT_BATCH_SIZE), metavar="N",
-                   help=f"prompts generated together (default {DEFAULT_BATCH_SIZE})")
-    p.add_argument("--field-map", metavar="OLD=NEW,...", help="rename fields first, e.g. --field-map soru=question,cevap=answer")
-    p.add_argument("--max-samples", default=None, metavar="N", help="evaluate only the first N pairs")
-    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines and records (counted) instead of stopping")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--threads", default="auto", metavar="N",
-                   help="CPU threads; auto (default) uses the cores other programs leave free, re-decided every batch")
+    options.add(p, "--batch-size", default=str(DEFAULT_BATCH_SIZE))
+    options.add(p, "--field-map")
+    options.add(p, "--max-samples", note="all")
+    options.add(p, "--skip-bad")
+    options.add(p, "--device", default="auto")
+    options.add(p, "--threads", default=0)
     p.set_defaults(func=cmd_eval_instruct)
 
 
@@ -91,7 +90,7 @@ def cmd_eval_instruct(args) -> int:
     max_new = _int(args.max_new_tokens, "max-new-tokens", 1, MAX_NEW_TOKENS_CAP)
     batch_size = _int(args.batch_size, "batch-size", 1, 4096)
     max_samples = _int(args.max_samples, "max-samples", 1)
-    threads = None if str(args.threads).strip().lower() == "auto" else _int(args.threads, "threads", 1, 1024)
+    threads = args.threads or None  # 0: the cores other programs leave free (options.threads checked the range)
     from sifirdan.data.instructions import parse_field_map
 
     field_map = parse_field_map(args.field_map)

@@ -11,6 +11,8 @@ from sifirdan.errors import UserError
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser(
         "generate",
         help="generate text with a trained model",
@@ -21,25 +23,25 @@ def register(subparsers) -> None:
             "fine-tuned with, generation stops where the answer ends, and only the answer is printed."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory (from `sifirdan pretrain --out`)")
+    options.add(p, "--model", required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", metavar="TEXT", help="the prompt (default: empty -- start from <|endoftext|>)")
     src.add_argument("--input", metavar="FILE", help="read the prompt from a file ('-' = stdin)")
     src.add_argument("--instruction", metavar="TEXT",
                      help="a fine-tuned model answers TEXT (one user message in its chat template); prints the answer only")
     # numbers are parsed by us, not argparse, so a bad value is one clear line (see _parse)
-    p.add_argument("--max-new-tokens", default="200", metavar="N", help="tokens to generate at most (default 200)")
-    p.add_argument("--temperature", default="0.8", metavar="T", help="0 = greedy, higher = more random (default 0.8)")
-    p.add_argument("--top-k", default="0", metavar="K", help="sample from the K most likely tokens only (default 0 = off)")
-    p.add_argument("--top-p", default="1.0", metavar="P", help="nucleus sampling, in (0, 1] (default 1 = off)")
-    p.add_argument("--repetition-penalty", default="1.0", metavar="R", help="> 1 discourages repeating tokens (default 1 = off)")
-    p.add_argument("--seed", default=None, metavar="S", help="integer seed: the same seed gives the same text")
+    options.add(p, "--max-new-tokens", default="200")
+    options.add(p, "--temperature", default="0.8")
+    options.add(p, "--top-k", default="0")
+    options.add(p, "--top-p", default="1.0")
+    options.add(p, "--repetition-penalty", default="1.0")
+    options.add(p, "--seed", note="random; completion k of --num-samples uses SEED + k")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
-    p.add_argument("--num-samples", default="1", metavar="N", help="how many completions (generated as one batch; default 1)")
+    p.add_argument("--num-samples", default="1", metavar="N", help="how many completions, generated as one batch (default: 1)")
     p.add_argument("--stream", action="store_true", help="print the text as it is generated")
     p.add_argument("--completion-only", action="store_true", help="print only the generated text, not the prompt")
     p.add_argument("--no-cache", action="store_true", help="recompute every step without the KV cache (the guide's way; slow)")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_generate)
 
 

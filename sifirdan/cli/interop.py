@@ -10,6 +10,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     exp = subparsers.add_parser("export", help="export a model for other tools (hf: a transformers GPT-2 directory)")
     exp_sub = exp.add_subparsers(dest="export_format", metavar="FORMAT", required=True)
     hf = exp_sub.add_parser(
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
         "tokenizer.json, tokenizer_config.json with the chat template of a fine-tuned model, generation_config.json) "
         "that AutoModelForCausalLM and AutoTokenizer load offline with no custom code. A model GPT-2 cannot compute "
         "exactly (an LM-head bias) is refused.")
-    hf.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
+    options.add(hf, "--model", required=True)
     hf.add_argument("--out", required=True, metavar="DIR", help="the export directory (new, empty, or an earlier export)")
     hf.set_defaults(func=cmd_export)
 

@@ -23,15 +23,15 @@ def register(subparsers) -> None:
         description="Instantiate a model preset and count its parameters per component (guide §3-7), "
         "next to the guide's hand-computed numbers, with a note on every difference.",
     )
-    p.add_argument("--preset", default="guide", help="model preset: nano, guide, small, medium (default: guide)")
-    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
-    p.add_argument("--block-size", type=int, help="override the preset's context length")
-    p.add_argument("--n-embd", type=int, help="override the embedding width")
-    p.add_argument("--n-head", type=int, help="override the number of attention heads")
-    p.add_argument("--n-layer", type=int, help="override the number of transformer blocks")
-    p.add_argument("--no-bias", action="store_true", help="Linear and LayerNorm layers without biases")
-    p.add_argument("--tie-weights", action="store_true", help="share the token embedding with the LM head")
-    p.add_argument("--json", action="store_true", help="print the counts as JSON instead of a table")
+    from sifirdan.cli import options
+
+    options.add(p, "--preset", default="guide")
+    # the same flags as pretrain's model flags; each given one overrides the preset
+    for flag in ("--vocab-size", "--block-size", "--n-embd", "--n-head", "--n-layer"):
+        options.add(p, flag, type=int, note="the preset's")
+    options.add(p, "--bias", note="the preset's")
+    options.add(p, "--tie-weights", note="the preset's")
+    options.add(p, "--json")
     p.set_defaults(func=run)
 
 
@@ -209,10 +209,9 @@ def run(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size, block_size=args.block_size, n_embd=args.n_embd, n_head=args.n_head,
         n_layer=args.n_layer,
     )
-    if args.no_bias:
-        overrides["bias"] = False
-    if args.tie_weights:
-        overrides["tie_weights"] = True
+    for name in ("bias", "tie_weights"):  # None: the preset's
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     config = GPTConfig.from_preset(args.preset, **overrides)  # raises UserError naming the presets
     changed = any(v is not None for k, v in overrides.items() if k not in ("bias", "tie_weights"))
     rep = report(config, preset=args.preset if not changed else None)

@@ -17,17 +17,21 @@ GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser("template", help="show the chat template: how examples are rendered and what is trained")
     sub = p.add_subparsers(dest="template_command", metavar="ACTION", required=True)
     show = sub.add_parser("show", help="print rendered examples with the trained tokens marked",
                           description="Render instruction examples with the model's chat template and mark the tokens "
                           "the loss is on (colour on a terminal, [[...]] otherwise).")
-    show.add_argument("--model", required=True, metavar="DIR", help="a checkpoint or run directory (for its tokenizer and template)")
+    options.add(show, "--model", required=True)
     show.add_argument("--data", required=True, metavar="PATH", help="instruction data (.jsonl / .json / .csv)")
-    show.add_argument("--n", type=int, default=2, help="how many examples (default: 2)")
-    show.add_argument("--field-map", metavar="OLD=NEW,...", help="rename record fields, as in finetune")
-    show.add_argument("--train-on-prompt", action="store_true", help="show what --train-on-prompt trains")
-    show.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    show.add_argument("--n", type=int, default=2, metavar="N", help="how many examples to show (default: 2)")
+    options.add(show, "--field-map")
+    options.add(show, "--train-on-prompt")
+    show.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="mark the trained tokens in green: auto = on a terminal (unless $NO_COLOR is set); never "
+                      "= between [[ and ]] (default: auto)")
     show.set_defaults(func=run)
 
 
