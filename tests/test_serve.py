@@ -718,6 +718,37 @@ def test_cli_bad_flags_are_one_line(chat_dir, argv, needle, capsys):
     assert needle in err and len(err.splitlines()) == 1
 
 
+def test_threads_0_shares_the_cpu_as_training_does(chat_dir, monkeypatch, capsys):
+    """--threads 0 means what it means in pretrain: the cores other programs leave free, re-decided while serving."""
+    from sifirdan.cli import main
+    from sifirdan.errors import UserError
+    from sifirdan.serve import app as app_module
+
+    seen = []
+
+    def load_app(model_dir, config, device):
+        seen.append(config.share_cpu)
+        raise UserError("stop before serving")
+
+    monkeypatch.setattr(app_module, "load_app", load_app)
+    for threads in ("0", "auto", "1"):  # 1: the count this module runs with
+        assert main(["serve", "--model", str(chat_dir), "--port", "0", "--device", "cpu", "--threads", threads]) == 2
+    assert seen == [True, True, False] and "stop before serving" in capsys.readouterr().err
+
+
+def test_a_cpu_sharing_worker_redecides_its_threads(chat_dir, monkeypatch):
+    from sifirdan.serve.scheduler import Scheduler
+    from sifirdan.train import runtime
+
+    calls = []
+    monkeypatch.setattr(Scheduler, "SHARE_CPU_EVERY", 0.0)
+    monkeypatch.setattr(runtime.CpuShare, "adjust", lambda self: calls.append(1))  # the count stays as it is
+    with server_for(chat_dir, share_cpu=True) as (url, _):
+        r = httpx.post(url + "/v1/completions", json={"prompt": "Ankara", "max_tokens": 3}, timeout=TIMEOUT)
+        assert r.status_code == 200
+    assert calls
+
+
 def test_cli_port_in_use_and_missing_model(chat_dir, tmp_path, capsys):
     from sifirdan.cli import main
 

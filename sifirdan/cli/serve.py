@@ -21,6 +21,8 @@ DEFAULTS = {"max_batch": 32, "max_tokens_cap": 1024, "max_queue": 128}
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser(
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API, with a web chat page",
@@ -33,22 +35,22 @@ def register(subparsers) -> None:
             "otherwise; give --api-key (or $SIFIRDAN_API_KEY) before you open it to a network."
         ),
     )
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint or run directory")
+    options.add(p, "--model", required=True)
     p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    p.add_argument("--port", default="8000", metavar="N", help="TCP port (default 8000; 0 = any free port)")
+                   help="address to listen on; 0.0.0.0 = every interface (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", default="8000", metavar="N", help="TCP port; 0 = any free port (default: 8000)")
     p.add_argument("--api-key", default=None, metavar="KEY",
                    help="require the header `Authorization: Bearer KEY` on /v1 (default: $SIFIRDAN_API_KEY, else none)")
     p.add_argument("--max-batch", default=str(DEFAULTS["max_batch"]), metavar="N",
-                   help=f"sequences generated together at most (default {DEFAULTS['max_batch']}; 1 = one at a time)")
+                   help=f"sequences generated together at most; 1 = one at a time (default: {DEFAULTS['max_batch']})")
     p.add_argument("--max-tokens-cap", default=str(DEFAULTS["max_tokens_cap"]), metavar="N",
-                   help=f"a request's max_tokens is lowered to this (default {DEFAULTS['max_tokens_cap']})")
+                   help=f"a request's max_tokens, in tokens, is lowered to this (default: {DEFAULTS['max_tokens_cap']})")
     p.add_argument("--max-queue", default=str(DEFAULTS["max_queue"]), metavar="N",
-                   help=f"requests that may wait for the batch; more get 429 + Retry-After (default {DEFAULTS['max_queue']})")
+                   help=f"requests that may wait for the batch; more get 429 + Retry-After (default: {DEFAULTS['max_queue']})")
     p.add_argument("--model-name", default=None, metavar="NAME",
                    help="the model id clients send and /v1/models lists (default: the directory's name)")
-    p.add_argument("--device", default="auto", metavar="D", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--threads", default="0", metavar="N", help="CPU threads for PyTorch (default 0: PyTorch's choice)")
+    options.add(p, "--device", default="auto")
+    options.add(p, "--threads", default=0)
     p.set_defaults(func=cmd_serve)
 
 
@@ -112,7 +114,7 @@ def cmd_serve(args) -> int:
     max_batch = _int(args.max_batch, "max-batch", 1, 1024)
     cap = _int(args.max_tokens_cap, "max-tokens-cap", 1, MAX_NEW_TOKENS_CAP)
     max_queue = _int(args.max_queue, "max-queue", 0, 1_000_000)
-    threads = _int(args.threads, "threads", 0, 4096)
+    threads = args.threads  # 0: the cores other programs leave free, re-decided while serving (the scheduler)
     api_key = args.api_key if args.api_key is not None else os.environ.get("SIFIRDAN_API_KEY") or None
     if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
         raise UserError("--api-key must be a non-empty string without spaces")
@@ -125,14 +127,16 @@ def cmd_serve(args) -> int:
 
     if threads:
         torch.set_num_threads(threads)
+    device = resolve_device(args.device)
     name = args.model_name or Path(args.model).resolve().name or "sifirdan"
     loopback = is_loopback(args.host)
     config = ServerConfig(model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
-                          max_tokens_cap=cap, allowed_hosts=LOOPBACK_HOSTS if loopback else None)
+                          max_tokens_cap=cap, allowed_hosts=LOOPBACK_HOSTS if loopback else None,
+                          share_cpu=threads == 0 and device.type == "cpu")
     resolve_checkpoint_dir(args.model)  # a wrong path is one line before anything loads
     sock = bind(args.host, port)  # before the weights: a port in use fails fast
     try:
-        app = load_app(args.model, config, resolve_device(args.device))
+        app = load_app(args.model, config, device)
         s = app.state
         bound = sock.getsockname()
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]

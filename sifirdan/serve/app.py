@@ -72,6 +72,9 @@ class ServerConfig:
     # its size. The first text and the end are never held back; with few rows every token is written at once.
     stream_interval: float = 0.025
     busy_rows: int = 8
+    # CPU threads follow the cores other programs leave free, re-decided while serving (--threads 0 on a CPU,
+    # as in training: see sifirdan.train.runtime.CpuShare); False keeps the count the server started with
+    share_cpu: bool = False
 
 
 class _State:
@@ -92,7 +95,7 @@ class _State:
         # no token is longer than this many bytes: a text of more than block_size * this bytes cannot fit,
         # and is refused before it costs a tokenization
         self.max_token_bytes = max([len(b) for b in tokenizer.vocab.values()] + [1])
-        self.scheduler = Scheduler(self.engine, config.max_batch, config.max_queue)
+        self.scheduler = Scheduler(self.engine, config.max_batch, config.max_queue, share_cpu=config.share_cpu)
         self.tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sifirdan-tokenize")
         self.created = int(time.time())
 

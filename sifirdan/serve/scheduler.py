@@ -66,7 +66,11 @@ class Ticket:
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch: int = 32, max_queue: int = 128):
+    # how often the worker re-decides its thread count when it shares the CPU: /proc/stat needs a while
+    # between two looks to say anything, and a decode step is milliseconds
+    SHARE_CPU_EVERY = 1.0  # seconds
+
+    def __init__(self, engine, max_batch: int = 32, max_queue: int = 128, share_cpu: bool = False):
         self.engine = engine
         self.max_batch = max_batch
         self.max_queue = max_queue
@@ -82,6 +86,7 @@ class Scheduler:
         import torch
 
         self.threads = torch.get_num_threads()  # the worker thread sets the creator's count (OpenMP's is per thread)
+        self.share_cpu = share_cpu
 
     # ----------------------------------------------------------------------------------- event-loop side
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,13 +156,24 @@ class Scheduler:
                 pass
 
     def _run(self) -> None:
+        import time
+
         import torch
 
         torch.set_num_threads(self.threads)
+        share, looked = None, time.monotonic()
+        if self.share_cpu:
+            from sifirdan.train.runtime import CpuShare
+
+            share = CpuShare()  # made here: it sets the thread count of the thread that calls adjust()
+            share = share if share.available else None
         while not self._stop.is_set():
             self._take_inbox(block=not self.batcher.busy)
             if not self.batcher.busy:
                 continue
+            if share is not None and time.monotonic() - looked >= self.SHARE_CPU_EVERY:
+                share.adjust()
+                looked = time.monotonic()
             try:
                 res = self.batcher.step()
             except Exception as e:  # a bug or out of memory: fail the requests in flight, keep serving
