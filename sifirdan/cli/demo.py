@@ -58,7 +58,8 @@ PROFILES = {
     "tiny": Profile(
         "tiny", 512,
         ["--n-embd", "64", "--n-head", "2", "--n-layer", "2", "--block-size", "64", "--batch-size", "16",
-         "--max-iters", "600", "--eval-interval", "200", "--eval-iters", "5", "--checkpoint-interval", "200"],
+         "--max-iters", "600", "--eval-interval", "200", "--eval-iters", "5", "--checkpoint-interval", "200",
+         "--log-interval", "50"],
         ["--max-iters", "60", "--batch-size", "8", "--eval-interval", "30", "--eval-iters", "2",
          "--checkpoint-interval", "30", "--block-size", "128", "--truncate"],
         64, "a smoke test, not a model: val bits/char near 2.9, answers that rarely end", 150,
@@ -66,13 +67,13 @@ PROFILES = {
     ),
     "default": Profile(
         "default", 4096,
-        ["--max-iters", "1500", "--eval-interval", "250"],
+        ["--max-iters", "1500", "--eval-interval", "250", "--log-interval", "50"],
         [],
         320, "val bits/char should land near 1.88; about 90 % of the answers end with </RESP>", 400,
     ),
     "full": Profile(
         "full", 500,
-        ["--preset", "guide", "--no-lm-head-bias"],
+        ["--preset", "guide", "--no-lm-head-bias", "--log-interval", "50"],
         ["--recipe", "guide"],
         320, "val bits/char should land near 2.2 (the guide's model and budget, our data pipeline)", 400,
         ["--full: the guide's preset and budgets; its LM head without a bias, so that it exports to GPT-2"],
