@@ -16,7 +16,7 @@ from sifirdan.errors import UserError
 from sifirdan.fileio import DISK_ERRNOS, os_reason
 
 # subcommand modules, in the order ``--help`` lists them (the guide's order)
-COMMANDS = ["tokenizer", "params", "pretrain", "finetune", "template", "eval", "eval_instruct", "generate", "chat", "serve", "interop", "attention"]
+COMMANDS = ["demo", "data", "tokenizer", "params", "pretrain", "finetune", "template", "eval", "eval_instruct", "generate", "chat", "serve", "interop", "attention"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,7 +28,8 @@ class Parser(argparse.ArgumentParser):
 
 
 class _Version(argparse.Action):
-    """``--version``: sifirdan's, PyTorch's, and which copy of the C kernels this machine runs (or why none)."""
+    """``--version``: sifirdan's, PyTorch's, which BPE core and which copy of the C kernels this machine runs
+    (or why none), and the fix when the C extensions were not built."""
 
     def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
@@ -37,8 +38,13 @@ class _Version(argparse.Action):
         import torch
 
         from sifirdan import kernels
+        from sifirdan.cli import notes
 
-        print(f"sifirdan {__version__} (PyTorch {torch.__version__}; CPU kernels: {kernels.describe()})")
+        bpe = "C" if notes.built(notes.TOKENIZER_CORE) else "Python (C core not built)"
+        print(f"sifirdan {__version__} (PyTorch {torch.__version__}; BPE core: {bpe}; CPU kernels: {kernels.describe()})")
+        note = notes.missing_note()
+        if note:
+            print(note)
         parser.exit(0)
 
 
@@ -47,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sifirdan",
         description="Sıfırdan Fine-Tuning'e: train a Turkish BPE tokenizer and GPT from scratch.",
     )
-    parser.add_argument("--version", action=_Version, help="versions, and which CPU kernels run here")
+    parser.add_argument("--version", action=_Version, help="versions, which C extensions run here, and the fix when they were not built")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"sifirdan.cli.{name}").register(sub)
