@@ -15,6 +15,7 @@ from conftest import write_tiny_text
 
 import sifirdan.cli as cli
 from sifirdan import rundir
+from sifirdan.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--vocab-size", "300", "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--block-size", "16",
@@ -230,6 +231,39 @@ def test_too_little_text_writes_nothing(tmp_path, capsys):
     assert main(["pretrain", "--data", str(small), "--out", str(out), *TINY, "--block-size", "64"]) == 2
     assert "fewer than block_size + 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("failure", [UserError("a bad input found late"), RuntimeError("a crash"), KeyboardInterrupt()])
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_out_as_it_was(text_file, tmp_path, capsys, monkeypatch,
+                                                                          failure):
+    from sifirdan.train.trainer import Trainer
+
+    def fail(self):
+        assert (self.out_dir / rundir.MARKER).is_file()  # the run directory was made: this is the late failure
+        raise failure
+
+    monkeypatch.setattr(Trainer, "fit", fail)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "runs" / "new" / "r", empty):  # a folder sifirdan makes (parents too), an empty one
+        if isinstance(failure, UserError):
+            assert pretrain(text_file, out) == 2
+            assert "a bad input found late" in one_error_line(capsys)
+        elif isinstance(failure, KeyboardInterrupt):
+            assert pretrain(text_file, out) == 130
+            assert one_error_line(capsys) == "sifirdan: interrupted"
+        else:
+            with pytest.raises(type(failure)):
+                pretrain(text_file, out)
+    assert not (tmp_path / "runs").exists()
+    assert empty.is_dir() and not any(empty.iterdir())
+
+
+def test_abandon_keeps_a_parent_someone_else_wrote_into(tmp_path):
+    run = rundir.RunDir.open(tmp_path / "a" / "b" / "r", "new", "pretrain", {})
+    (tmp_path / "a" / "notes.txt").write_text("keep me")
+    run.abandon()
+    assert not (tmp_path / "a" / "b").exists() and (tmp_path / "a" / "notes.txt").read_text() == "keep me"
 
 
 def test_out_that_is_a_file_or_under_a_file(text_file, tmp_path, capsys):

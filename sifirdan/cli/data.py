@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     lst.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="print a few examples of one corpus")
     show.add_argument("name", help="the corpus name (see `sifirdan data list`)")
-    show.add_argument("--n", type=int, default=3, metavar="N", help="how many examples (passages or pairs); default 3")
+    show.add_argument("--n", type=int, default=3, metavar="N", help="how many examples to show (default: 3)")
     show.set_defaults(func=cmd_show)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

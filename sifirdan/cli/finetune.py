@@ -48,36 +48,41 @@ N_SAMPLE_ANSWERS = 3  # greedy answers to fixed val instructions, printed and lo
 
 
 def register(subparsers) -> None:
-    from sifirdan.cli.pretrain import add_dataclass_flags
+    from sifirdan.cli import options
+    from sifirdan.cli.config_flags import add_dataclass_flags
     from sifirdan.train.config import TrainConfig
 
     p = subparsers.add_parser(
         "finetune",
         help="fine-tune a pre-trained model on instruction/answer pairs (guide §9)",
-        description="Fine-tune a pre-trained sifirdan model on instruction data (JSONL, JSON array or CSV with "
-        "instruction/input/output, prompt/response, question/answer or messages fields). The loss is on the "
-        "answers only; the chat template is saved with every checkpoint. Layers: --recipe < flags.",
+        description="Fine-tune a pre-trained sifirdan model (--model, from `sifirdan pretrain`) on instruction data "
+        "(JSONL, JSON array or CSV with instruction/input/output, prompt/response, question/answer or messages "
+        "fields). The loss is on the answers only; the chat template is saved with every checkpoint. "
+        "Layers: --recipe < flags.",
     )
-    p.add_argument("--model", metavar="DIR", help="the pre-trained checkpoint or run directory to start from")
-    p.add_argument("--data", metavar="PATH", help="instruction data: .jsonl / .json / .csv, or hf:NAME[:SPLIT]")
+    options.add(p, "--model")
+    p.add_argument("--data", metavar="PATH", help="instruction data: .jsonl / .json / .csv, a corpus name (nutuk-qa: "
+                   "`sifirdan data list`) or hf:NAME[:SPLIT]; default: nutuk-qa, bundled with sifirdan")
     p.add_argument("--out", metavar="RUN_DIR", help="a new or empty folder for the fine-tuning run")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the fine-tuning run in RUN_DIR from its last/ checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="--out names an existing run: start it anew")
+    options.add(p, "--resume")
+    options.add(p, "--overwrite")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
-                   help="default: ours (answers-only loss, one example per row); guide: the guide's §9 exactly")
-    p.add_argument("--block-size", type=int, help="context length for fine-tuning (default: the base model's; "
-                   f"the guide recipe: {GUIDE_BLOCK_SIZE}); larger than the base's grows the position table")
-    p.add_argument("--dropout", type=float, help="dropout while fine-tuning (default: the base model's)")
-    p.add_argument("--val-fraction", type=float, help="share of examples held out (default: 0.1)")
-    p.add_argument("--max-samples", type=int, help="use only the first N examples (the guide used 1000)")
-    p.add_argument("--field-map", metavar="OLD=NEW,...", help="rename record fields, e.g. soru=question,cevap=answer")
-    p.add_argument("--skip-bad", action="store_true", help="skip malformed lines and records (counted) instead of stopping")
+                   help="the training settings: default = ours (answers-only loss, one example per row); guide = "
+                   "the guide's §9 exactly (default: default)")
+    options.add(p, "--block-size", type=int, note=f"the base model's, or room for 95 % of the training examples "
+                f"(up to 4x the base's); the guide recipe: {GUIDE_BLOCK_SIZE}; above the base's, the position table "
+                "grows")
+    options.add(p, "--dropout", type=float, note="the base model's")
+    options.add(p, "--val-fraction", type=float, note="0.1; on --resume: the run's own")
+    options.add(p, "--max-samples", type=int, note="all; the guide used 1000")
+    options.add(p, "--field-map")
+    options.add(p, "--skip-bad")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--drop", dest="length_mode", action="store_const", const="drop",
                         help="drop examples longer than the block (default)")
     length.add_argument("--truncate", dest="length_mode", action="store_const", const="truncate",
                         help="keep the prompt, cut the answer to fit (its </RESP> is left out)")
-    p.add_argument("--train-on-prompt", action="store_true", help="score every token, not only the answers")
+    options.add(p, "--train-on-prompt")
     lora = p.add_argument_group("LoRA", "freeze the base model and train low-rank adapters only; checkpoints hold "
                                 "the merged plain weights")
     lora.add_argument("--lora-rank", type=int, metavar="R", help="rank of the adapters, 1..n_embd (e.g. 8); off by default")
@@ -85,8 +90,20 @@ def register(subparsers) -> None:
     lora.add_argument("--lora-targets", metavar="LIST", help="comma-separated Linears to adapt in every block: qkv "
                       "(attention Q/K/V), proj (attention output), ffn (both feed-forward Linears); default: qkv,proj,ffn")
     add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig; defaults come from --recipe)",
-                        skip=("sample_prompt", "sample_tokens"))
+                        skip=("sample_prompt", "sample_tokens"), default_of=_recipe_default,
+                        description="the samples printed at each evaluation are greedy answers to held-out "
+                        "instructions")
     p.set_defaults(func=run, length_mode=None)
+
+
+def _recipe_default(name: str) -> str:
+    """A training field's default as --help shows it: the default recipe's value, and the guide's if it differs."""
+    from sifirdan.cli.options import shown
+    from sifirdan.train.config import TrainConfig
+
+    own = TrainConfig.__dataclass_fields__[name].default
+    ours, guide = (shown(RECIPES[r].get(name, own)) for r in ("default", "guide"))
+    return ours if ours == guide else f"{ours}; --recipe guide: {guide}"
 
 
 def _say(msg: str, main: bool = True) -> None:
@@ -107,6 +124,7 @@ def run(args) -> int:
     from sifirdan import checkpoint as ckpt
     from sifirdan import rundir
     from sifirdan.chat.template import DEFAULT_TEMPLATE, TEMPLATE_KEY, ChatTemplate
+    from sifirdan.cli import notes
     from sifirdan.cli.pretrain import explicit_flags, finish_run, open_run_dir
     from sifirdan.data.instructions import ReadStats, parse_field_map, read_records, split_conversations, to_conversations
     from sifirdan.limits import check_fits, training_bytes
@@ -152,9 +170,12 @@ def run(args) -> int:
         else:
             recipe = args.recipe
             train_sections = {**RECIPES[recipe], **flags}
-            if not args.data:
-                raise UserError("--data PATH is required: instruction pairs as .jsonl, .json or .csv")
             data_source, max_samples = args.data, args.max_samples
+            if not data_source:
+                from sifirdan.data import corpora
+
+                data_source = corpora.DEFAULT_INSTRUCTIONS
+                _say(f"no --data given: fine-tuning on the default set, {corpora.describe(data_source)}")
             val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
             field_map_spec, length_mode = args.field_map, args.length_mode or "drop"
             train_on_prompt, skip_bad = args.train_on_prompt, args.skip_bad
@@ -288,6 +309,7 @@ def run(args) -> int:
         _say(f"model: {n_params:,} parameters ({n_train:,} trained{trained_note}), vocab {model.config.vocab_size}, "
              f"block {block_size}; recipe {recipe}: lr {train_cfg.learning_rate:g} ({train_cfg.lr_schedule}), "
              f"batch {train_cfg.batch_size}, {train_cfg.max_iters} steps on {device}", main)
+        notes.c_extensions(main=main)
         torch.manual_seed(train_cfg.seed)
         trainer = Trainer(model, train_cfg, data, tokenizer=tokenizer, out_dir=out, run_config=run_config,
                           dist_info=dist, resume=saved is not None, export_model=export_model)
@@ -297,7 +319,7 @@ def run(args) -> int:
             _say(f"resumed {out} at step {trainer.step}", main)
         result = trainer.fit()
         finished = True
-    except UserError:
+    except BaseException:  # as in pretrain: a new run stopped before its first checkpoint leaves --out as it was
         if run_dir is not None and mode != "resume":
             run_dir.abandon()
         raise

@@ -6,12 +6,11 @@
     torchrun --nproc_per_node=2 -m sifirdan pretrain --data nutuk.txt --out runs/ddp
 
 Configuration layers: defaults < --preset < --config FILE.toml < command-line flags. Every field of GPTConfig,
-TrainConfig and DataConfig is a flag (``n_embd`` -> ``--n-embd``).
+TrainConfig and DataConfig is a flag (``n_embd`` -> ``--n-embd``), described in ``sifirdan/cli/config_flags.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ from pathlib import Path
 from sifirdan.errors import UserError
 
 SECTIONS = ("model", "train", "data")
-_TYPES = {"int": int, "float": float, "str": str}
 
 
 def _section_classes():
@@ -32,23 +30,6 @@ def _section_classes():
 
 def _field_types(cls) -> dict[str, str]:
     return {f.name: (f.type if isinstance(f.type, str) else f.type.__name__) for f in dataclasses.fields(cls)}
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, section: str, title: str, skip=()) -> None:
-    """One flag per dataclass field (``--n-embd``), default None so we can tell what the user set."""
-    group = parser.add_argument_group(title)
-    defaults = cls.__dataclass_fields__
-    for name, typ in _field_types(cls).items():
-        if name in skip:
-            continue
-        flag = "--" + name.replace("_", "-")
-        default = defaults[name].default
-        if typ == "bool":
-            group.add_argument(flag, dest=f"{section}.{name}", action=argparse.BooleanOptionalAction, default=None,
-                               help=f"(default: {default})")
-        else:
-            group.add_argument(flag, dest=f"{section}.{name}", type=_TYPES.get(typ, str), default=None,
-                               metavar=name.split("_")[-1].upper(), help=f"(default: {default})")
 
 
 def explicit_flags(args) -> dict[str, dict]:
@@ -129,6 +110,8 @@ def build_configs(sections: dict[str, dict]):
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+    from sifirdan.cli.config_flags import add_dataclass_flags
     from sifirdan.data import DataConfig
     from sifirdan.model import GPTConfig
     from sifirdan.train.config import TrainConfig
@@ -140,21 +123,31 @@ def register(subparsers) -> None:
         "a BPE tokenizer with --vocab-size ids is trained on the train split and saved in the run directory. "
         "Layers: defaults < --preset < --config < flags.",
     )
-    p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s) or folder(s); default: the built-in corpus")
+    p.add_argument("--data", nargs="+", metavar="PATH", help="text file(s), folder(s) or corpus names (nutuk, ataturk: "
+                   "`sifirdan data list`); default: nutuk, bundled with sifirdan")
     p.add_argument("--out", metavar="RUN_DIR", help="a new or empty folder for the run (checkpoints last/ best/, "
                    "metrics.jsonl, loss.png); a folder sifirdan did not create is never written")
-    p.add_argument("--overwrite", action="store_true", help="--out names an existing run: delete its checkpoints, "
-                   "metrics and plots and start anew (other files in the folder are kept)")
-    p.add_argument("--preset", help="model + training preset: nano, guide, small, medium")
-    p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] / [train] / [data] keys")
-    p.add_argument("--tokenizer", metavar="PATH", help="an existing tokenizer.json (default: train one)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last/ checkpoint, "
-                   "bit-exactly (best/ holds the best weights only, for generate/eval: it cannot be resumed)")
-    p.add_argument("--cache-dir", metavar="DIR", help="token-bin cache (default: $SIFIRDAN_CACHE or ~/.cache/sifirdan)")
-    add_dataclass_flags(p, GPTConfig, "model", "model (GPTConfig)")
-    add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig)")
+    options.add(p, "--overwrite")
+    options.add(p, "--preset", note="none: the defaults below")
+    p.add_argument("--config", metavar="FILE.toml", help="TOML file with [model] / [train] / [data] keys, or flat "
+                   "keys named as the flags below (n_embd = 128); flags override it (default: none)")
+    options.add(p, "--tokenizer", note="train one with --vocab-size ids on the train split, saved in the run")
+    options.add(p, "--resume")
+    p.add_argument("--cache-dir", metavar="DIR", help="where tokenized text is cached, keyed by its content and "
+                   "the tokenizer (default: $SIFIRDAN_CACHE, else ~/.cache/sifirdan)")
+    layered = "the defaults shown are the dataclass's; --preset and --config change them, flags win"
+    add_dataclass_flags(p, GPTConfig, "model", "model (GPTConfig)", description=layered, default_of=_model_default)
+    add_dataclass_flags(p, TrainConfig, "train", "training (TrainConfig)", description=layered)
     add_dataclass_flags(p, DataConfig, "data", "data (DataConfig)")
     p.set_defaults(func=run)
+
+
+def _model_default(name: str) -> str:
+    from sifirdan.cli.options import shown
+    from sifirdan.model import GPTConfig
+
+    default = shown(GPTConfig.__dataclass_fields__[name].default)
+    return f"{default}; with --tokenizer: its size" if name == "vocab_size" else default
 
 
 def open_run_dir(args, command: str, main: bool = True, example: str = "runs/first"):
@@ -198,6 +191,7 @@ def run(args) -> int:
 
     from sifirdan import checkpoint as ckpt
     from sifirdan import rundir
+    from sifirdan.cli import notes
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, resolve_inputs
     from sifirdan.data import corpus_hash, default_cache_dir, iter_train_texts, prepare_bins
     from sifirdan.fileio import check_writable_dir
@@ -240,7 +234,7 @@ def run(args) -> int:
         # ---- data source; on resume it must be the data the run was trained on (hashing reads, never tokenizes)
         paths = args.data if args.data else (saved.get("data_source") if saved else None)
         if paths is None:
-            _say(f"no --data given: training on the default corpus ({DEFAULT_CORPUS_NAME})", main)
+            _say(f"no --data given: training on the default corpus, {DEFAULT_CORPUS_NAME}", main)
         else:
             resolve_inputs(paths)  # a missing file is reported now
         c_hash = corpus_hash(paths)
@@ -252,6 +246,7 @@ def run(args) -> int:
             if dist.enabled:
                 torch.distributed.barrier()
 
+        notes.c_extensions(main=main)  # before the slow work they would speed up: say why it is slow
         # ---- tokenizer (in memory: the run directory is written only once every input check has passed)
         trained_here = False
         if saved is not None:
@@ -263,7 +258,8 @@ def run(args) -> int:
         elif main:
             vocab = sections["model"].get("vocab_size", model_cfg.vocab_size)
             _say(f"training a BPE tokenizer with {vocab} ids on the train split ...")
-            tokenizer = BPETokenizer.train(iter_train_texts(paths, data_cfg), vocab_size=vocab)
+            with notes.warnings_as_notes():  # e.g. "stopped at vocab size N": one line, not Python's two
+                tokenizer = BPETokenizer.train(iter_train_texts(paths, data_cfg), vocab_size=vocab)
             trained_here = True
         else:
             tokenizer = None  # loaded from the run directory once rank 0 has written it (below)
@@ -315,9 +311,11 @@ def run(args) -> int:
             _say(f"resumed {out} at step {trainer.step}", main)
         result = trainer.fit()
         finished = True
-    except UserError:
+    except BaseException:
+        # a new run that stops before its first checkpoint (a bad input found late, a crash, Ctrl-C during
+        # start-up) has nothing to resume: --out is left as it was found (abandon keeps any checkpoint)
         if run_dir is not None and mode != "resume":
-            run_dir.abandon()  # a new run refused before its first checkpoint leaves --out as it found it
+            run_dir.abandon()
         raise
     finally:
         shutdown_distributed(wait_for_others=finished)

@@ -9,6 +9,8 @@ from sifirdan.errors import UserError
 
 
 def register(subparsers) -> None:
+    from sifirdan.cli import options
+
     p = subparsers.add_parser(
         "tokenizer",
         help="train / use a byte-level BPE tokenizer",
@@ -18,41 +20,48 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
     t = sub.add_parser("train", help="learn a tokenizer from text files", description="Learn a byte-level BPE tokenizer.")
-    t.add_argument("--input", nargs="+", metavar="FILE", help="text files or folders (.txt .md .jsonl .json .csv); default: the default corpus")
-    t.add_argument("--vocab-size", type=int, default=8192, metavar="N", help="ids in total: 256 bytes + merges + special tokens (default 8192)")
-    t.add_argument("--out", default="tokenizer.json", metavar="PATH", help="where to write tokenizer.json (default ./tokenizer.json)")
+    t.add_argument("--input", nargs="+", metavar="FILE", help="text files or folders (.txt .md .jsonl .json .csv) or corpus names (`sifirdan data list`); default: nutuk, bundled")
+    options.add(t, "--vocab-size", type=int, default=8192)
+    t.add_argument("--out", default="tokenizer.json", metavar="PATH", help="the tokenizer file to write, once "
+                   "training has succeeded (default: ./tokenizer.json)")
     t.add_argument(
         "--special-tokens", nargs="*", metavar="TOKEN", default=None,
-        help="special tokens (default: <|endoftext|> <PAD> <INST> </INST> <RESP> </RESP>; give the flag alone for none)",
+        help="special tokens, given ids after the merges; the flag alone: none (default: <|endoftext|> <PAD> <INST> "
+        "</INST> <RESP> </RESP>)",
     )
-    t.add_argument("--errors", choices=["strict", "replace"], default="strict", help="what to do with bytes that are not UTF-8")
-    t.add_argument("--text-field", default="text", metavar="NAME", help="field that holds the text in .jsonl/.json/.csv (default text)")
+    options.add(t, "--errors", default="strict")
+    options.add(t, "--text-field", default="text")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("encode", help="text -> ids", description="Print the token ids of a text, space-separated.")
-    e.add_argument("--tokenizer", required=True, metavar="PATH")
+    e = sub.add_parser("encode", help="text -> ids", description="Print the token ids of a text, space-separated "
+                       "(from --text or --input).")
+    options.add(e, "--tokenizer", required=True)
     src = e.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", metavar="S")
-    src.add_argument("--input", metavar="FILE")
+    options.add(src, "--text")
+    src.add_argument("--input", metavar="FILE", help="a text file to encode (.txt as it is; .jsonl/.json/.csv: the "
+                     "--text-field of each record)")
     e.add_argument("--allow-special", action="store_true", help="turn special-token text such as <|endoftext|> into its id")
-    e.add_argument("--errors", choices=["strict", "replace"], default="strict")
-    e.add_argument("--text-field", default="text", metavar="NAME", help="field that holds the text in .jsonl/.json/.csv (default text)")
+    options.add(e, "--errors", default="strict")
+    options.add(e, "--text-field", default="text")
     e.set_defaults(func=cmd_encode)
 
-    d = sub.add_parser("decode", help="ids -> text", description="Print the text of token ids (from --ids, --input or stdin).")
-    d.add_argument("--tokenizer", required=True, metavar="PATH")
+    d = sub.add_parser("decode", help="ids -> text", description="Print the text of token ids (from --ids, --input "
+                       "or stdin). On a terminal a final newline is added; piped or redirected, the output is exactly "
+                       "the decoded bytes.")
+    options.add(d, "--tokenizer", required=True)
     src = d.add_mutually_exclusive_group()
-    src.add_argument("--ids", metavar='"1 2 3"')
-    src.add_argument("--input", metavar="FILE")
+    src.add_argument("--ids", metavar='"1 2 3"', help="token ids separated by spaces or commas")
+    src.add_argument("--input", metavar="FILE", help="a file of token ids separated by spaces, commas or newlines")
     d.set_defaults(func=cmd_decode)
 
     s = sub.add_parser("stats", help="how well a tokenizer compresses a text", description="Chars/token, bytes/token and the longest tokens.")
-    s.add_argument("--tokenizer", required=True, metavar="PATH")
-    s.add_argument("--input", required=True, nargs="+", metavar="FILE")
-    s.add_argument("--errors", choices=["strict", "replace"], default="strict")
-    s.add_argument("--text-field", default="text", metavar="NAME")
-    s.add_argument("--top", type=int, default=20, metavar="K", help="how many of the longest tokens to show (default 20)")
+    options.add(s, "--tokenizer", required=True)
+    s.add_argument("--input", required=True, nargs="+", metavar="FILE", help="text files, folders or corpus names "
+                   "(`sifirdan data list`) to measure on")
+    options.add(s, "--errors", default="strict")
+    options.add(s, "--text-field", default="text")
+    s.add_argument("--top", type=int, default=20, metavar="K", help="how many of the longest tokens to show (default: 20)")
     s.set_defaults(func=cmd_stats)
 
 
@@ -68,11 +77,13 @@ def _visible(b: bytes) -> str:
 def cmd_train(args) -> int:
     import time
 
+    from sifirdan.cli import notes
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, iter_texts
     from sifirdan.tokenizer import BPETokenizer
     from sifirdan.tokenizer.bpe import check_train_args
 
     check_train_args(args.vocab_size, args.special_tokens)  # before reading any text
+    notes.c_extensions([notes.TOKENIZER_CORE])
     if args.input:
         texts = iter_texts(args.input, errors=args.errors, text_field=args.text_field)
         source = ", ".join(args.input)
@@ -81,13 +92,14 @@ def cmd_train(args) -> int:
         chars = sum(map(len, docs))
         print(
             f"no --input given: training on the default corpus, {DEFAULT_CORPUS_NAME} "
-            f"({len(docs)} texts, {chars / 1e6:.2f} M characters)",
+            f"({len(docs)} text(s), {chars / 1e6:.2f} M characters; `sifirdan data list` shows the others)",
             file=sys.stderr,
         )
         texts = docs
         source = DEFAULT_CORPUS_NAME
     t0 = time.perf_counter()
-    tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=args.special_tokens, verbose=not args.quiet)
+    with notes.warnings_as_notes():  # e.g. "stopped at vocab size N": one line, not Python's two
+        tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=args.special_tokens, verbose=not args.quiet)
     seconds = time.perf_counter() - t0
     path = tok.save(args.out)  # only now, after training succeeded
     st = tok.train_stats
@@ -148,8 +160,11 @@ def cmd_decode(args) -> int:
         except ValueError:
             raise UserError(f"{where} holds {word!r}, which is not a token id; give integers separated by spaces") from None
     data = tok.decode_bytes(ids)
+    if sys.stdout.isatty() and not data.endswith(b"\n"):
+        data += b"\n"  # a terminal: the shell prompt goes on a line of its own
     sys.stdout.flush()
-    sys.stdout.buffer.write(data)  # raw bytes: lossless, also for ids that end inside a character
+    # piped or redirected: the raw bytes and nothing else, lossless (also for ids that end inside a character)
+    sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
     return 0
 
