@@ -614,7 +614,7 @@ def _describe(r: dict, device: str = "cpu") -> str:
     desc = (f"{base}: {m.n_embd}/{m.n_head}/{m.n_layer}, block {m.block_size}, v{m.vocab_size}, "
             f"{'tied' if m.tie_weights else 'untied'} embeddings, LM-head bias {'on' if m.lm_head_bias else 'off'}, "
             f"init {m.init}, dropout {m.dropout:g}, batch {t.batch_size}, {schedule}, "
-            f"AdamW {t.beta1:g}/{t.beta2:g} wd {t.weight_decay:g} ({'every parameter' if t.decay_all else 'matrices'}), "
+            f"AdamW {t.beta1:g}/{t.beta2:g} wd {t.weight_decay:g} ({'every parameter' if t.decay_all else 'matrices' if t.decay_embeddings else 'matrices, not embeddings'}), "
             f"clip {t.grad_clip:g}, dtype {dtype}")
     changed = {**r.get("model", {}), **r.get("train", {})}
     return desc + (f"; set by the recipe: {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")

@@ -145,11 +145,16 @@ def test_guide_preset_is_the_guides_recipe():
 def test_weight_decay_only_on_matrices(corpus):
     tok, _ = corpus
     model = make_model(tok)
-    opt = make_optimizer(model, make_cfg(weight_decay=0.1), torch.device("cpu"))
-    decayed, plain = opt.param_groups
-    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
-    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert embeddings
+    for decay_embeddings in (True, False):
+        opt = make_optimizer(model, make_cfg(weight_decay=0.1, decay_embeddings=decay_embeddings), torch.device("cpu"))
+        decayed, plain = opt.param_groups
+        assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+        assert all(p.dim() >= 2 for p in decayed["params"])
+        assert all(p.dim() < 2 or (id(p) in embeddings and not decay_embeddings) for p in plain["params"])
+        assert any(id(p) in embeddings for p in decayed["params"]) == decay_embeddings
+        assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
 def test_resume_differences_ignore_allowed_fields():

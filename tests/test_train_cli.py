@@ -57,6 +57,23 @@ def test_pretrain_then_eval(sifirdan_main, text_file, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def test_a_run_from_before_decay_embeddings_resumes_as_it_was_trained(sifirdan_main, text_file, tmp_path, capsys):
+    """decay_embeddings became a field (default off) after runs had been saved with the embeddings decayed: such a
+    run resumes with them decayed, so its optimizer's parameter groups match the saved state."""
+    run = tmp_path / "run"
+    assert sifirdan_main(["pretrain", "--data", str(text_file), "--out", str(run), "--max-iters", "6",
+                          "--eval-interval", "3", "--decay-embeddings", *TINY]) == 0
+    cfg = run / "last" / "config.json"
+    meta = json.loads(cfg.read_text())
+    assert meta["train"].pop("decay_embeddings") is True
+    cfg.write_text(json.dumps(meta))  # as an older sifirdan wrote it
+    from sifirdan import checkpoint as ckpt
+
+    assert ckpt.read_config(run / "last")["train"]["decay_embeddings"] is True
+    assert sifirdan_main(["pretrain", "--resume", str(run), "--max-iters", "8"]) == 0, capsys.readouterr().err
+    assert json.loads(cfg.read_text())["step"] == 8
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

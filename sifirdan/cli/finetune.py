@@ -35,7 +35,7 @@ from sifirdan.errors import UserError
 RECIPES: dict[str, dict] = {
     "default": dict(
         learning_rate=5e-4, lr_schedule="cosine", warmup_iters=20, min_lr_ratio=0.1, batch_size=16, max_iters=200,
-        weight_decay=0.1, grad_clip=1.0, eval_interval=50, eval_iters=10, checkpoint_interval=100, sample_interval=1,
+        weight_decay=0.1, decay_embeddings=True, grad_clip=1.0, eval_interval=50, eval_iters=10, checkpoint_interval=100, sample_interval=1,
     ),
     "guide": dict(
         learning_rate=1e-4, lr_schedule="constant", warmup_iters=0, batch_size=8, max_iters=500, weight_decay=0.01,
