@@ -63,7 +63,7 @@ def main(argv=None) -> None:
     table = md_table(["compressor", "bytes", "bits/char"], rows)
     print(table)
     notes = (f"`python bench/compressors.py`: the standard val split of Nutuk ({chars:,} characters, {len(data):,} "
-             "bytes UTF-8), compressed alone. pyppmd " + getattr(pyppmd, "__version__", "?") + ".")
+             "bytes UTF-8), compressed alone and after the train split (sizes of train+val minus train). pyppmd " + getattr(pyppmd, "__version__", "?") + ".")
     if not args.no_append:
         append_results("compressors on the standard val split (the anchors beside the models)", table, notes, info)
 
