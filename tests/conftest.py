@@ -14,11 +14,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
-def nutuk_path() -> Path:
-    p = SHARED_DATA / "nutuk.txt"
-    if not p.is_file():
-        pytest.skip(f"needs the guide's corpus at {p} (../shared/data beside the repo); not present here")
-    return p
+def nutuk_path(tmp_path_factory) -> Path:
+    """Nutuk as a file: the copy bundled with sifirdan (tests/test_corpora.py holds it equal to the guide's)."""
+    from sifirdan.data import corpora
+
+    return corpora.materialize("nutuk", tmp_path_factory.getbasetemp() / "bundled")
 
 
 @pytest.fixture

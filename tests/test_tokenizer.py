@@ -36,8 +36,6 @@ def trainer(backend: str):
     return {"naive": learn_merges_naive, "python": learn_merges}[backend]
 
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-NUTUK = DATA / "nutuk.txt"
 HYP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SAMPLE = (
@@ -49,9 +47,9 @@ SAMPLE = (
 
 
 def nutuk_text() -> str:
-    if not NUTUK.is_file():
-        pytest.skip(f"needs Nutuk at {NUTUK} (../shared/data next to the repo); not present here")
-    return NUTUK.read_text(encoding="utf-8")
+    from sifirdan.data import corpora
+
+    return corpora.get("nutuk").documents()[0]  # the bundled copy (equal to the guide's: tests/test_corpora.py)
 
 
 def split(text: str):
@@ -253,9 +251,8 @@ def test_streaming_equals_concatenation():
 def test_trainers_match_python_reference(backend):
     """naive == heap-based Python == C on real text (the naive trainer is slow: small texts only)."""
     texts = [SAMPLE]
-    if NUTUK.is_file():
-        nutuk = NUTUK.read_text(encoding="utf-8")
-        texts.append(nutuk[:5_000] if backend == "naive" else nutuk[:300_000])
+    nutuk = nutuk_text()
+    texts.append(nutuk[:5_000] if backend == "naive" else nutuk[:300_000])
     for text in texts:
         for vocab in (300, 1500):
             py = BPETokenizer.train(text, vocab, backend="python")
