@@ -343,6 +343,9 @@ RECIPES = {
     "d-untied": dict(preset=None, vocab=None, model={"tie_weights": False}, train={}),
     # the head bias escapes weight decay; the tied embedding that must carry the unigram prior without it does not
     "d-emb-nodecay": dict(preset=None, vocab=None, model={}, train={"decay_embeddings": False}),
+    # the head bias is the default again (export folds it into an untied GPT-2 head, interop/gpt2.py): the
+    # defaults against the exportable-as-tied default that was (no head bias, embeddings undecayed)
+    "d-no-head-bias": dict(preset=None, vocab=None, model={"lm_head_bias": False}, train={"decay_embeddings": False}),
     "d-emb-nodecay-lr5e3": dict(preset=None, vocab=None, model={}, train={"decay_embeddings": False, "learning_rate": 5e-3}),
 }
 

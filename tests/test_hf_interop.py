@@ -1,7 +1,8 @@
 """`sifirdan export hf` / `sifirdan import hf`: transformers computes what sifirdan computes, both ways.
 
-Offline and in fp32: logits on held-out text equal (max abs diff <= 1e-5), greedy generation equal token for
-token, the Jinja chat template gives the ids of ``render_prompt``, the tokenizers give the same ids; import of
+Offline and in fp32: logits on held-out text equal (max abs diff <= 1e-5; a model with an LM-head bias, folded
+into GPT-2's bias-free head, as close to the float64 logits as our own float32 ones), greedy generation equal
+token for token, the Jinja chat template gives the ids of ``render_prompt``, the tokenizers give the same ids; import of
 a randomly initialised local GPT2LMHeadModel; export -> import is lossless; refusals are one line.
 Tests that need transformers skip when it is not installed (it is in the ``test`` extra).
 """
@@ -75,16 +76,25 @@ def _trained(tok, seed=0, steps=40, **overrides) -> GPT:
 
 @pytest.fixture(scope="module")
 def exported(tok, tmp_path_factory):
-    """{tied: (checkpoint dir, export dir, model)} for a fine-tuned-style (chat template) tied and untied model."""
+    """{kind: (checkpoint dir, export dir, model)} for fine-tuned-style (chat template) models: True / False a
+    tied / untied one without an LM-head bias, "folded" a tied one with the bias (the default)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("hf")
     out = {}
-    for tied in (True, False):
-        model = _trained(tok, seed=int(tied), tie_weights=tied)
-        ck = ckpt.save_model(root / f"ck-{tied}", model, tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
-        export_hf(ck, root / f"hf-{tied}")
-        out[tied] = (ck, root / f"hf-{tied}", model)
+    for kind in (True, False, "folded"):
+        head = dict(lm_head_bias=True, tie_weights=True) if kind == "folded" else dict(lm_head_bias=False, tie_weights=kind)
+        model = _trained(tok, seed={True: 1, False: 0, "folded": 2}[kind], **head)
+        ck = ckpt.save_model(root / f"ck-{kind}", model, tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
+        export_hf(ck, root / f"hf-{kind}")
+        out[kind] = (ck, root / f"hf-{kind}", model)
     return out
+
+
+def _float64_logits(model, x):
+    import copy
+
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x)[0]
 
 
 def _hf_model(path):
@@ -104,23 +114,33 @@ def _ids(result):
 
 # ------------------------------------------------------------------------------------------------ export
 @needs_transformers
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("tied", [True, False, "folded"])
 def test_transformers_logits_equal_ours_on_unseen_text(exported, tok, tied):
     _, hf_dir, model = exported[tied]
     hf = _hf_model(hf_dir)
-    assert hf.config.tie_word_embeddings is tied and hf.config.activation_function == "gelu"
+    assert hf.config.tie_word_embeddings is (tied is True) and hf.config.activation_function == "gelu"
     ids = tok.encode(HELD_OUT)
     assert len(ids) >= 2 * 96 and HELD_OUT not in TRAIN
     x = torch.tensor([ids[:96], ids[96:192]])  # two full windows of held-out text
     with torch.no_grad():
         ours, theirs = model(x)[0], hf(x).logits
     diff = (ours - theirs).abs().max().item()
-    assert diff <= 1e-5, diff
     assert ours.std() > 0.5  # trained: the logits are not a near-constant that anything would match
+    if tied != "folded":
+        assert diff <= 1e-5, diff
+        return
+    # the head bias is folded into an untied bias-free head: exact algebra, computed in another order, so the
+    # two float32 results differ by rounding -- transformers' may be no further from the exact (float64) logits
+    # than ours are
+    assert model.lm_head.bias.abs().max() > 0.01
+    exact = _float64_logits(model, x)
+    ours_err, theirs_err = (ours.double() - exact).abs().max().item(), (theirs.double() - exact).abs().max().item()
+    assert theirs_err <= 2 * ours_err + 1e-6, (theirs_err, ours_err)
+    assert diff <= 3e-5, diff
 
 
 @needs_transformers
-@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("tied", [True, False, "folded"])
 def test_greedy_generation_is_the_same_token_for_token(exported, tok, tied):
     ck, hf_dir, _ = exported[tied]
     model, tokenizer = ckpt.load_model(ck)
@@ -220,19 +240,43 @@ def test_export_files_say_what_transformers_needs(exported, tok, tmp_path):
     assert tok_cfg["eos_token"] == "<|endoftext|>"
 
 
-def test_the_default_config_exports_and_the_guide_head_is_refused(tok, tmp_path):
-    assert GPTConfig().lm_head_bias is False and GPTConfig.from_preset("guide").lm_head_bias is True
-    default = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_embd=32, n_head=2))  # every other field default
-    export_hf(ckpt.save_model(tmp_path / "d", default, tok), tmp_path / "d-hf")
-    assert is_export(tmp_path / "d-hf")
+def test_the_default_and_the_guide_head_export_and_a_head_that_cannot_fold_is_refused(tok, tmp_path):
+    assert GPTConfig().lm_head_bias is True and GPTConfig.from_preset("guide").lm_head_bias is True
+    # the default (every field but the size), trained so that its head bias is no longer the init's zeros
+    default = _trained(tok, steps=5, init="guide", n_layer=1, n_embd=32, n_head=2, block_size=GPTConfig.block_size)
+    assert default.config.lm_head_bias and default.config.tie_weights and default.lm_head.bias.abs().max() > 0
+    report = export_hf(ckpt.save_model(tmp_path / "d", default, tok), tmp_path / "d-hf")
+    assert is_export(tmp_path / "d-hf") and any("folded" in n for n in report.notes)
+    cfg = json.loads((tmp_path / "d-hf" / "config.json").read_text())
+    assert cfg["tie_word_embeddings"] is False  # the embedding stays the input's; the head carries the bias
     guide = _trained(tok, steps=2, lm_head_bias=True, tie_weights=False)
-    with pytest.raises(UserError, match="lm_head_bias") as e:
-        export_hf(ckpt.save_model(tmp_path / "g", guide, tok), tmp_path / "g-hf")
-    assert "\n" not in str(e.value) and not (tmp_path / "g-hf").exists()
-    with torch.no_grad():  # an all-zero head bias is exact to drop
-        guide.lm_head.bias.zero_()
-    report = export_hf(ckpt.save_model(tmp_path / "g0", guide, tok), tmp_path / "g0-hf")
-    assert any("lm_head_bias" in n for n in report.notes)
+    export_hf(ckpt.save_model(tmp_path / "g", guide, tok), tmp_path / "g-hf")
+    with torch.no_grad():  # a LayerNorm gain of 0 leaves no direction to fold the bias along
+        guide.ln_f.weight[3] = 0.0
+    with pytest.raises(UserError, match="ln_f.weight.*--no-lm-head-bias") as e:
+        export_hf(ckpt.save_model(tmp_path / "z", guide, tok), tmp_path / "z-hf")
+    assert "\n" not in str(e.value) and not (tmp_path / "z-hf").exists()
+    with torch.no_grad():  # an all-zero head bias is exact to drop: the head stays tied
+        default.lm_head.bias.zero_()
+    report = export_hf(ckpt.save_model(tmp_path / "d0", default, tok), tmp_path / "d0-hf")
+    assert any("exactly zero" in n for n in report.notes)
+    assert json.loads((tmp_path / "d0-hf" / "config.json").read_text())["tie_word_embeddings"] is True
+
+
+def test_fold_head_bias_is_exact_algebra():
+    from sifirdan.interop.gpt2 import fold_head_bias
+
+    g = torch.Generator().manual_seed(0)
+    n, V = 24, 50
+    for ln_bias in (torch.randn(n, generator=g, dtype=torch.float64), None):
+        w = torch.rand(n, generator=g, dtype=torch.float64) + 0.5
+        head, bias = torch.randn(V, n, generator=g, dtype=torch.float64), torch.randn(V, generator=g, dtype=torch.float64) * 3
+        x = torch.randn(64, n, generator=g, dtype=torch.float64) * 5
+        want = torch.nn.functional.layer_norm(x, (n,), w, ln_bias, 1e-5) @ head.t() + bias
+        new_b, new_head = fold_head_bias(w, ln_bias, head, bias)
+        got = torch.nn.functional.layer_norm(x, (n,), w, new_b, 1e-5) @ new_head.t()
+        assert (got - want).abs().max() < 1e-11
+        assert not torch.allclose(new_head, head)  # the fold did change the head (this test is not vacuous)
 
 
 def test_export_refuses_a_folder_that_is_not_an_export(exported, tmp_path):
@@ -259,8 +303,12 @@ def _same_model(a: GPT, b: GPT) -> None:
     assert (a.lm_head.weight is a.embeddings.token_embedding.weight) == (b.lm_head.weight is b.embeddings.token_embedding.weight)
 
 
-@pytest.mark.parametrize("overrides", [dict(tie_weights=True), dict(tie_weights=False), dict(bias=False, dropout=0.1)],
-                         ids=["tied", "untied", "no-bias-dropout"])
+@pytest.mark.parametrize("overrides", [
+    dict(tie_weights=True, lm_head_bias=False), dict(tie_weights=False, lm_head_bias=False),
+    dict(bias=False, dropout=0.1, lm_head_bias=False),
+    dict(tie_weights=True, lm_head_bias=True), dict(tie_weights=False, lm_head_bias=True),
+    dict(bias=False, lm_head_bias=True)],
+    ids=["tied", "untied", "no-bias-dropout", "head-bias-tied", "head-bias-untied", "head-bias-only"])
 def test_export_then_import_is_lossless(tok, tmp_path, overrides):
     model = _trained(tok, steps=10, **overrides)
     ck = ckpt.save_model(tmp_path / "ck", model, tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
@@ -279,6 +327,24 @@ def test_export_then_import_is_lossless(tok, tmp_path, overrides):
     from sifirdan.chat.template import template_of
 
     assert template_of(meta) == DEFAULT_TEMPLATE
+
+
+def test_a_changed_export_of_a_head_bias_imports_as_its_folded_head(exported, tok, tmp_path):
+    import shutil
+
+    _, hf_dir, model = exported["folded"]
+    mine = tmp_path / "mine"
+    shutil.copytree(hf_dir, mine)
+    (mine / "README.md").write_text("my notes")  # no longer the export as written: its originals are not trusted
+    report = import_hf(mine, tmp_path / "back")
+    back, _ = ckpt.load_model(tmp_path / "back")
+    assert back.config.lm_head_bias is False and back.config.tie_weights is False
+    assert any("folded" in n for n in report.notes)
+    x = torch.tensor([tok.encode(HELD_OUT)[:96]])
+    with torch.no_grad():
+        ours, theirs = model(x)[0], back(x)[0]
+    exact = _float64_logits(model, x)
+    assert (theirs.double() - exact).abs().max() <= 2 * (ours.double() - exact).abs().max() + 1e-6
 
 
 # ------------------------------------------------------------------------------------------------ import
@@ -434,6 +500,8 @@ def test_refusals_are_one_line_on_the_cli(tok, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "activation_function" in err and "Traceback" not in err
     guide = GPT(GPTConfig.from_preset("nano", vocab_size=tok.vocab_size, init="pytorch"))
+    with torch.no_grad():  # a head bias with no direction to fold along
+        guide.ln_f.weight[0] = 0.0
     ck = ckpt.save_model(tmp_path / "nano", guide, tok)
     assert main(["export", "hf", "--model", str(ck), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err

@@ -178,9 +178,11 @@ def test_tie_weights_shares_storage_and_gradients():
 
 
 def test_bias_false_removes_every_bias():
-    names = [n for n, _ in GPT(tiny(bias=False)).named_parameters()]
+    names = [n for n, _ in GPT(tiny(bias=False, lm_head_bias=False)).named_parameters()]
     assert names and not [n for n in names if n.endswith("bias")]
     assert [n for n, _ in GPT(tiny()).named_parameters() if n.endswith("bias")]
+    # the LM head's bias is its own field (--no-lm-head-bias)
+    assert [n for n, _ in GPT(tiny(bias=False)).named_parameters() if n.endswith("bias")] == ["lm_head.bias"]
 
 
 def test_config_mistakes_are_user_errors():
@@ -277,9 +279,9 @@ def test_the_engine_generates_what_the_guides_loop_generates():
 
 
 def test_lm_head_bias_is_its_own_field():
-    # GPT-2's head by default (no bias: `sifirdan export hf` writes it as a GPT2LMHeadModel); the guide's presets
-    # keep the guide's nn.Linear head with its bias; bias=False still removes the others
-    assert GPT(tiny()).lm_head.bias is None and GPT(tiny()).ln_f.bias is not None
+    # on by default and in the guide's presets (the guide's nn.Linear head); off, GPT-2's head; bias=False
+    # removes the others
+    assert GPT(tiny()).lm_head.bias is not None and GPT(tiny(lm_head_bias=False)).lm_head.bias is None
     for preset in MODEL_PRESETS:
         assert GPTConfig.from_preset(preset).lm_head_bias is True
     assert GPT(tiny(lm_head_bias=True)).lm_head.bias.shape == (61,)

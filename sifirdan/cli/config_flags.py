@@ -20,8 +20,8 @@ _TYPES = {"int": int, "float": float, "str": str}
 # section -> field -> (metavar, help); help without the default (added from the dataclass, or default_of)
 FIELD_HELP: dict[str, dict[str, tuple[str | None, str]]] = {
     "model": {
-        "lm_head_bias": (None, "a bias in the LM head (the guide has one; without it the model exports to GPT-2 "
-                         "with `sifirdan export hf`)"),
+        "lm_head_bias": (None, "a bias in the LM head (the guide has one; `sifirdan export hf` folds it into "
+                         "GPT-2's bias-free head, untied; without it a tied head exports as it is)"),
         "attention": (None, "how attention is computed, the same math either way: sdpa = PyTorch's fused kernel; "
                       "explicit = the guide's masked_fill + softmax"),
         "init": (None, "initial weights: guide = N(0, 0.02), zero biases; scaled = guide, with the residual output "

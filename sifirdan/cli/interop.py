@@ -18,8 +18,8 @@ def register(subparsers) -> None:
         "hf", help="a directory transformers loads as GPT2LMHeadModel + its tokenizer",
         description="Write a checkpoint as a Hugging Face transformers GPT-2 directory (config.json, model.safetensors, "
         "tokenizer.json, tokenizer_config.json with the chat template of a fine-tuned model, generation_config.json) "
-        "that AutoModelForCausalLM and AutoTokenizer load offline with no custom code. A model GPT-2 cannot compute "
-        "exactly (an LM-head bias) is refused.")
+        "that AutoModelForCausalLM and AutoTokenizer load offline with no custom code. An LM-head bias (GPT-2's head "
+        "has none) is folded exactly into an untied head and ln_f's bias; a model GPT-2 cannot compute is refused.")
     options.add(hf, "--model", required=True)
     hf.add_argument("--out", required=True, metavar="DIR", help="the export directory (new, empty, or an earlier export)")
     hf.set_defaults(func=cmd_export)

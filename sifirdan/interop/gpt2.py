@@ -20,8 +20,13 @@ scaled by 1/sqrt(head_size)), a 4x feed-forward network and LayerNorm eps 1e-5. 
 
 What GPT-2 cannot express, and what happens to it (``export_problem`` / ``import_problem`` name the option):
 
-* ``lm_head_bias`` (the guide presets' LM head): GPT-2's head has no bias. Refused, unless every entry of the
-  bias is exactly 0 (then dropping it changes nothing).
+* ``lm_head_bias`` (the guide presets' LM head): GPT-2's head has no bias, but it does not need one. A
+  LayerNorm's normalised output sums to zero over its channels, so ln_f's output ``h = w * xhat + b`` has a
+  direction along which it is the same for every input: ``sum_k h_k / w_k = sum_k b_k / w_k``. A head bias is a
+  constant per token, so it folds exactly into an untied head: ``fold_head_bias`` (the algebra is there) shifts
+  ln_f's bias and adds one multiple of ``1 / w`` to each row of the head. The export is then
+  ``tie_word_embeddings=false`` (the token embedding must stay what the input side reads); its logits are ours
+  up to float32 rounding, which ``fold_error`` measures and the export checks. A bias of exact zeros is dropped.
 * ``bias=False`` (no biases in the blocks, LayerNorms and ln_f): exported as biases of exact zeros, which
   compute the same function (``x @ W + 0 == x @ W``, a LayerNorm with a zero bias is one without).
 * ``dropout`` is training-time only. Ours sits after the feed-forward network alone, which GPT-2's three
@@ -79,14 +84,76 @@ def name_map(n_layer: int, tied: bool) -> list[tuple[str, str, bool]]:
 
 
 # ------------------------------------------------------------------------------------------------ export
+# How far a folded head may move a logit beyond what float32 rounding moves it already (see fold_error).
+FOLD_SLACK = 1e-5
+
+
+def has_head_bias(model) -> bool:
+    """True when the LM head has a bias with a non-zero entry (one of exact zeros is dropped, changing nothing)."""
+    bias = model.lm_head.bias
+    return bias is not None and bool(torch.any(bias != 0))
+
+
+def fold_head_bias(ln_weight: torch.Tensor, ln_bias: torch.Tensor | None, head_weight: torch.Tensor,
+                   head_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ln_f bias, head weight)`` of a bias-free head computing ``ln_f(x) @ head_weight.T + head_bias``.
+
+    With ``g = ln_weight``, ``b = ln_bias`` and ``xhat`` LayerNorm's normalised input (its channels sum to 0),
+    ln_f's output is ``h = g * xhat + b``, so ``h . (1 / g) = sum(b / g) =: C`` for every input. Shift ln_f's
+    bias to ``b' = b + t * g``: then ``h' . (1 / g) = C + t * n`` (n channels). Add ``c_j / g`` to head row
+    ``w_j``, with ``c_j = (bias_j - t * (g . w_j)) / (C + t * n)``:
+
+        h' . w'_j = h . w_j + t * (g . w_j) + c_j * (C + t * n) = h . w_j + bias_j       for every input.
+
+    ``t = +-1`` (the sign of C) keeps ``C + t * n`` at least n away from zero, so the added rows stay small and
+    the rounding of float32 arithmetic on them no larger than on the rest. Computed in float64."""
+    g = ln_weight.detach().double()
+    b = torch.zeros_like(g) if ln_bias is None else ln_bias.detach().double()
+    w, bias = head_weight.detach().double(), head_bias.detach().double()
+    n = g.numel()
+    constant = float((b / g).sum())
+    t = 1.0 if constant >= 0 else -1.0
+    c = (bias - t * (w @ g)) / (constant + t * n)  # (vocab,)
+    new_ln_bias = b + t * g
+    new_head = w + c[:, None] / g[None, :]
+    dtype = head_weight.dtype
+    return new_ln_bias.to(dtype), new_head.to(dtype)
+
+
+def fold_error(model, probes: int = 256, seed: int = 0) -> tuple[float, float]:
+    """``(folded, plain)``: the largest distance, over ``probes`` random ln_f inputs, of the float32 logits of the
+    folded bias-free head (``fold_head_bias``) and of the model's own head from the float64 logits. The fold is
+    exact algebra; these say how much float32 rounding each way of computing them carries."""
+    import torch.nn.functional as F
+
+    ln, head = model.ln_f, model.lm_head
+    n = ln.weight.numel()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(probes, n, generator=gen, dtype=torch.float64) * 3 + torch.randn(n, generator=gen, dtype=torch.float64)
+    g, b = ln.weight.detach(), (ln.bias.detach() if ln.bias is not None else None)
+    exact = F.layer_norm(x, (n,), g.double(), None if b is None else b.double(), ln.eps) @ head.weight.detach().double().t()
+    exact = exact + head.bias.detach().double()
+    x32 = x.float()
+    plain = F.linear(F.layer_norm(x32, (n,), g.float(), None if b is None else b.float(), ln.eps),
+                     head.weight.detach().float(), head.bias.detach().float())
+    new_b, new_w = fold_head_bias(g, b, head.weight, head.bias)
+    folded = F.layer_norm(x32, (n,), g.float(), new_b.float(), ln.eps) @ new_w.float().t()
+    return (folded.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
+
+
 def export_problem(model) -> str | None:
     """Why ``model`` cannot be written as a GPT-2 without changing what it computes (one line), or None."""
     config = model.config
-    bias = model.lm_head.bias
-    if bias is not None and bool(torch.any(bias != 0)):
-        return ("lm_head_bias is on: this model's LM head has a bias (the guide presets' head) and GPT-2's LM head "
-                "has none, so no GPT2LMHeadModel computes these logits; export a model trained with lm_head_bias off "
-                "(the default; `sifirdan pretrain --no-lm-head-bias`)")
+    if has_head_bias(model):
+        g = model.ln_f.weight.detach()
+        if not bool(torch.all(torch.isfinite(g))) or bool(torch.any(g == 0)):
+            return ("lm_head_bias is on and ln_f.weight has a zero (or non-finite) entry, so the head's bias cannot "
+                    "be folded into GPT-2's bias-free head; export a model trained with `--no-lm-head-bias`")
+        folded, plain = fold_error(model)
+        if not folded <= 2 * plain + FOLD_SLACK:
+            return (f"lm_head_bias is on and folding it into GPT-2's bias-free head would move logits by {folded:.1e} "
+                    f"(float32 rounding alone: {plain:.1e}; ln_f.weight has entries near 0); export a model trained "
+                    "with `--no-lm-head-bias`")
     expected = {ours for ours, _, _ in name_map(config.n_layer, tied=False)} | {"lm_head.bias"}
     extra = sorted(set(model.state_dict()) - expected)
     if extra:
@@ -96,8 +163,10 @@ def export_problem(model) -> str | None:
     return None
 
 
-def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pad_id: int | None, dtype: str) -> dict:
-    """The ``config.json`` of the GPT2LMHeadModel that computes what ``GPT(config)`` computes."""
+def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pad_id: int | None, dtype: str,
+                tied: bool | None = None) -> dict:
+    """The ``config.json`` of the GPT2LMHeadModel that computes what ``GPT(config)`` computes. ``tied``: whether
+    the written head is the token embedding (default ``config.tie_weights``; False for a folded head bias)."""
     out = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -118,7 +187,7 @@ def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pa
         "embd_pdrop": 0.0,
         "attn_pdrop": 0.0,
         "initializer_range": 0.02,
-        "tie_word_embeddings": config.tie_weights,
+        "tie_word_embeddings": config.tie_weights if tied is None else tied,
         "use_cache": True,
         "torch_dtype": dtype,
     }
@@ -130,11 +199,16 @@ def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pa
 
 def gpt2_tensors(model) -> dict[str, torch.Tensor]:
     """``model``'s weights under GPT-2's names and orientation (call ``export_problem`` first). Missing biases
-    (``bias=False``) become exact zeros; a tied LM head is left out, as transformers writes it."""
+    (``bias=False``) become exact zeros; a tied LM head is left out, as transformers writes it. A head bias is
+    folded (``fold_head_bias``): ln_f's bias and an untied ``lm_head.weight`` carry it."""
     config = model.config
     state = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    fold = has_head_bias(model)
+    if fold:
+        state["ln_f.bias"], state["lm_head.weight"] = fold_head_bias(
+            state["ln_f.weight"], state.get("ln_f.bias"), state["lm_head.weight"], state["lm_head.bias"])
     out = {}
-    for ours, theirs, transposed in name_map(config.n_layer, config.tie_weights):
+    for ours, theirs, transposed in name_map(config.n_layer, config.tie_weights and not fold):
         t = state.get(ours)
         if t is None:  # a bias of a bias=False model: zeros, the shape of its weight's output
             weight = state[ours[: -len("bias")] + "weight"]

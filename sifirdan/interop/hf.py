@@ -13,9 +13,13 @@ An export directory holds what transformers reads:
     generation_config.json    bos / eos / pad ids: eos is </RESP> (then <|endoftext|>) for a fine-tuned model
     sifirdan_export.json      sifirdan's own record: the model config and chat template it came from, and the
                               checksum of every file (how a later export knows the folder is one it may replace)
+    sifirdan_head_bias.safetensors   only for a model with an LM-head bias (the default's): the tensors the
+                              fold into GPT-2's bias-free head replaced (``gpt2.fold_head_bias``), so that
+                              ``import hf`` of the unchanged export gives back the very same weights
 
 Nothing is approximated: a model GPT-2 cannot compute exactly is refused with one line naming the option
-(``gpt2.export_problem`` / ``gpt2.import_problem``). Only safetensors are read -- never a pickle. Both
+(``gpt2.export_problem`` / ``gpt2.import_problem``); a folded head bias is exact algebra, its float32 rounding
+measured on every export and reported. Only safetensors are read -- never a pickle. Both
 commands write their directory atomically and never replace a non-empty folder that is not their own output.
 """
 
@@ -44,6 +48,7 @@ HF_WEIGHTS_INDEX = "model.safetensors.index.json"
 HF_TOKENIZER = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"
 HF_GENERATION_CONFIG = "generation_config.json"
+HEAD_BIAS_FILE = "sifirdan_head_bias.safetensors"  # the originals of what the head-bias fold replaced
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # widen to fp32 exactly
 PAD = "<PAD>"
@@ -116,7 +121,13 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
     if problem:
         raise UserError(f"cannot export {directory} as GPT-2: {problem}")
     notes = []
-    if config.lm_head_bias:
+    folded = gpt2.has_head_bias(model)
+    if folded:
+        moved, rounding = gpt2.fold_error(model)
+        notes.append(f"lm_head_bias: GPT-2's head has no bias, so it is folded into an untied lm_head and ln_f's bias "
+                     f"(tie_word_embeddings=false; exact algebra, float32 rounding moves logits by up to {moved:.1e}, "
+                     f"as computing them ourselves does by {rounding:.1e})")
+    elif config.lm_head_bias:
         notes.append("lm_head_bias: the LM head's bias is exactly zero, so it is left out (GPT-2's head has none)")
     if not config.bias:
         notes.append("bias=false: written as biases of exact zeros (GPT-2 always has biases; the function is the same)")
@@ -139,10 +150,19 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
 
     tensors = gpt2.gpt2_tensors(model)
     files: dict[str, bytes] = {
-        HF_CONFIG: _json_bytes(gpt2.gpt2_config(config, bos_id=eot, eos_id=eos_id, pad_id=pad, dtype="float32")),
+        HF_CONFIG: _json_bytes(gpt2.gpt2_config(config, bos_id=eot, eos_id=eos_id, pad_id=pad, dtype="float32",
+                                                tied=config.tie_weights and not folded)),
         HF_WEIGHTS: save(tensors, metadata={"format": "pt"}),
         HF_TOKENIZER: tokenizer.to_json_str().encode("utf-8"),
     }
+    if folded:  # what import hf needs to give back the very weights (the fold itself is not invertible bit for bit)
+        originals = {"lm_head.bias": model.lm_head.bias}
+        if model.ln_f.bias is not None:
+            originals["ln_f.bias"] = model.ln_f.bias
+        if not config.tie_weights:
+            originals["lm_head.weight"] = model.lm_head.weight
+        files[HEAD_BIAS_FILE] = save({k: v.detach().to("cpu").contiguous().clone() for k, v in originals.items()},
+                                     metadata={"format": "pt"})
     tok_cfg = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": config.block_size,
@@ -178,6 +198,7 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
         "source": str(directory),
         "model": config.to_dict(),
         "chat_template": template.to_dict() if template is not None else None,
+        "head_bias_folded": folded,
         "sha256": {name: _sha256(data) for name, data in files.items()},
     })
     with atomic_directory(out) as tmp:
@@ -283,6 +304,11 @@ def import_hf(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
             marker = None
         marker = marker if isinstance(marker, dict) and marker.get("format") == EXPORT_FORMAT else None
     config, used_record = gpt2.sifirdan_config(hf, (marker or {}).get("model"))
+    notes = []
+    restored = _head_bias_originals(src, marker, hf, notes)  # an unchanged export of a head-bias model
+    if restored is not None:
+        config, originals = restored
+        used_record = True
 
     # ---- every tensor's name, dtype and shape against the config, before anything is allocated
     where = _weight_files(src)
@@ -295,7 +321,6 @@ def import_hf(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
             raise UserError(f"{src} holds {target!r} twice (with and without the 'transformer.' prefix); save the model again")
         path, info = where[name]
         present[target] = (path, name, info)
-    notes = []
     if config.tie_weights and "lm_head.weight" in present:
         del present["lm_head.weight"]  # transformers ties it to wte and ignores the stored copy; so do we
     layers = {k.split(".")[2] for k in present if k.startswith("transformer.h.")}
@@ -326,6 +351,10 @@ def import_hf(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
             for target, name in pairs:
                 tensors[target] = f.get_tensor(name).to(torch.float32)
 
+    if restored is not None:  # the tensors the fold replaced, as they were (ln_f's bias: zeros if it had none)
+        tensors["transformer.ln_f.bias"] = originals.get("ln_f.bias", torch.zeros(config.n_embd))
+        if not config.tie_weights:
+            tensors["lm_head.weight"] = originals["lm_head.weight"]
     if not config.bias:
         nonzero = [k for k in expected if k.endswith(".bias") and bool(torch.any(tensors[k] != 0))]
         if nonzero:  # the record says bias=False, but these weights were changed since: keep the biases
@@ -341,8 +370,11 @@ def import_hf(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
             break
 
     model = GPT(config)
+    state = gpt2.sifirdan_state(config, tensors)
+    if restored is not None:
+        state["lm_head.bias"] = originals["lm_head.bias"]
     with torch.no_grad():
-        model.load_state_dict(gpt2.sifirdan_state(config, tensors), strict=True)
+        model.load_state_dict(state, strict=True)
     model.eval()
 
     extra: dict = {IMPORT_KEY: {"format": "transformers GPT2LMHeadModel", "source": str(src.resolve())}}
@@ -365,6 +397,45 @@ def import_hf(src_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Report:
                      "`sifirdan finetune` gives the model sifirdan's chat template")
     ckpt.save_model(out, model, tokenizer, extra)
     return Report(out, notes, config)
+
+
+def _head_bias_originals(src: Path, marker: dict | None, hf: dict, notes: list[str]):
+    """``(config, tensors)`` that give back the exported model itself when ``src`` is an unchanged export of a
+    model whose LM-head bias was folded (``gpt2.fold_head_bias``); else None, and the folded, untied bias-free
+    head is imported as it is (the same logits up to float32 rounding)."""
+    from sifirdan.checkpoint import read_safetensors_header
+    from sifirdan.model import GPTConfig
+
+    if not marker or marker.get("head_bias_folded") is not True:
+        return None
+    if not is_export(src):
+        notes.append(f"{src} was changed since `sifirdan export hf` wrote it: its LM-head bias is imported as the "
+                     "untied bias-free head it was folded into (the same logits up to float32 rounding)")
+        return None
+    try:
+        config = GPTConfig.from_dict(marker.get("model"))
+    except (UserError, TypeError):
+        return None
+    shape = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_embd=hf["n_embd"],
+                 n_head=hf["n_head"], n_layer=hf["n_layer"])
+    if any(getattr(config, k) != v for k, v in shape.items()) or not config.lm_head_bias:
+        return None
+    path = src / HEAD_BIAS_FILE
+    V, C = config.vocab_size, config.n_embd
+    want = {"lm_head.bias": [V]}
+    if config.bias:
+        want["ln_f.bias"] = [C]
+    if not config.tie_weights:
+        want["lm_head.weight"] = [V, C]
+    header, _ = read_safetensors_header(path)  # every size checked before anything is read
+    got = {k: v["shape"] for k, v in header.items()}
+    if got != want or any(v["dtype"] not in FLOAT_DTYPES for v in header.values()):
+        raise UserError(f"{path} does not hold the tensors {', '.join(want)} of this model; export the model again")
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k).to(torch.float32) for k in want}
+    return config, tensors
 
 
 def _numel(shape) -> int:
