@@ -68,7 +68,8 @@ def test_tiny_demo_runs_every_stage_offline(tiny_run):
     lines = (out / "answers.jsonl").read_text(encoding="utf-8").splitlines()
     assert ans["n"] == len(lines) == 30  # 10 % of the 300 Nutuk QA pairs, never trained on
     assert text.count("    kaynak:   ") == demo_cli.N_SHOWN
-    assert state["stages"]["export"]["logits_max_abs_diff"] <= 1e-5
+    # the default's LM-head bias is folded into GPT-2's bias-free head: equal logits up to float32 rounding
+    assert state["stages"]["export"]["logits_max_abs_diff"] <= 3e-5
     for row in ("parameters", "val bits/char", "PPMd", "held-out answers", "time: total", "artifact: export"):
         assert row in text
     assert f"sifirdan chat --model {out / 'finetune'}" in text and "sifirdan serve --model" in text

@@ -8,6 +8,8 @@ Both work offline (nothing is downloaded) and never load a pickle; see ``sifirda
 
 from __future__ import annotations
 
+import json
+
 
 def register(subparsers) -> None:
     from sifirdan.cli import options
@@ -43,9 +45,11 @@ def cmd_export(args) -> int:
     for note in report.notes:
         print(f"note: {note}")
     c = report.config
+    # what was written: a folded LM-head bias makes a tied model's export untied
+    tied = json.loads((report.path / "config.json").read_text(encoding="utf-8"))["tie_word_embeddings"]
     print(f"exported {args.model} -> {report.path} (GPT2LMHeadModel: {c.n_layer} layers, n_embd {c.n_embd}, "
           f"{c.n_head} heads, context {c.block_size}, vocab {c.vocab_size}, "
-          f"{'tied' if c.tie_weights else 'untied'} embeddings)")
+          f"{'tied' if tied else 'untied'} embeddings)")
     print(f"load it with: AutoModelForCausalLM.from_pretrained({str(report.path)!r}) and "
           f"AutoTokenizer.from_pretrained({str(report.path)!r})")
     return 0

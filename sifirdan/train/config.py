@@ -49,9 +49,9 @@ class TrainConfig:
     decay_all: bool = False  # True: decay every parameter, as ``AdamW(model.parameters())`` in the guide
     # False: the token/position embeddings (with tied weights also the LM head) are not decayed. With the default's
     # LM-head bias carrying the tokens' unigram prior, decaying them is best; without a head bias the tied
-    # embedding must carry it, and then not decaying helps. Equal steps on Nutuk (bench/RESULTS.md, issue 12):
-    # head bias + decay 1.829 val bits/char, head bias alone 1.846 (nats/token 4.873 vs 4.878 without the bias,
-    # CLI run), no head bias: decay 1.864, no decay 1.848.
+    # embedding must carry it, and then not decaying helps. 1750 steps on Nutuk (bench/RESULTS.md, issue 12):
+    # head bias + decay 1.829 val bits/char; no head bias: decay 1.864, no decay 1.848. Both undecayed and with
+    # the bias, a `sifirdan pretrain` run scored val 4.873 nats/token against 4.878 without it: the two overlap.
     decay_embeddings: bool = True
     beta1: float = 0.9
     beta2: float = 0.95
