@@ -93,33 +93,22 @@ def load_eval_data(source, template, tokenizer, field_map: Mapping[str, str] | N
     Bad records are a one-line ``UserError`` naming the record (or skipped and counted with ``skip_bad``);
     exact duplicates are dropped (as fine-tuning drops them); ``max_samples`` keeps the first N (file order).
     An empty result is an error."""
-    from sifirdan.data.instructions import ReadStats, conversation_key, read_records, to_conversation
+    from sifirdan.data.instructions import ReadStats, iter_conversations, read_records
 
     template.stop_ids(tokenizer)  # a tokenizer without the template's tokens: the model's problem, said first
     stats = ReadStats()
     records = read_records(source, skip_bad=skip_bad, stats=stats)
     out = EvalData(conversations=[], where=[], records=len(records))
-    seen: set[bytes] = set()
-    for rec in records:
-        where = rec.get("_where", "a record")
+
+    def renders(rec, conv) -> None:  # the shape (user/assistant alternating) is checked here
         try:
-            conv = to_conversation(rec, field_map)
-            try:
-                template.render_prompt(conv[:-1], tokenizer)  # the shape (user/assistant alternating) is checked here
-            except UserError as e:
-                raise UserError(f"{where}: {e}; fix or drop the record (or pass --skip-bad)") from None
+            template.render_prompt(conv[:-1], tokenizer)
         except UserError as e:
-            if not skip_bad:
-                raise
-            stats.skip(e)
-            continue
-        key = conversation_key(conv)
-        if key in seen:
-            stats.duplicates += 1
-            continue
-        seen.add(key)
+            raise UserError(f"{rec.get('_where', 'a record')}: {e}; fix or drop the record (or pass --skip-bad)") from None
+
+    for rec, conv in iter_conversations(records, field_map, skip_bad, stats, check=renders):
         out.conversations.append(conv)
-        out.where.append(where)
+        out.where.append(rec.get("_where", "a record"))
         if max_samples is not None and len(out.conversations) >= max_samples:
             break
     out.skipped_bad, out.duplicates, out.bad_examples = stats.skipped_bad, stats.duplicates, list(stats.bad_examples)

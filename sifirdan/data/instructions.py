@@ -222,15 +222,19 @@ def _content_text(content, where: str, k: int) -> str:
     raise UserError(f"{where}: message {k} content must be a string (or a list of text parts)")
 
 
-def to_conversations(records: Iterable[Mapping], field_map=None, skip_bad: bool = False,
-                     stats: ReadStats | None = None) -> list[list[dict]]:
-    """Every record as a conversation; exact duplicates removed (counted in ``stats.duplicates``)."""
+def iter_conversations(records: Iterable[Mapping], field_map=None, skip_bad: bool = False,
+                       stats: ReadStats | None = None, check=None):
+    """Yield ``(record, conversation)`` for every record in order, exact duplicates removed (counted in
+    ``stats.duplicates``). ``check(record, conversation)`` may raise ``UserError`` to call a record bad, as a
+    record that is no conversation is: an error, or with ``skip_bad`` skipped and counted. Lazy, so a caller
+    that stops early (``--max-samples``) does not read on."""
     stats = stats if stats is not None else ReadStats()
     seen: set[bytes] = set()
-    out = []
     for rec in records:
         try:
             conv = to_conversation(rec, field_map)
+            if check is not None:
+                check(rec, conv)
         except UserError as e:
             if not skip_bad:
                 raise
@@ -241,8 +245,13 @@ def to_conversations(records: Iterable[Mapping], field_map=None, skip_bad: bool 
             stats.duplicates += 1
             continue
         seen.add(key)
-        out.append(conv)
-    return out
+        yield rec, conv
+
+
+def to_conversations(records: Iterable[Mapping], field_map=None, skip_bad: bool = False,
+                     stats: ReadStats | None = None) -> list[list[dict]]:
+    """Every record as a conversation; exact duplicates removed (counted in ``stats.duplicates``)."""
+    return [conv for _, conv in iter_conversations(records, field_map, skip_bad, stats)]
 
 
 @dataclass
