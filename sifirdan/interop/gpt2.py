@@ -141,15 +141,16 @@ def fold_error(model, probes: int = 256, seed: int = 0) -> tuple[float, float]:
     return (folded.double() - exact).abs().max().item(), (plain.double() - exact).abs().max().item()
 
 
-def export_problem(model) -> str | None:
-    """Why ``model`` cannot be written as a GPT-2 without changing what it computes (one line), or None."""
+def export_problem(model, fold: tuple[float, float] | None = None) -> str | None:
+    """Why ``model`` cannot be written as a GPT-2 without changing what it computes (one line), or None.
+    ``fold``: ``fold_error(model)`` when the caller has it already."""
     config = model.config
     if has_head_bias(model):
         g = model.ln_f.weight.detach()
         if not bool(torch.all(torch.isfinite(g))) or bool(torch.any(g == 0)):
             return ("lm_head_bias is on and ln_f.weight has a zero (or non-finite) entry, so the head's bias cannot "
                     "be folded into GPT-2's bias-free head; export a model trained with `--no-lm-head-bias`")
-        folded, plain = fold_error(model)
+        folded, plain = fold if fold is not None else fold_error(model)
         if not folded <= 2 * plain + FOLD_SLACK:
             return (f"lm_head_bias is on and folding it into GPT-2's bias-free head would move logits by {folded:.1e} "
                     f"(float32 rounding alone: {plain:.1e}; ln_f.weight has entries near 0); export a model trained "
@@ -260,12 +261,17 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_embd", "n_head", "n_layer", "tie_
 RECORD_FIELDS = ("bias", "dropout", "attention", "init")  # sifirdan fields a GPT-2 config.json has no place for
 
 
+def shape_fields(hf: dict) -> dict:
+    """The GPTConfig fields (``SHAPE_FIELDS``) a GPT-2 ``config.json`` (checked by ``import_problem``) sets."""
+    return dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_embd=hf["n_embd"],
+                n_head=hf["n_head"], n_layer=hf["n_layer"], tie_weights=hf.get("tie_word_embeddings", True))
+
+
 def sifirdan_config(hf: dict, record: dict | None = None) -> tuple[GPTConfig, bool]:
     """``(GPTConfig, record used)`` for a GPT-2 ``config.json`` (checked by ``import_problem``). ``record``: the
     sifirdan model config an export wrote beside it; its ``RECORD_FIELDS`` are taken when it describes this very
     shape and is a valid config (the caller still checks that ``bias=False`` finds only zero biases)."""
-    fields = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_embd=hf["n_embd"],
-                  n_head=hf["n_head"], n_layer=hf["n_layer"], tie_weights=hf.get("tie_word_embeddings", True))
+    fields = shape_fields(hf)
     plain = GPTConfig.from_dict({**fields, "bias": True, "lm_head_bias": False, "dropout": 0.0})
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in fields.items()):
         return plain, False

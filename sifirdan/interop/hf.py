@@ -117,13 +117,14 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
     template = template_of(meta)
     model, tokenizer = ckpt.load_model(directory)
     config = model.config
-    problem = gpt2.export_problem(model)
+    folded = gpt2.has_head_bias(model)
+    fold = gpt2.fold_error(model) if folded else None
+    problem = gpt2.export_problem(model, fold)
     if problem:
         raise UserError(f"cannot export {directory} as GPT-2: {problem}")
     notes = []
-    folded = gpt2.has_head_bias(model)
     if folded:
-        moved, rounding = gpt2.fold_error(model)
+        moved, rounding = fold
         notes.append(f"lm_head_bias: GPT-2's head has no bias, so it is folded into an untied lm_head and ln_f's bias "
                      f"(tie_word_embeddings=false; exact algebra, float32 rounding moves logits by up to {moved:.1e}, "
                      f"as computing them ourselves does by {rounding:.1e})")
@@ -416,9 +417,8 @@ def _head_bias_originals(src: Path, marker: dict | None, hf: dict, notes: list[s
         config = GPTConfig.from_dict(marker.get("model"))
     except (UserError, TypeError):
         return None
-    shape = dict(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_embd=hf["n_embd"],
-                 n_head=hf["n_head"], n_layer=hf["n_layer"])
-    if any(getattr(config, k) != v for k, v in shape.items()) or not config.lm_head_bias:
+    shape = gpt2.shape_fields(hf)  # all but tie_weights: a folded head is untied in the export
+    if any(getattr(config, k) != v for k, v in shape.items() if k != "tie_weights") or not config.lm_head_bias:
         return None
     path = src / HEAD_BIAS_FILE
     V, C = config.vocab_size, config.n_embd
