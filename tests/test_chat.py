@@ -422,3 +422,25 @@ def test_ctrl_c_at_the_prompt_exits_cleanly(dirs):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0 and "Traceback" not in log.getvalue()
+
+
+def test_tiny_temperature_is_greedy_in_chat(dirs, capsys, monkeypatch):
+    """Issue 19: --temperature 1e-300 (or /temperature 1e-300) gave NaN logits and a traceback that ended the chat."""
+    code, greedy, _ = run(capsys, "chat", "--model", str(dirs["talker"]), "-p", "Merhaba", "--temperature", "0",
+                          "--max-tokens", "8")
+    assert code == 0
+    code, out, err = run(capsys, "chat", "--model", str(dirs["talker"]), "-p", "Merhaba", "--temperature", "1e-300",
+                         "--max-tokens", "8", "--top-p", "1e-320")
+    assert code == 0 and out == greedy and "Traceback" not in err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("/temperature 1e-45\n/top-p 1e-300\nMerhaba\nMerhaba\n"))
+    code, out, err = run(capsys, "chat", "--model", str(dirs["talker"]), "--max-tokens", "5")
+    assert code == 0 and err == "" and out.count("model> ") == 2 and "(temperature = 1e-45)" in out
+
+
+def test_chat_with_stdin_closed_exits_0_like_eof(dirs):
+    """`sifirdan chat ... 0<&-`: Python starts with sys.stdin None; that is the end of input, not a traceback."""
+    cmd = f'exec 0<&-; exec "{sys.executable}" -m sifirdan chat --model "{dirs["ft"]}"'
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, encoding="utf-8", timeout=TIMEOUT * 4,
+                       env=_env(), cwd=REPO)
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and p.stderr == ""

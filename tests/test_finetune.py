@@ -326,3 +326,74 @@ def test_template_show_marks_the_trained_tokens(pretrained, tmp_path, capsys):
     first = json.loads(data.read_text().splitlines()[0])
     assert f"<INST>{first['question']}</INST><RESP>[[{first['answer']}]][[</RESP>]]" in out
     assert out.count("--- example") == 2
+
+
+# ------------------------------------------------------------------------------------------ huge records (issue 19)
+def _huge(n_chars: int) -> str:
+    return json.dumps({"instruction": "soru", "output": "c" * n_chars})
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+def test_every_reader_caps_a_record_before_parsing_it(tmp_path, monkeypatch, kind):
+    """A record over MAX_RECORD_CHARS is refused with its line number (or skipped and counted under --skip-bad),
+    and never reaches json.loads: the readers find its extent with a bounded buffer first."""
+    import tracemalloc
+
+    from sifirdan.data import instructions
+
+    ok = {"instruction": "a", "output": "b"}
+    huge = 12 * instructions.MAX_RECORD_CHARS  # 12 M characters
+    f = tmp_path / f"data.{kind}"
+    if kind == "jsonl":
+        f.write_text("\n".join([json.dumps(ok), _huge(huge), json.dumps({**ok, "output": "c"})]) + "\n", encoding="utf-8")
+        where = "line 2"
+    elif kind == "json":
+        f.write_text("[\n" + json.dumps(ok) + ",\n" + _huge(huge) + ",\n" + json.dumps({**ok, "output": "c"}) + "]",
+                     encoding="utf-8")
+        where = "record 2 (line 3)"
+    else:  # each field under the csv module's cap, the record over it
+        half = instructions.MAX_RECORD_CHARS // 2 + 10
+        f.write_text("instruction,output,input\na,b,\n" + "x" * half + "," + "y" * half + ",\nc,d,\n", encoding="utf-8")
+        where = "line 3"
+    parsed = []
+    real = instructions.parse_json
+    monkeypatch.setattr(instructions, "parse_json", lambda text, *a: parsed.append(len(text)) or real(text, *a))
+    with pytest.raises(UserError, match="longer than 1,048,576 characters") as e:
+        read_records(f)
+    assert where in str(e.value) and "--skip-bad" in str(e.value) and "\n" not in str(e.value)
+    stats = ReadStats()
+    tracemalloc.start()
+    try:
+        records = read_records(f, skip_bad=True, stats=stats)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(records) == 2 and stats.skipped_bad == 1 and where in stats.bad_examples[0]
+    assert all(n <= instructions.MAX_RECORD_CHARS for n in parsed)
+    if kind != "csv":  # the CSV reader reads the whole file (its csv module caps each field)
+        assert peak < 40 << 20, peak  # the 12 MB record was never held whole (it is 24+ MB as bytes and str)
+
+
+def test_a_record_at_the_cap_is_read(tmp_path):
+    from sifirdan.data.instructions import MAX_RECORD_CHARS
+
+    text = _huge(MAX_RECORD_CHARS - 40)
+    assert len(text) <= MAX_RECORD_CHARS
+    for name, content in (("a.jsonl", text + "\r\n" + text), ("a.json", "[" + text + ", " + text + "]"),
+                          ("b.json", '{"meta": {"x": "]"}, "data": [' + text + "]}")):
+        f = tmp_path / name
+        f.write_text(content, encoding="utf-8")
+        assert len(to_conversations(read_records(f))) == 1  # (the two equal records are one after dedup)
+
+
+@pytest.mark.parametrize("value", [["x"], {"a": 1}, 5, True])
+def test_a_non_string_input_or_system_is_refused(tmp_path, value):
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"instruction": "a", "input": value, "output": "b"}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="'input' must be a string"):
+        to_conversations(read_records(f))
+    f.write_text(json.dumps({"question": "a", "answer": "b", "system": value}) + "\n", encoding="utf-8")
+    with pytest.raises(UserError, match="'system' must be a string"):
+        to_conversations(read_records(f))
+    stats = ReadStats()
+    assert to_conversations(read_records(f), skip_bad=True, stats=stats) == [] and stats.skipped_bad == 1

@@ -298,3 +298,68 @@ def test_kv_cache_chunks_equal_one_full_pass(tok, attention):
         assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
         with pytest.raises(ValueError, match="block_size"):
             model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache, positions=torch.arange(30)[None])
+
+
+# ------------------------------------------------------------------------------------------ underflow (issue 19)
+TINY = [1e-300, 1e-45, 1e-320]  # 0 in float32 (1e-45 is float32's smallest subnormal, and 1e-320 a float64 one)
+
+
+@pytest.mark.parametrize("value", TINY + [5e-5])
+def test_tiny_temperature_is_greedy_on_every_sampler_path(tok, trained, value):
+    """logits / 1e-300 is inf in float32 and softmax(inf - inf) NaN: below MIN_TEMPERATURE means greedy, on the
+    batch Sampler (Engine), the per-row sample_rows (continuous batching, also among sampled rows) alike."""
+    from sifirdan.generate.config import MIN_TEMPERATURE
+    from sifirdan.generate.continuous import ContinuousBatcher, Row
+
+    assert value < MIN_TEMPERATURE
+    engine = Engine(trained, tok)
+    greedy = engine.generate("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids
+    cfg = GenerationConfig(max_new_tokens=20, temperature=value, seed=5, stop_token_ids=())
+    assert cfg.validate().greedy
+    assert engine.generate("Ankara", cfg).token_ids == greedy
+    assert [r.token_ids for r in engine.generate(["Ankara", "Ankara"], cfg)] == [greedy, greedy]
+    batcher = ContinuousBatcher(engine, max_batch=4)
+    ids = tok.encode("Ankara")
+    rows = [Row(ids, cfg), Row(ids, GenerationConfig(max_new_tokens=20, temperature=0.9, seed=1, stop_token_ids=()))]
+    for r in rows:
+        batcher.add(r)
+    while batcher.busy:
+        batcher.step()
+    assert rows[0].result().token_ids == greedy
+
+
+@pytest.mark.parametrize("value", TINY)
+def test_tiny_top_p_keeps_the_most_likely_token(tok, trained, value):
+    from sifirdan.generate.continuous import ContinuousBatcher, Row
+    from sifirdan.generate.sampling import RowSampler, sample_rows
+
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [0.0, 0.0, 0.0, 0.0]])
+    kept = top_p_filter(logits, value)
+    assert kept.isfinite().sum(dim=-1).tolist() == [1, 1] and kept[0, 3] == 3.0  # never all -inf
+    assert not torch.softmax(kept, dim=-1).isnan().any()
+    cfg = GenerationConfig(temperature=1.0, top_p=value, seed=1, stop_token_ids=())
+    rows = [RowSampler(cfg, 4, "cpu"), RowSampler(GenerationConfig(temperature=1.0, top_p=0.5, seed=2), 4, "cpu")]
+    assert sample_rows(logits, rows).tolist()[0] == 3
+    engine = Engine(trained, tok)
+    greedy = engine.generate("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids
+    cfg = GenerationConfig(max_new_tokens=20, temperature=1.5, top_p=value, seed=5, stop_token_ids=())
+    assert engine.generate("Ankara", cfg).token_ids == greedy
+    batcher = ContinuousBatcher(engine, max_batch=2)
+    row = Row(tok.encode("Ankara"), cfg)
+    batcher.add(row)
+    while batcher.busy:
+        batcher.step()
+    assert row.result().token_ids == greedy
+
+
+@pytest.mark.parametrize("value", TINY + [1e-4, 1e4, 1e300, float("inf")])
+def test_repetition_penalty_outside_its_finite_range_is_refused(value):
+    """A penalty of 1e-300 multiplies a logit by 1e300 (inf in float32); 1e-3 .. 1e3 keeps logits finite."""
+    with pytest.raises(UserError, match="repetition_penalty must be a number from 0.001 to 1000") as e:
+        GenerationConfig(repetition_penalty=value).validate()
+    assert "\n" not in str(e.value)
+    for ok in (1e-3, 1e3):
+        GenerationConfig(repetition_penalty=ok).validate()
+    logits = torch.tensor([[30.0, -30.0, 0.5]])
+    for penalty in (1e-3, 1e3):
+        assert apply_repetition_penalty(logits, torch.tensor([[True, True, False]]), penalty).isfinite().all()

@@ -96,3 +96,17 @@ def test_missing_and_corrupt_model_dirs(tmp_path, capsys):
     (bad / "config.json").write_text("{not json", encoding="utf-8")
     code, _, err = run(capsys, "generate", "--model", str(bad), "--prompt", "a")
     assert code == 2 and err.count("\n") == 1 and "config.json" in err
+
+
+@pytest.mark.parametrize("value", ["1e-300", "1e-45", "1e-320"])
+def test_tiny_temperature_or_top_p_is_greedy_not_a_traceback(model_dir, capsys, value):
+    """Issue 19: 1e-300 underflowed to 0 in float32 and NaN logits ended the run with a RuntimeError."""
+    base = ["generate", "--model", str(model_dir), "--prompt", "Ankara", "--max-new-tokens", "12", "--seed", "1"]
+    code, greedy, _ = run(capsys, *base, "--temperature", "0")
+    assert code == 0
+    code, out, err = run(capsys, *base, "--temperature", value)
+    assert code == 0 and out == greedy and "Traceback" not in err
+    code, out, err = run(capsys, *base, "--top-p", value, "--num-samples", "2", "--stream")
+    assert code == 0 and "Traceback" not in err and "\x00" not in out
+    code, out, err = run(capsys, *base, "--repetition-penalty", value)
+    assert code == 2 and err.count("\n") == 1 and "--repetition-penalty" in err

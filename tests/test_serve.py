@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette")
 uvicorn = pytest.importorskip("uvicorn")
@@ -105,13 +107,13 @@ def turkish_dir(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------ servers
 @contextlib.contextmanager
-def serving(app):
+def serving(app, host="127.0.0.1", http="auto"):
     """Run an app with uvicorn in a thread on a free loopback port; yield its base URL; always stop it."""
     sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.listen(128)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=3))
+    server = uvicorn.Server(uvicorn.Config(app, http=http, log_level="warning", lifespan="on", timeout_graceful_shutdown=3))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -119,7 +121,7 @@ def serving(app):
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(20)
@@ -128,9 +130,9 @@ def serving(app):
 
 
 @contextlib.contextmanager
-def server_for(model_dir, **config):
+def server_for(model_dir, host="127.0.0.1", http="auto", **config):
     app = load_app(str(model_dir), ServerConfig(**{"model_name": "tiny", **config}))
-    with serving(app) as url:
+    with serving(app, host, http) as url:
         yield url, app.state
 
 
@@ -761,3 +763,336 @@ def test_cli_port_in_use_and_missing_model(chat_dir, tmp_path, capsys):
         assert "cannot listen" in err and "--port" in err and len(err.splitlines()) == 1
     assert main(["serve", "--model", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ================================================================================= under attack (issue 19)
+def _submissions(state) -> list:
+    """Every request that reached the scheduler (so could generate) is appended to the returned list."""
+    seen = []
+    inner = state.scheduler.submit
+
+    def submit(rows):
+        seen.append(len(rows))
+        return inner(rows)
+
+    state.scheduler.submit = submit
+    return seen
+
+
+def test_a_post_without_content_type_is_415_and_generates_nothing(chat_server):
+    """A page elsewhere can POST a Blob (no Content-Type) without a CORS preflight: that must not generate."""
+    url, state = chat_server
+    seen = _submissions(state)
+    try:
+        for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"},
+                        {"content-type": "multipart/form-data; boundary=x"}):
+            r = httpx.post(url + "/v1/completions", content=b'{"prompt": "Ankara", "max_tokens": 2}', headers=headers,
+                           timeout=TIMEOUT)
+            err = assert_envelope(r, 415)
+            assert err["code"] == "unsupported_media_type" and "application/json" in err["message"]
+        assert seen == []
+        r = httpx.post(url + "/v1/completions", content=b'{"prompt": "Ankara", "max_tokens": 2}',
+                       headers={"content-type": "application/json; charset=utf-8"}, timeout=TIMEOUT)
+        assert r.status_code == 200 and seen == [1]
+    finally:
+        del state.scheduler.submit
+
+
+def test_cross_origin_requests_are_refused_unless_allowed(chat_dir):
+    body = {"prompt": "Ankara", "max_tokens": 2}
+    with server_for(chat_dir, allow_origins=frozenset({"http://app.example:3000"})) as (url, state):
+        seen = _submissions(state)
+        # a page on another origin (another port of 127.0.0.1 included), as a browser marks it
+        for headers in ({"origin": "http://evil.example"}, {"origin": "http://127.0.0.1:1"}, {"origin": "null"},
+                        {"sec-fetch-site": "same-site"}, {"sec-fetch-site": "cross-site"},
+                        {"origin": url.replace("127.0.0.1", "localhost"), "sec-fetch-site": "same-site"}):
+            r = httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=TIMEOUT)
+            err = assert_envelope(r, 403)
+            assert err["code"] == "cross_origin" and "--allow-origin" in err["message"], headers
+            assert "access-control-allow-origin" not in r.headers
+            assert_envelope(httpx.get(url + "/v1/models", headers=headers, timeout=TIMEOUT), 403)
+        assert seen == []
+        # the server's own page (same origin), and clients that are no browser
+        for headers in ({"origin": url, "sec-fetch-site": "same-origin"}, {"sec-fetch-site": "none"}, {}):
+            assert httpx.post(url + "/v1/completions", json=body, headers=headers, timeout=TIMEOUT).status_code == 200
+        # a link from elsewhere still opens the page; the page's files and /health do nothing
+        nav = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}
+        assert httpx.get(url + "/", headers=nav, timeout=TIMEOUT).status_code == 200
+        assert httpx.get(url + "/health", headers=nav, timeout=TIMEOUT).status_code == 200
+        # CORS preflight: answered for the named origin only
+        pre = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+        r = httpx.options(url + "/v1/completions", headers={"origin": "http://evil.example", **pre}, timeout=TIMEOUT)
+        assert_envelope(r, 403)
+        assert "access-control-allow-origin" not in r.headers
+        r = httpx.options(url + "/v1/completions", headers={"origin": "http://app.example:3000", **pre}, timeout=TIMEOUT)
+        assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "http://app.example:3000"
+        assert "POST" in r.headers["access-control-allow-methods"]
+        assert "content-type" in r.headers["access-control-allow-headers"].lower()
+        n = len(seen)
+        r = httpx.post(url + "/v1/completions", json=body, headers={"origin": "http://app.example:3000",
+                                                                    "sec-fetch-site": "cross-site"}, timeout=TIMEOUT)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example:3000"
+        assert len(seen) == n + 1
+        # an allowed origin still cannot skip the Content-Type rule
+        r = httpx.post(url + "/v1/completions", content=json.dumps(body).encode(),
+                       headers={"origin": "http://app.example:3000"}, timeout=TIMEOUT)
+        assert_envelope(r, 415)
+        assert len(seen) == n + 1
+
+
+def test_host_header_is_checked_for_any_bind_address():
+    from sifirdan.cli.serve import allowed_hosts
+
+    for host in ("0.0.0.0", "10.1.2.3", "::"):
+        names = allowed_hosts(host, [])
+        assert names is not None and "evil.example" not in names and host in names  # the check stays on
+    assert "sifirdan.lan" in allowed_hosts("0.0.0.0", ["sifirdan.lan"])
+    assert allowed_hosts("127.0.0.2", []) >= {"127.0.0.2", "localhost", "127.0.0.1"}
+    assert allowed_hosts("0.0.0.0", ["*"]) is None
+    from sifirdan.errors import UserError
+    with pytest.raises(UserError, match="--allowed-host"):
+        allowed_hosts("127.0.0.1", ["http://x.example/"])
+
+
+def test_a_server_on_127_0_0_2_answers_its_own_address(chat_dir):
+    from sifirdan.cli.serve import allowed_hosts
+
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("this system does not route 127.0.0.2 to loopback")
+    with server_for(chat_dir, host="127.0.0.2", allowed_hosts=allowed_hosts("127.0.0.2", [])) as (url, _):
+        assert httpx.get(url + "/v1/models", timeout=TIMEOUT).status_code == 200
+        assert_envelope(httpx.get(url + "/v1/models", headers={"host": "evil.example"}, timeout=TIMEOUT), 400)
+    # the address a connection reached counts even when no name list has it (0.0.0.0 reached on one interface)
+    with server_for(chat_dir, allowed_hosts=frozenset({"sifirdan.lan"})) as (url, _):
+        assert httpx.get(url + "/v1/models", timeout=TIMEOUT).status_code == 200
+        assert httpx.get(url + "/v1/models", headers={"host": "sifirdan.lan:80"}, timeout=TIMEOUT).status_code == 200
+        r = httpx.get(url + "/v1/models", headers={"host": "rebound.example"}, timeout=TIMEOUT)
+        assert assert_envelope(r, 400)["code"] == "invalid_host"
+
+
+def test_binding_every_interface_without_a_key_warns_in_one_line(chat_dir, monkeypatch, capsys):
+    from sifirdan.cli import main
+    from sifirdan.cli import serve as serve_cli
+
+    bound = []
+
+    def bind(host, port):  # the test never listens beyond loopback: what 0.0.0.0 would do, on 127.0.0.1
+        bound.append(host)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        return sock
+
+    monkeypatch.setattr(serve_cli, "bind", bind)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    assert main(["serve", "--model", str(chat_dir), "--host", "0.0.0.0", "--port", "0", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert bound == ["0.0.0.0"] and err.count("\n") == 1 and "warning" in err and "--api-key" in err
+    assert main(["serve", "--model", str(chat_dir), "--host", "0.0.0.0", "--port", "0", "--threads", "1",
+                 "--api-key", "k"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+@pytest.mark.parametrize("tiny", [1e-300, 1e-45, 1e-320, 5e-5])
+def test_tiny_sampling_values_never_make_nan(chat_server, field, tiny):
+    """1e-300 underflows to 0 in float32: the answer must be the greedy one, never NaN's \\u0000 text."""
+    url, _ = chat_server
+    base = {"prompt": "Ankara", "max_tokens": 8, "ignore_eos": True, "seed": 3}
+    greedy = httpx.post(url + "/v1/completions", json={**base, "temperature": 0}, timeout=TIMEOUT).json()
+    r = httpx.post(url + "/v1/completions", json={**base, field: tiny}, timeout=TIMEOUT)
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["text"]
+    assert "\x00" not in text
+    if field == "temperature" or tiny < 1e-40:  # top_p that small keeps the most likely token alone
+        assert text == greedy["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("value", [1e-300, 1e-45, 1e-320, 1e-4, 1e4, 1e300])
+def test_repetition_penalty_out_of_range_is_400(chat_server, value):
+    url, _ = chat_server
+    r = httpx.post(url + "/v1/completions", json={"prompt": "x", "repetition_penalty": value}, timeout=TIMEOUT)
+    assert "0.001" in assert_envelope(r, 400, "repetition_penalty")["message"]
+
+
+@pytest.mark.parametrize("message, param", [
+    ({"role": ["user"], "content": "x"}, "messages[0].role"),
+    ({"role": {"a": 1}, "content": "x"}, "messages[0].role"),
+    ({"role": "user", "content": {"text": "x"}}, "messages[0].content"),
+    ({"role": "user", "content": [{"type": "text", "text": ["x"]}]}, "messages[0].content"),
+])
+def test_fields_of_the_wrong_type_are_400_not_500(chat_server, message, param):
+    url, _ = chat_server
+    r = httpx.post(url + "/v1/chat/completions", json={"messages": [message]}, timeout=TIMEOUT)
+    assert_envelope(r, 400, param)
+    r = httpx.post(url + "/v1/completions", json={"prompt": "x", "temperature": 10**400}, timeout=TIMEOUT)
+    assert_envelope(r, 400, "temperature")
+
+
+_json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                            | st.text(max_size=8), lambda inner: st.lists(inner, max_size=3)
+                            | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+_FIELDS = ["model", "prompt", "messages", "temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n",
+           "seed", "stop", "stream", "stream_options", "repetition_penalty", "ignore_eos"]
+_message = st.fixed_dictionaries({}, optional={"role": st.sampled_from(["user", "system", "assistant"]) | _json_values,
+                                               "content": st.text(max_size=8) | _json_values})
+_bodies = st.fixed_dictionaries({}, optional={**{f: _json_values for f in _FIELDS},
+                                              "messages": st.lists(_message, max_size=3) | _json_values,
+                                              "prompt": st.text(max_size=8) | st.lists(st.integers(0, 299), max_size=4)
+                                              | _json_values})
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_bodies, kind=st.sampled_from(["chat", "completion"]))
+def test_fuzzed_request_fields_are_parsed_or_400(body, kind):
+    """Any JSON at all in any request field: parsed, or an APIError 400 naming a field; nothing else escapes."""
+    from sifirdan.serve.errors import APIError
+    from sifirdan.serve.protocol import parse_messages, parse_prompts, parse_sampling
+
+    # each parser on its own: a bad sampling field must not hide what the message parser does with its field
+    for parse in (lambda: parse_sampling(body, kind, 16), lambda: parse_messages(body), lambda: parse_prompts(body)):
+        try:
+            parse()
+        except APIError as e:
+            assert e.status == 400 and e.message
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(chat_dir):
+    with server_for(chat_dir, max_tokens_cap=2) as s:
+        yield s
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_bodies, path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
+def test_fuzzed_bodies_never_get_a_500(fuzz_server, body, path):
+    url, _ = fuzz_server
+    body = {**body, "stream": False} if isinstance(body.get("stream"), bool) else body
+    if path == "/v1/chat/completions":  # the message fields alone, so that no sampling field is refused first
+        body = {k: v for k, v in body.items() if k == "messages"}
+    r = httpx.post(url + path, json=body, timeout=TIMEOUT)
+    assert r.status_code in (200, 400, 404), (r.status_code, r.text)
+    if r.status_code != 200:
+        assert_envelope(r, r.status_code)
+
+
+def test_bad_start_settings_are_one_line(chat_dir, capsys):
+    from sifirdan.cli import main
+
+    for argv, needle in ((["--api-key", "anahtarı"], "--api-key must be ASCII"),
+                         (["--max-queue", "0"], "--max-queue must be from 1"),
+                         (["--read-timeout", "0"], "--read-timeout"), (["--read-timeout", "x"], "--read-timeout"),
+                         (["--allow-origin", "evil.example"], "--allow-origin")):
+        assert main(["serve", "--model", str(chat_dir), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, (argv, err)
+    from sifirdan.errors import UserError
+    with pytest.raises(UserError, match="ASCII"):
+        load_app(str(chat_dir), ServerConfig(api_key="şifre"))
+    with pytest.raises(UserError, match="max-queue"):
+        load_app(str(chat_dir), ServerConfig(max_queue=0))
+
+
+def _raw(url: str) -> socket.socket:
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=TIMEOUT)
+
+
+def _read_all(sock) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_slow_headers_and_bodies_are_cut_off(chat_dir):
+    """Slowloris: a client that trickles its headers or its body loses the connection after --read-timeout."""
+    from sifirdan.serve.app import serve_protocol
+
+    with server_for(chat_dir, http=serve_protocol(0.5), read_timeout=0.5) as (url, state):
+        seen = _submissions(state)
+        socks = [_raw(url) for _ in range(5)]
+        for s in socks:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # ... and never the end
+        t = time.monotonic()
+        for s in socks:
+            assert _read_all(s) == b""  # closed by the server
+            s.close()
+        assert time.monotonic() - t < 10
+        # a body that never completes: 408 in the error envelope
+        s = _raw(url)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"prompt\": ")
+        reply = _read_all(s).decode()
+        s.close()
+        assert reply.startswith("HTTP/1.1 408") and '"request_timeout"' in reply
+        assert seen == []
+        # a keep-alive client that asks again in time is served both times
+        with httpx.Client(timeout=TIMEOUT) as c:
+            for _ in range(2):
+                assert c.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}).status_code == 200
+
+
+def test_a_client_leaving_mid_body_logs_one_line(chat_dir):
+    import logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    handler = Keep(level=logging.DEBUG)
+    loggers = [logging.getLogger(n) for n in ("uvicorn.error", "uvicorn", "sifirdan.serve")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        with server_for(chat_dir) as (url, state):
+            seen = _submissions(state)
+            for _ in range(3):
+                s = _raw(url)
+                s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000\r\n\r\n{\"prompt\": \"abc")
+                time.sleep(0.2)
+                s.close()
+            deadline = time.monotonic() + 10
+            while sum("left before" in r.getMessage() for r in records) < 3:
+                assert time.monotonic() < deadline, [r.getMessage() for r in records]
+                time.sleep(0.05)
+            assert seen == []
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+    assert not [r for r in records if r.exc_info or "Exception in ASGI" in r.getMessage()]
+
+
+def test_requests_with_many_choices_share_the_batch_fairly(chat_dir):
+    """max_batch 2: one request for n = 8 choices, then one for a single choice. First in, first out would run
+    all 8 first; a free slot goes to the request holding fewest rows, so the second finishes first."""
+    with server_for(chat_dir, max_batch=2) as (url, state):
+        restore = slow_steps(state, 0.02)
+        done = {}
+
+        def ask(name, n):
+            r = httpx.post(url + "/v1/completions", json={"prompt": "Ankara", "max_tokens": 6, "ignore_eos": True,
+                                                          "n": n}, timeout=TIMEOUT)
+            assert r.status_code == 200 and len(r.json()["choices"]) == n
+            done[name] = time.monotonic()
+
+        try:
+            big = threading.Thread(target=ask, args=("big", 8))
+            big.start()
+            deadline = time.monotonic() + 20
+            while state.scheduler.running < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            small = threading.Thread(target=ask, args=("small", 1))
+            small.start()
+            big.join(60)
+            small.join(60)
+        finally:
+            restore()
+        assert set(done) == {"big", "small"} and done["small"] < done["big"]

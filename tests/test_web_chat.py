@@ -719,3 +719,142 @@ def test_page_against_sifirdan_serve(browser, sifirdan_serve, relay):
     scroll_width, client_width = no_horizontal_scroll(page)
     assert scroll_width <= 375, (scroll_width, client_width)
     page.close()
+
+
+# ------------------------------------------------------------------------------------------------ another origin
+class Elsewhere:
+    """Another origin on this machine: a plain page on another 127.0.0.1 port (the same *site* to a browser,
+    another origin), as a web page a user happens to visit would be."""
+
+    def __init__(self):
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                body = b"<!doctype html><html><head><meta charset='utf-8'><title>elsewhere</title></head><body>hi</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _random_chat_checkpoint(directory: Path) -> Path:
+    import torch
+
+    from sifirdan.chat.template import DEFAULT_TEMPLATE
+    from sifirdan.checkpoint import save_model
+    from sifirdan.model import GPT, GPTConfig
+    from sifirdan.tokenizer import BPETokenizer
+
+    tok = BPETokenizer.train(" ".join(QUESTIONS) * 4, vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2)).eval()
+    return save_model(directory, model, tok, {"chat_template": DEFAULT_TEMPLATE.to_dict()})
+
+
+class InProcessServer:
+    """sifirdan.serve's app under uvicorn in a thread on a free 127.0.0.1 port, with a record of what arrived
+    (method, path, Sec-Fetch-Site) and of every request that reached the scheduler (it would generate)."""
+
+    def __init__(self, model_dir: Path, **config):
+        import uvicorn
+
+        from sifirdan.serve import ServerConfig, load_app
+
+        app = load_app(str(model_dir), ServerConfig(model_name="tiny", **config))
+        self.arrived: list[tuple] = []
+        self.submitted: list[int] = []
+        sched = app.state.scheduler
+        inner = sched.submit
+        sched.submit = lambda rows: self.submitted.append(len(rows)) or inner(rows)
+
+        async def spy(scope, receive, send):
+            if scope["type"] == "http":
+                h = dict(scope["headers"])
+                self.arrived.append((scope["method"], scope["path"], h.get(b"sec-fetch-site", b"").decode(),
+                                     h.get(b"content-type", b"").decode()))
+            await app(scope, receive, send)
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(spy, log_level="warning", lifespan="on", timeout_graceful_shutdown=3))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(20)
+        self.sock.close()
+
+
+ATTACK = """async ([url, body]) => {
+  const out = {};
+  // what the probe of issue 19 did: no Content-Type (a Blob without a type), no CORS preflight
+  const blob = await fetch(url + "/v1/completions", {method: "POST", mode: "no-cors", body: new Blob([body])});
+  out.blob = blob.type;
+  // a plain string body goes as text/plain, also without a preflight
+  await fetch(url + "/v1/completions", {method: "POST", mode: "no-cors", body: body});
+  // what a page must do to send JSON: the browser asks first (preflight), and sends only if the server says yes
+  try {
+    const r = await fetch(url + "/v1/completions", {method: "POST", headers: {"Content-Type": "application/json"}, body: body});
+    out.cors = r.status;
+    out.text = (await r.json()).choices[0].text;
+  } catch (e) {
+    out.cors = "blocked";
+  }
+  return out;
+}"""
+
+
+def test_a_page_on_another_port_cannot_make_the_server_generate(browser, tmp_path):
+    """Issue 19, as the probe did it: a page on another 127.0.0.1 port POSTs a Blob in no-cors mode. The
+    requests reach the server (checked) and nothing is generated; CORS JSON is refused at the preflight.
+    With --allow-origin naming that page's origin, its CORS JSON request is answered (and the no-cors ones
+    still are not: 415)."""
+    if not _server_present():
+        pytest.skip("sifirdan.serve is not there")
+    model_dir = _random_chat_checkpoint(tmp_path / "tiny")
+    elsewhere = Elsewhere()
+    body = json.dumps({"prompt": "Ankara", "max_tokens": 4})
+    try:
+        for allowed in (frozenset(), frozenset({elsewhere.url})):
+            server = InProcessServer(model_dir, allow_origins=allowed)
+            try:
+                page = browser.new_page()
+                try:
+                    page.goto(elsewhere.url + "/")
+                    out = page.evaluate(ATTACK, [server.url, body])
+                finally:
+                    page.close()
+                posts = [a for a in server.arrived if a[0] == "POST"]
+                # the two no-cors posts did arrive, marked by the browser as coming from another origin of the site
+                assert [a[2] for a in posts[:2]] == ["same-site", "same-site"], server.arrived
+                assert posts[0][3] == "" and posts[1][3].startswith("text/plain"), posts
+                assert out["blob"] == "opaque"
+                if not allowed:
+                    assert out["cors"] == "blocked" and server.submitted == []
+                    assert [a[0] for a in server.arrived] == ["POST", "POST", "OPTIONS"], server.arrived
+                    assert server.server.config.app is not None
+                else:
+                    assert out["cors"] == 200 and isinstance(out["text"], str)
+                    assert server.submitted == [1]  # the CORS JSON request only
+            finally:
+                server.close()
+    finally:
+        elsewhere.close()

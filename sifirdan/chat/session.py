@@ -54,7 +54,7 @@ class _Setting:
 
 
 SETTINGS = {
-    "/temperature": _Setting("temperature", float, "a number >= 0 (0 = always the most likely token)"),
+    "/temperature": _Setting("temperature", float, "a number >= 0 (0, or below 1e-4, = always the most likely token)"),
     "/top-p": _Setting("top_p", float, "a number in (0, 1] (1 = off)"),
     "/top-k": _Setting("top_k", int, "an integer >= 0 (0 = off)"),
     "/max-tokens": _Setting("max_new_tokens", int, "an integer from 1 to 32768"),

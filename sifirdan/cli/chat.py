@@ -100,6 +100,10 @@ def _answer_once(session, text: str) -> int:
 
 def _interactive(session, model_path: str) -> int:
     out = sys.stdout
+    if sys.stdin is None or sys.stdin.closed:
+        # started with stdin closed (`sifirdan chat ... 0<&-`): Python leaves sys.stdin None. Nothing can be
+        # typed, which is the end of input at once: exit 0, as on Ctrl-D
+        return 0
     if sys.stdin.isatty():
         try:
             import readline  # noqa: F401  -- line editing and history for input()

@@ -104,12 +104,13 @@ def specs() -> dict[str, dict]:
         "--json": dict(action="store_true", help="print the result as JSON instead of a readable report"),
         # generation
         "--max-new-tokens": dict(metavar="N", help="the most tokens generated for one answer or completion"),
-        "--temperature": dict(metavar="T", help="randomness: the logits are divided by T before the softmax; 0 = always "
-                              "the most likely token (greedy)"),
+        "--temperature": dict(metavar="T", help="randomness: the logits are divided by T before the softmax; 0 (or below "
+                              "1e-4, which float32 cannot divide by safely) = always the most likely token (greedy)"),
         "--top-k": dict(metavar="K", help=f"{sample} K most likely tokens only; 0 = off"),
         "--top-p": dict(metavar="P", help=f"{sample} most likely tokens that together reach probability P, "
                         "0 < P <= 1; 1 = off"),
-        "--repetition-penalty": dict(metavar="R", help="> 1 makes tokens already in the text less likely; 1 = off"),
+        "--repetition-penalty": dict(metavar="R", help="> 1 makes tokens already in the text less likely; 1 = off; "
+                                     "0.001 to 1000"),
     }
 
 

@@ -18,11 +18,13 @@ installed and the hub is reachable.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +33,13 @@ from sifirdan.errors import UserError
 from sifirdan.fileio import parse_json
 
 PAIR_FIELDS = (("instruction", "output"), ("prompt", "response"), ("question", "answer"))
-MAX_RECORD_CHARS = 1 << 20  # one example longer than this is surely not an instruction pair
+# One example longer than this is surely not an instruction pair. Every reader checks it before parsing a record
+# (JSONL: a line is read at most this long, JSON: a record's extent is found by a scan that keeps at most this
+# much): a hostile 50 MB line costs a bounded buffer and a skip, never a parse.
+MAX_RECORD_CHARS = 1 << 20
 CSV_FIELD_LIMIT = MAX_RECORD_CHARS
+_MAX_LINE_BYTES = 4 * MAX_RECORD_CHARS + 2  # UTF-8 has at most 4 bytes a character; + "\r\n"
+_CHUNK = 1 << 16
 
 
 @dataclass
@@ -67,30 +74,85 @@ def read_records(source: str | Path, skip_bad: bool = False, stats: ReadStats | 
     if not path.is_file():
         raise UserError(f"instruction data {path} does not exist; pass a .jsonl, .json or .csv file (or hf:NAME)")
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        records = _read_csv(path, text)
-    elif suffix == ".json" or (suffix != ".jsonl" and text.lstrip().startswith("[")):
-        records = _read_json_array(path, text)
-    else:
-        records = _read_jsonl(path, text, skip_bad, stats)
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            records = _read_csv(path, f.read(), skip_bad, stats)
+        elif suffix == ".json" or (suffix != ".jsonl" and _first_char(f) == b"["):
+            records = _read_json_array(path, f, skip_bad, stats)
+        else:
+            records = _read_jsonl(path, f, skip_bad, stats)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}); check the path and its permissions") from None
+    finally:
+        f.close()
     stats.records = len(records)
     return records
 
 
-def _read_jsonl(path: Path, text: str, skip_bad: bool, stats: ReadStats) -> list[dict]:
-    records = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+def _too_long(where: str, skip: bool = True) -> UserError:
+    how = "; shorten it or pass --skip-bad to skip such records" if skip else "; shorten it"
+    return UserError(f"{where} is longer than {MAX_RECORD_CHARS:,} characters, too long for one instruction "
+                     f"example{how}")
+
+
+def _first_char(f) -> bytes:
+    """The first byte that is not whitespace (after a UTF-8 BOM); the file is rewound."""
+    head = f.read(_CHUNK).lstrip(b"\xef\xbb\xbf").lstrip()
+    while not head:
+        more = f.read(_CHUNK)
+        if not more:
+            break
+        head = more.lstrip()
+    f.seek(0)
+    return head[:1]
+
+
+def _decode(raw: bytes, where: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{where} is not UTF-8 text (byte {e.start} of it); save the file as UTF-8") from None
+
+
+def _lines(path: Path, f):
+    """``(line number, text)`` of a binary file, each line read at most _MAX_LINE_BYTES long; a longer one, or
+    one of more than MAX_RECORD_CHARS characters, is ``(n, None)`` and the rest of it is skipped unread. Lines
+    end at \\n (\\r\\n and a lone \\r too); a UTF-8 BOM at the start is dropped."""
+    n = 0
+    first = True
+    while True:
+        raw = f.readline(_MAX_LINE_BYTES)
+        if not raw:
+            return
+        if first:
+            raw = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
+            first = False
+        n += 1
+        if not raw.endswith(b"\n") and len(raw) >= _MAX_LINE_BYTES:
+            while (rest := f.readline(_CHUNK)) and not rest.endswith(b"\n"):  # the rest of the line, dropped
+                pass
+            yield n, None
             continue
+        raw = raw.rstrip(b"\n").rstrip(b"\r")
+        pieces = raw.split(b"\r") if b"\r" in raw else [raw]  # JSON has no raw \r inside a string
+        for k, piece in enumerate(pieces):
+            text = _decode(piece, f"{path} line {n + k}")
+            yield n + k, (text if len(text) <= MAX_RECORD_CHARS else None)
+        n += len(pieces) - 1
+
+
+def _read_jsonl(path: Path, f, skip_bad: bool, stats: ReadStats) -> list[dict]:
+    records = []
+    for n, line in _lines(path, f):
         try:
+            if line is None:
+                raise _too_long(f"{path} line {n}")
+            if not line.strip():
+                continue
             rec = parse_json(line, f"{path} line {n}", "fix the line or pass --skip-bad to skip bad lines")
             if not isinstance(rec, dict):
                 raise UserError(f"{path} line {n}: expected a JSON object, got {type(rec).__name__}; fix the line or pass --skip-bad")
@@ -104,23 +166,188 @@ def _read_jsonl(path: Path, text: str, skip_bad: bool, stats: ReadStats) -> list
     return records
 
 
-def _read_json_array(path: Path, text: str) -> list[dict]:
-    data = parse_json(text, str(path), "fix the file")
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON array of records (or {{\"data\": [...]}}), got {type(data).__name__}")
-    out = []
-    for n, rec in enumerate(data, start=1):
-        if not isinstance(rec, dict):
-            raise UserError(f"{path}: record {n} is a {type(rec).__name__}, not an object; fix the file")
-        rec = dict(rec)
-        rec["_where"] = f"{path.name} record {n}"
-        out.append(rec)
-    return out
+_IN_STRING = re.compile(r'["\\]')  # what ends a run of string characters
+_IN_CONTAINER = re.compile(r'["\[\]{}]')  # what matters inside an array or object, outside strings
+_SCALAR = re.compile(r'[^\s,\]}]*')  # a number, true, false or null
+_NOT_SPACE = re.compile(r"\S")
 
 
-def _read_csv(path: Path, text: str) -> list[dict]:
+def _scan(buf: str, i: int, end: int, state: list) -> int | None:
+    """Scan ``buf[i:end]`` for the end of the array, object or string being read; ``state`` is [depth, in a
+    string, after a backslash] and is updated, so a scan can go on in the next chunk. The index just past the
+    end of the value, or None."""
+    depth, in_str, esc = state
+    while i < end:
+        if esc:
+            esc = False
+            i += 1
+        elif in_str:
+            m = _IN_STRING.search(buf, i, end)
+            if m is None:
+                break
+            i = m.end()
+            if m.group() == "\\":
+                esc = True
+            else:
+                in_str = False
+                if depth == 0:
+                    state[:] = [0, False, False]
+                    return i
+        else:
+            m = _IN_CONTAINER.search(buf, i, end)
+            if m is None:
+                break
+            i = m.end()
+            ch = m.group()
+            if ch == '"':
+                in_str = True
+            elif ch in "[{":
+                depth += 1
+            else:
+                depth -= 1
+                if depth == 0:
+                    state[:] = [0, False, False]
+                    return i
+    state[:] = [depth, in_str, esc]
+    return None
+
+
+class _JsonText:
+    """A JSON file read in chunks, one value at a time: ``value()`` finds where the next value ends by a scan
+    (strings, brackets), keeping at most ``limit`` characters of it, and returns its text for json.loads, or
+    None when it is longer (then it is skipped unkept). ``line`` is the line the reader is at."""
+
+    def __init__(self, path: Path, f):
+        self.path, self.f = path, f
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.buf, self.pos, self.line, self.eof, self.first = "", 0, 1, False, True
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        raw = self.f.read(_CHUNK)
+        try:
+            text = self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path} is not UTF-8 text (near line {self.line}); save it as UTF-8") from None
+        if self.first:
+            text = text.lstrip("\ufeff")
+            self.first = False
+        self.eof = not raw
+        self.buf = self.buf[self.pos:] + text
+        self.pos = 0
+        return bool(raw)
+
+    def _advance(self, to: int) -> None:
+        self.line += self.buf.count("\n", self.pos, to)
+        self.pos = to
+
+    def peek(self) -> str | None:
+        """The next character that is not whitespace (not consumed); None at the end of the file."""
+        while True:
+            m = _NOT_SPACE.search(self.buf, self.pos)
+            if m:
+                self._advance(m.start())
+                return self.buf[self.pos]
+            self._advance(len(self.buf))
+            if not self._fill():
+                return None
+
+    def take(self, ch: str, what: str) -> None:
+        c = self.peek()
+        if c != ch:
+            got = "the end of the file" if c is None else repr(c)
+            raise UserError(f"{self.path} line {self.line}: expected {what}, got {got}; fix the file")
+        self._advance(self.pos + 1)
+
+    def value(self, limit: int) -> tuple[str | None, int]:
+        c = self.peek()
+        line = self.line
+        if c is None:
+            raise UserError(f"{self.path} ends where a value should be (line {line}); fix the file")
+        while len(self.buf) - self.pos <= limit and self._fill():
+            pass
+        start, window = self.pos, min(len(self.buf), self.pos + limit)
+        if c in '[{"':
+            state = [1, False, False] if c in "[{" else [0, True, False]
+            end = _scan(self.buf, start + 1, window, state)
+            if end is not None:
+                self._advance(end)
+                return self.buf[start:end], line
+            i = window  # too long: find its end without keeping it
+            while (end := _scan(self.buf, i, len(self.buf), state)) is None:
+                self._advance(len(self.buf))
+                if not self._fill():
+                    raise UserError(f"{self.path} ends inside the value that starts at line {line}; fix the file")
+                i = self.pos
+            self._advance(end)
+            return None, line
+        m = _SCALAR.match(self.buf, start, window)
+        if m.end() == start:
+            raise UserError(f"{self.path} line {line}: expected a JSON value, got {c!r}; fix the file")
+        if m.end() < window or self.eof:
+            self._advance(m.end())
+            return self.buf[start:m.end()], line
+        while True:  # a scalar longer than the limit: skip it
+            self._advance(_SCALAR.match(self.buf, self.pos).end())
+            if self.pos < len(self.buf) or not self._fill():
+                return None, line
+
+
+def _read_json_array(path: Path, f, skip_bad: bool, stats: ReadStats) -> list[dict]:
+    """A JSON array of records, or ``{"data": [...]}``, read one record at a time (MAX_RECORD_CHARS each)."""
+    src = _JsonText(path, f)
+    shape = "expected a JSON array of records (or {\"data\": [...]})"
+    c = src.peek()
+    if c == "{":  # {"data": [...], ...}: the other keys are skipped, each value read no further than the cap
+        src.take("{", "{")
+        found = False
+        while src.peek() != "}":
+            key, line = src.value(MAX_RECORD_CHARS)
+            key = parse_json(key, f"{path} line {line}", "fix the file") if key is not None else None
+            src.take(":", "':' after a key")
+            if key == "data" and src.peek() == "[":
+                found = True
+                break
+            src.value(MAX_RECORD_CHARS)
+            if src.peek() == ",":
+                src.take(",", ",")
+        if not found:
+            raise UserError(f"{path}: {shape}, got an object without a \"data\" array")
+    elif c != "[":
+        got = "nothing" if c is None else "a JSON string" if c == '"' else f"{c!r}"
+        raise UserError(f"{path}: {shape}, got {got}")
+    src.take("[", "[")
+    out: list[dict] = []
+    n = 0
+    if src.peek() == "]":
+        return out
+    while True:
+        n += 1
+        text, line = src.value(MAX_RECORD_CHARS)
+        where = f"{path} record {n} (line {line})"
+        try:
+            if text is None:
+                raise _too_long(where)
+            rec = parse_json(text, where, "fix the file or pass --skip-bad to skip bad records")
+            if not isinstance(rec, dict):
+                raise UserError(f"{where} is a {type(rec).__name__}, not an object; fix the file or pass --skip-bad")
+        except UserError as e:
+            if not skip_bad:
+                raise
+            stats.skip(e)
+        else:
+            rec["_where"] = f"{path.name} record {n}"
+            out.append(rec)
+        c = src.peek()
+        if c == "]":
+            return out
+        src.take(",", f"',' or ']' after record {n}")
+
+
+def _read_csv(path: Path, raw: bytes, skip_bad: bool, stats: ReadStats) -> list[dict]:
+    text = _decode(raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw, str(path))
+    del raw
     csv.field_size_limit(CSV_FIELD_LIMIT)
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -132,6 +359,13 @@ def _read_csv(path: Path, text: str) -> list[dict]:
     out = []
     for n, row in enumerate(rows, start=2):
         rec = {k: v for k, v in row.items() if k is not None}
+        # each field is capped by the csv module; the record as a whole gets the same cap as any other reader's
+        if sum(len(v) for v in rec.values() if isinstance(v, str)) > MAX_RECORD_CHARS:
+            e = _too_long(f"{path} line {n}")
+            if not skip_bad:
+                raise e
+            stats.skip(e)
+            continue
         rec["_where"] = f"{path.name} line {n}"
         out.append(rec)
     return out
@@ -195,7 +429,9 @@ def to_conversation(rec: Mapping, field_map: Mapping[str, str] | None = None) ->
                 raise UserError(f"{where}: '{q}' and '{a}' must be strings")
             if q == "instruction":
                 extra = r.get("input")
-                if isinstance(extra, str) and extra.strip():
+                if extra is not None and not isinstance(extra, str):
+                    raise UserError(f"{where}: 'input' must be a string (or absent), got {type(extra).__name__}")
+                if extra and extra.strip():
                     question = question + "\n\n" + extra
             if not question.strip():
                 raise UserError(f"{where}: '{q}' is empty; fix or drop the record (or pass --skip-bad)")
@@ -203,7 +439,9 @@ def to_conversation(rec: Mapping, field_map: Mapping[str, str] | None = None) ->
                 raise UserError(f"{where}: '{a}' is empty, so there is nothing to learn; fix or drop the record (or pass --skip-bad)")
             conv = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
             system = r.get("system")
-            if isinstance(system, str) and system.strip():
+            if system is not None and not isinstance(system, str):
+                raise UserError(f"{where}: 'system' must be a string (or absent), got {type(system).__name__}")
+            if system and system.strip():
                 conv.insert(0, {"role": "system", "content": system})
             return conv
     found = ", ".join(sorted(k for k in r if k != "_where")) or "none"

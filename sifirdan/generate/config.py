@@ -19,11 +19,19 @@ MAX_NEW_TOKENS_CAP = 32768
 FINISH_REASONS = ("stop", "length")
 MAX_SEED = 2**63 - 1 - 1024  # torch.Generator.manual_seed takes 64-bit seeds, and row i of a batch uses seed + i
 
+# Sampling runs in float32, where a tiny positive value underflows: logits / 1e-300 is inf (the divisor rounds to
+# 0), and inf - inf in softmax is NaN. So a temperature below MIN_TEMPERATURE means greedy, exactly as 0 does
+# (at 1e-4 a logit gap of 0.01 already makes the runner-up e**-100 as likely: sampling is greedy anyway), and a
+# repetition penalty must lie in [1/MAX_REPETITION_PENALTY, MAX_REPETITION_PENALTY], where a logit times or over
+# it stays finite. top_p needs no floor: the most likely token is always kept (see sampling.top_p_filter).
+MIN_TEMPERATURE = 1e-4
+MAX_REPETITION_PENALTY = 1e3
+
 
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 256  # tokens to sample at most (1 .. MAX_NEW_TOKENS_CAP)
-    temperature: float = 1.0  # logits / temperature before softmax; 0 = greedy (argmax)
+    temperature: float = 1.0  # logits / temperature before softmax; 0 (or below MIN_TEMPERATURE) = greedy (argmax)
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
     repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
@@ -52,8 +60,10 @@ class GenerationConfig:
         if not _is_number(p) or not (0 < p <= 1):
             raise UserError(f"top_p must be in (0, 1] (1 = off), got {p!r}; pass e.g. --top-p 0.9")
         r = self.repetition_penalty
-        if not _is_number(r) or not math.isfinite(r) or r <= 0:
-            raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {r!r}; pass e.g. --repetition-penalty 1.2")
+        lo, hi = 1 / MAX_REPETITION_PENALTY, MAX_REPETITION_PENALTY
+        if not _is_number(r) or not math.isfinite(r) or not lo <= r <= hi:
+            raise UserError(f"repetition_penalty must be a number from {lo:g} to {hi:g} (1 = off), got {r!r}; "
+                            "pass e.g. --repetition-penalty 1.2")
         if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             # row i of a batch uses seed + i: room is left for the rows
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")
@@ -67,7 +77,8 @@ class GenerationConfig:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Argmax: temperature 0, or below MIN_TEMPERATURE (which float32 cannot divide by safely)."""
+        return self.temperature < MIN_TEMPERATURE
 
 
 @dataclass

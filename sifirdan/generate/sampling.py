@@ -38,8 +38,17 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = F.softmax(sorted_logits, dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs  # probability of the tokens ranked above each token
-    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))  # the top token always stays
+    sorted_logits = sorted_logits.masked_fill(_cut(mass_before, p), float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _cut(mass_before: torch.Tensor, p) -> torch.Tensor:
+    """Which sorted tokens top-p removes: those whose better-ranked tokens reach p already. The first (most
+    likely) token is never removed, whatever p is: a p that rounds to 0 in float32 (1e-320) would otherwise
+    remove every token, and softmax over nothing but -inf is NaN."""
+    cut = mass_before >= p
+    cut[..., 0] = False
+    return cut
 
 
 class Sampler:
@@ -155,7 +164,7 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
             sorted_logits, order = torch.sort(sub, dim=-1, descending=True)
             probs = F.softmax(sorted_logits, dim=-1)
             mass_before = probs.cumsum(dim=-1) - probs
-            sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+            sorted_logits = sorted_logits.masked_fill(_cut(mass_before, p), float("-inf"))
             sub = torch.full_like(sub, float("-inf")).scatter(-1, order, sorted_logits)
         probs = F.softmax(sub, dim=-1)
         # torch.multinomial(p, 1) draws argmax(p / q) with q ~ Exp(1) (the Gumbel-max trick, PyTorch's own

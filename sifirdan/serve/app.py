@@ -13,11 +13,14 @@ Routes:
 
 Limits (each answered in OpenAI's error envelope):
     body over 1 MB -> 413; not JSON, not an object, a field of the wrong type or range -> 400 naming the field;
-    a POST whose Content-Type is not application/json -> 415 (a web page elsewhere cannot send one without the
-    browser asking first, so it cannot make this server generate); unknown model -> 404; a prompt of
-    block_size tokens or more -> 400 naming the limit; max_tokens over --max-tokens-cap -> capped; --max-queue
-    requests waiting -> 429 with Retry-After; --api-key set and no ``Authorization: Bearer KEY`` -> 401
-    (constant-time compare); bound to 127.0.0.1, the Host header must name this machine (DNS rebinding).
+    a POST whose Content-Type is not application/json, a missing one included -> 415 (a web page elsewhere
+    cannot send that type without the browser asking first); a request from a page on another origin -> 403
+    unless --allow-origin names that origin (the browser's Origin and Sec-Fetch-Site headers say so; the CORS
+    preflight is answered for the named origins only); unknown model -> 404; a prompt of block_size tokens or
+    more -> 400 naming the limit; max_tokens over --max-tokens-cap -> capped; --max-queue requests waiting ->
+    429 with Retry-After; --api-key set and no ``Authorization: Bearer KEY`` -> 401 (constant-time compare);
+    a Host header that names neither the bound address, nor this machine, nor an --allowed-host -> 400 (DNS
+    rebinding); a body not complete within --read-timeout seconds -> 408 (the headers: the connection closes).
 No request names a file: the model is fixed at start, the page and its two assets are package resources.
 """
 
@@ -27,6 +30,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +39,7 @@ from importlib import resources
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -48,6 +52,8 @@ from sifirdan.serve.scheduler import QueueFull, Scheduler, Ticket
 
 MAX_BODY = 1 << 20  # 1 MiB
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+READ_TIMEOUT = 10.0  # seconds a client has for a request's headers, and again for its body
+log = logging.getLogger("sifirdan.serve")
 STATIC_FILES = {"chat.js": "text/javascript; charset=utf-8", "chat.css": "text/css; charset=utf-8"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -65,7 +71,12 @@ class ServerConfig:
     max_queue: int = 128  # requests waiting for a row before new ones get 429
     max_tokens_cap: int = 1024  # max_tokens above this is lowered to it
     max_body: int = MAX_BODY
-    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS  # None: any Host header (bound beyond loopback)
+    # Host header names accepted besides the address the connection reached (see _Guard); None: any (the
+    # CLI's --allowed-host '*', for a server behind a proxy that checks names itself)
+    allowed_hosts: frozenset[str] | None = LOOPBACK_HOSTS
+    # origins (scheme://host[:port]) whose pages may call the API; any other page is refused (see _Guard)
+    allow_origins: frozenset[str] = frozenset()
+    read_timeout: float = READ_TIMEOUT  # seconds for a request's body (and, with serve_protocol, its headers)
     retry_after: int = 1  # seconds, in the 429's Retry-After
     # a busy batch (more than `busy_rows` rows) writes each stream at most every `stream_interval` seconds, the
     # tokens in between merged into one chunk: a write costs the server and the client the same work whatever
@@ -77,10 +88,26 @@ class ServerConfig:
     share_cpu: bool = False
 
 
+def check_config(config: ServerConfig) -> None:
+    """One-line UserErrors for settings that could never serve a request."""
+    if config.api_key is not None and not config.api_key.isascii():
+        # an HTTP header arrives as bytes that Starlette reads as latin-1: a key typed in UTF-8 would never match
+        raise UserError("--api-key must be ASCII (letters, digits, punctuation): HTTP headers carry no other "
+                        "characters reliably; pick another key")
+    if config.max_queue < 1:
+        raise UserError(f"--max-queue must be at least 1, got {config.max_queue}: with no room to wait every request "
+                        "would be refused with 429")
+    if config.max_batch < 1:
+        raise UserError(f"--max-batch must be at least 1, got {config.max_batch}")
+    if not config.read_timeout > 0:
+        raise UserError(f"--read-timeout must be a number of seconds > 0, got {config.read_timeout}")
+
+
 class _State:
     def __init__(self, model, tokenizer, meta: dict, config: ServerConfig):
         from sifirdan.chat.template import template_of
 
+        check_config(config)
         self.config = config
         self.engine = Engine(model, tokenizer)
         self.tokenizer = tokenizer
@@ -123,8 +150,10 @@ def _check_auth(request: Request) -> None:
     if not key:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest on bytes of any length: no early exit that would tell how much of a guess was right
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"),
+    # compare_digest on bytes of any length: no early exit that would tell how much of a guess was right.
+    # Starlette decodes headers as latin-1, so encoding back gives the very bytes the client sent (the key is
+    # ASCII: check_config)
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("latin-1", "replace"),
                                                              key.encode("utf-8")):
         raise APIError(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
                        type="invalid_request_error", code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
@@ -133,8 +162,11 @@ def _check_auth(request: Request) -> None:
 async def _read_json(request: Request) -> dict:
     limit = request.app.state.s.config.max_body
     ctype = request.headers.get("content-type")
-    if ctype is not None and ctype.split(";")[0].strip().lower() != "application/json":
-        raise APIError(415, f"send the body as JSON with the header Content-Type: application/json (got {ctype[:80]!r})",
+    # no Content-Type is refused too: a page on another origin can POST a Blob or a text body without one, and
+    # without asking the browser's permission first (no CORS preflight); application/json it cannot
+    if ctype is None or ctype.split(";")[0].strip().lower() != "application/json":
+        got = "none" if ctype is None else repr(ctype[:80])
+        raise APIError(415, f"send the body as JSON with the header Content-Type: application/json (got {got})",
                        type="invalid_request_error", code="unsupported_media_type")
     too_big = APIError(413, f"the request body is larger than {limit // 1024} KiB", type="invalid_request_error",
                        code="request_too_large")
@@ -142,10 +174,16 @@ async def _read_json(request: Request) -> dict:
     if length is not None and (not length.strip().isdigit() or int(length) > limit):
         raise too_big
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_big
+    timeout = request.app.state.s.config.read_timeout
+    try:
+        async with asyncio.timeout(timeout):  # a client that sends a byte a minute must not hold a connection
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise too_big
+    except TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout:g} s (--read-timeout); send it at once",
+                       type="invalid_request_error", code="request_timeout", headers={"Connection": "close"}) from None
     try:
         data = json.loads(bytes(body), parse_constant=_no_constant)
     except (ValueError, RecursionError) as e:
@@ -475,36 +513,135 @@ async def _http_error(request, exc: HTTPException):
                                     headers=dict(exc.headers or {})))
 
 
+async def _client_left(request, exc: ClientDisconnect):
+    # the client closed the connection before its body was complete: nobody reads an answer; one log line,
+    # not uvicorn's "Exception in ASGI application" traceback
+    client = request.client
+    log.warning("sifirdan: a client%s left before its request body was complete", f" ({client.host})" if client else "")
+    return Response(status_code=400)
+
+
 async def _server_error(request, exc: Exception):
     return _error_response(APIError(500, f"internal error: {type(exc).__name__}", type="server_error"))
 
 
-class _Guard:
-    """Outermost layer: the Host check (a web page that rebinds its DNS name to 127.0.0.1 must not reach the
-    API) and ``X-Content-Type-Options: nosniff`` on every response."""
+def _refuse(status: int, message: str, code: str, headers: dict | None = None) -> Response:
+    return _error_response(APIError(status, message, code=code, headers=headers))
 
-    def __init__(self, app, allowed_hosts):
+
+class _Guard:
+    """Outermost layer: which requests may reach the app at all, and ``X-Content-Type-Options: nosniff`` on
+    every response.
+
+    * Host (DNS rebinding: a page whose name is rebound to this machine's address must not reach the API):
+      the Host header must name the address the connection reached (``scope["server"]``: the bound address,
+      or, bound to 0.0.0.0, the interface the client used), or one of ``allowed_hosts`` (the loopback names,
+      the --host name, this machine's name, --allowed-host values). Else 400 ``invalid_host``.
+    * Origin (a page on another origin, including another port of 127.0.0.1, must not make this server
+      generate): a request that a browser marks as coming from elsewhere -- an ``Origin`` header that is not
+      this server's own origin, or ``Sec-Fetch-Site: cross-site``/``same-site`` -- is refused with 403
+      ``cross_origin`` unless its origin is one of ``allow_origins``. Top-level GET navigations to the page,
+      its static files and /health are let through (they do nothing and reveal nothing); everything under
+      /v1 and every other method is checked. Clients that are not browsers send neither header.
+    * CORS: an OPTIONS preflight from an allowed origin gets 204 with Access-Control-Allow-* headers; from any
+      other origin, 403. Responses to an allowed origin carry Access-Control-Allow-Origin.
+    """
+
+    def __init__(self, app, allowed_hosts, allow_origins=frozenset()):
         self.app = app
-        self.allowed = allowed_hosts
+        self.allowed = None if allowed_hosts is None else frozenset(h.lower() for h in allowed_hosts)
+        self.origins = frozenset(o.lower().rstrip("/") for o in allow_origins)
+
+    def _host_ok(self, name: str, scope) -> bool:
+        if self.allowed is None:
+            return True
+        server = scope.get("server")
+        return name in self.allowed or (server is not None and name == str(server[0]).lower())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.allowed is not None:
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", 1)[0]
-            if name.lower() not in self.allowed:
-                r = _error_response(APIError(400, f"the Host header {host[:100]!r} does not name this machine; this server "
-                                                  "answers http://127.0.0.1:PORT or http://localhost:PORT",
-                                             code="invalid_host"))
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        name = (host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]", 1)[0]).lower()
+        if not self._host_ok(name, scope):
+            r = _refuse(400, f"the Host header {host[:100]!r} does not name this server; ask for it by the address it "
+                             "listens on (or start it with --allowed-host NAME)", "invalid_host")
+            return await r(scope, receive, send)
+        origin = headers.get(b"origin")
+        origin = origin.decode("latin-1").lower().rstrip("/") if origin is not None else None
+        site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+        method = scope["method"]
+        allowed_origin = origin is not None and origin in self.origins
+        if method == "OPTIONS" and origin is not None and b"access-control-request-method" in headers:
+            if not allowed_origin:
+                r = _refuse(403, f"cross-origin requests from {origin[:100]} are refused; start the server with "
+                                 f"--allow-origin {origin[:100]} to allow that page", "cross_origin")
                 return await r(scope, receive, send)
+            r = Response(status_code=204, headers={
+                "Access-Control-Allow-Origin": origin, "Access-Control-Allow-Methods": "GET, POST",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600",
+                "Vary": "Origin"})
+            return await r(scope, receive, send)
+        own = f"{scope.get('scheme', 'http')}://{host.lower()}"
+        foreign = (origin is not None and origin != own) or site in ("cross-site", "same-site")
+        harmless = method in ("GET", "HEAD") and not scope["path"].startswith("/v1")
+        if foreign and not allowed_origin and not harmless:
+            who = origin if origin is not None else f"a {site} page"
+            r = _refuse(403, f"a request from {who[:100]} (another origin) is refused; start the server with "
+                             "--allow-origin ORIGIN to let that page use the API", "cross_origin")
+            return await r(scope, receive, send)
+        extra = [(b"x-content-type-options", b"nosniff")]
+        if allowed_origin:
+            extra += [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
-                message = {**message, "headers": list(message.get("headers", [])) + [(b"x-content-type-options", b"nosniff")]}
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
         return await self.app(scope, receive, send_with_headers)
+
+
+def serve_protocol(read_timeout: float = READ_TIMEOUT):
+    """uvicorn's h11 protocol with a deadline on request headers (uvicorn has none): a connection whose
+    request headers are not complete ``read_timeout`` seconds after it opened, or after its previous response,
+    is closed (slowloris). Pass it as ``uvicorn.Config(app, http=serve_protocol(t))``; the body's deadline is
+    ``ServerConfig.read_timeout``, checked by the app."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        _deadline = None
+
+        def _arm(self):
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(read_timeout, self._late)
+
+        def _late(self):
+            self._deadline = None
+            waiting = self.cycle is None or self.cycle.response_complete  # no request in progress: headers pending
+            if waiting and not self.transport.is_closing():
+                log.warning("sifirdan: closed a connection whose request headers took over %g s (--read-timeout)",
+                            read_timeout)
+                self.transport.close()
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc):
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+            super().connection_lost(exc)
+
+    return HeaderDeadline
 
 
 def build_app(model, tokenizer, meta: dict | None = None, config: ServerConfig | None = None):
@@ -531,9 +668,9 @@ def build_app(model, tokenizer, meta: dict | None = None, config: ServerConfig |
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
-        APIError: _api_error, HTTPException: _http_error, Exception: _server_error})
+        APIError: _api_error, HTTPException: _http_error, ClientDisconnect: _client_left, Exception: _server_error})
     app.state.s = state
-    guarded = _Guard(app, config.allowed_hosts)
+    guarded = _Guard(app, config.allowed_hosts, config.allow_origins)
     guarded.state = state  # for tests and the CLI
     return guarded
 

@@ -6,15 +6,15 @@ asks: an OpenAI client sends several by default.
 
 Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
 
-    temperature          >= 0, default 1 (0 = greedy)
-    top_p                in [0, 1], default 1 (0 keeps only the most likely token)
+    temperature          >= 0, default 1 (0, or below 1e-4 = MIN_TEMPERATURE, = greedy: float32 cannot divide by less)
+    top_p                in [0, 1], default 1 (0, or any p the most likely token reaches alone, keeps only that token)
     max_tokens           >= 1 (chat: max_completion_tokens wins when both are given); capped by --max-tokens-cap;
                          default 16 for completions (OpenAI's), 256 for chat (sifirdan chat's)
     stop                 a string or a list of at most 4 non-empty strings
     seed                 0 .. 2**63 - 1025; choice i of n samples with seed + i (as `sifirdan generate`)
     n                    1 .. 16 choices
     top_k                extra: integer >= 0 (0 or -1 = off)
-    repetition_penalty   extra: > 0 (1 = off)
+    repetition_penalty   extra: 0.001 .. 1000 (1 = off); outside, a logit times it is no longer a finite float32
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sifirdan.generate.config import MAX_SEED, GenerationConfig
+from sifirdan.generate.config import MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig
 from sifirdan.serve.errors import bad_request
 
 MAX_N = 16
@@ -48,7 +48,12 @@ def _is_int(x) -> bool:
 
 
 def _is_number(x) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer of 400 digits is valid JSON, and no float
+        return False
 
 
 def _number(body, name, default, lo=None, hi=None, lo_open=False, what=None):
@@ -87,7 +92,8 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
         top_p = 1e-9  # only the most likely token survives
     top_k = _int(body, "top_k", 0, -1, 2**31 - 1, "an integer >= 0 (0 or -1 = off)")
     top_k = max(top_k, 0)
-    rep = _number(body, "repetition_penalty", 1.0, lo=0, lo_open=True, what="a number > 0 (1 = off)")
+    rep = _number(body, "repetition_penalty", 1.0, lo=1 / MAX_REPETITION_PENALTY, hi=MAX_REPETITION_PENALTY,
+                  what=f"a number from {1 / MAX_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g} (1 = off)")
     names = ("max_completion_tokens", "max_tokens") if kind == "chat" else ("max_tokens",)
     max_tokens = None
     for name in names:
@@ -160,7 +166,7 @@ def parse_messages(body: dict) -> list[dict]:
         if not isinstance(m, dict):
             raise bad_request(f"{where} must be an object with role and content", param=where)
         role = m.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:  # a list or object is unhashable: check the type first
             raise bad_request(f"{where}.role must be one of system, user, assistant (developer = system), got {_short(role)}",
                               param=f"{where}.role")
         content = m.get("content")

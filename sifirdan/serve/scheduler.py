@@ -11,6 +11,12 @@ the step's events to the event loop in one ``call_soon_threadsafe``. PyTorch rel
 kernels, so the handlers keep running while a step computes. The queue is bounded: a request waits (counted
 in ``max_queue``) from ``submit`` until all its rows are in the batch; when ``max_queue`` requests wait,
 ``submit`` refuses at once (the server answers 429 with Retry-After) instead of growing without limit.
+
+Fair shares. A request's rows (prompts x n) do not join the batch's queue all at once: the worker hands the
+batch one row at a time, only while it has a free slot, and each free slot goes to the waiting request that
+holds the fewest rows in the batch now (ties: the one that came first). So one request with n = 16 cannot make
+the requests behind it wait until all 16 are done: a later request gets the next free slot, and rows of
+requests that hold the batch together alternate.
 """
 
 from __future__ import annotations
@@ -47,7 +53,9 @@ class Ticket:
     def __init__(self, rows: list[Row]):
         self.rows = rows
         self.events: asyncio.Queue[ChoiceEvent] = asyncio.Queue()
-        self.unadmitted = len(rows)  # touched by the worker thread only
+        self.unadmitted = len(rows)  # touched by the worker thread only, as are the next two
+        self.next_row = 0  # rows[:next_row] were handed to the batch
+        self.held = 0  # of those, the rows still in the batch (queued in it or running)
         self.open = len(rows)  # choices not finished yet (event-loop side)
         self.abandoned = False
         for i, r in enumerate(rows):
@@ -80,6 +88,7 @@ class Scheduler:
         self._waiting = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending: list[Ticket] = []  # tickets with rows not yet handed to the batch, oldest first
         self.loop: asyncio.AbstractEventLoop | None = None
         self.steps = 0
         self.failures = 0
@@ -141,12 +150,31 @@ class Scheduler:
             return
         while True:
             if item is not None:
-                for r in item.rows:
-                    self.batcher.add(r)
+                self._pending.append(item)
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    def _fill(self) -> None:
+        """Hand rows to the batch while it has free slots: each to the waiting request holding the fewest."""
+        free = self.max_batch - self.batcher.running - self.batcher.queued
+        while free > 0 and self._pending:
+            ticket = min(self._pending, key=lambda t: t.held)  # min keeps the first of equals: the oldest
+            row = ticket.rows[ticket.next_row]
+            ticket.next_row += 1
+            if ticket.next_row == len(ticket.rows):
+                self._pending.remove(ticket)
+            if row.cancelled:  # the client left while it waited: it never joins
+                self._left_queue([row])
+                continue
+            self.batcher.add(row)
+            ticket.held += 1
+            free -= 1
+
+    def _release(self, rows) -> None:
+        for r in rows:
+            r.tag[0].held -= 1
 
     def _post(self, items) -> None:
         if items and self.loop is not None:
@@ -168,7 +196,8 @@ class Scheduler:
             share = CpuShare()  # made here: it sets the thread count of the thread that calls adjust()
             share = share if share.available else None
         while not self._stop.is_set():
-            self._take_inbox(block=not self.batcher.busy)
+            self._take_inbox(block=not self.batcher.busy and not self._pending)
+            self._fill()
             if not self.batcher.busy:
                 continue
             if share is not None and time.monotonic() - looked >= self.SHARE_CPU_EVERY:
@@ -184,6 +213,8 @@ class Scheduler:
             self.steps += 1
             self._left_queue(res.admitted)
             self._left_queue([r for r in res.dropped if r.pending is None])
+            self._release(res.dropped)
+            self._release([ev.row for ev in res.events if ev.finished])
             self._post([(ev.row.tag[0], ChoiceEvent(ev.row.tag[1], ev.text, ev.finished, ev.finish_reason,
                                                      ev.row.seq.completion_tokens))
                         for ev in res.events])
@@ -192,6 +223,9 @@ class Scheduler:
     def _fail_all(self, message: str) -> None:
         b = self.batcher
         rows = list(b.rows) + list(b._recrop) + list(b.waiting)
+        for t in self._pending:
+            rows += t.rows[t.next_row:]
+        self._pending = []
         try:
             while True:
                 item = self._inbox.get_nowait()
