@@ -346,11 +346,7 @@ def read_config(directory: str | os.PathLike) -> dict:
     if fp is not None and not isinstance(fp, str):
         raise UserError(f"{path}: tokenizer_fingerprint must be a string, got {fp!r}; restore the original {CONFIG_FILE}")
     meta["model"] = _upgrade_model_config(meta["model"])  # an older checkpoint loads as it was saved
-    if isinstance(meta.get("train"), dict):
-        from sifirdan.train.config import TrainConfig
-
-        meta["train"] = TrainConfig.upgrade_saved(meta["train"])  # ... and resumes as it was trained
-    return meta
+    return meta  # its "train" section as saved: sifirdan.train.config.read_run_config upgrades it for a resume
 
 
 def _upgrade_model_config(d: dict) -> dict:

@@ -13,7 +13,7 @@ from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train import TrainConfig, Trainer, lr_at, make_optimizer
 from sifirdan.train.config import TRAIN_PRESETS, resume_differences
-from sifirdan.train.pretrain import pretrain_data
+from sifirdan.train.pretrain_data import pretrain_data
 
 WORDS = ("Türk milleti Ankara Meclis egemenlik istiklal cumhuriyet ordu halk vatan millet hürriyet "
          "ve bir bu için ile da de çok büyük").split()

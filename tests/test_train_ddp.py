@@ -19,7 +19,7 @@ from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train import TrainConfig, Trainer
 from sifirdan.train.distributed import env_dist_info, shutdown_distributed
-from sifirdan.train.pretrain import pretrain_data
+from sifirdan.train.pretrain_data import pretrain_data
 
 data_dir, out, accum = sys.argv[1], sys.argv[2], int(sys.argv[3])
 stop_at = (int(sys.argv[4]) or None) if len(sys.argv) > 4 else None  # stop (with a checkpoint) after this many steps

@@ -38,7 +38,7 @@ class _Version(argparse.Action):
         import torch
 
         from sifirdan import kernels
-        from sifirdan.cli import notes
+        from sifirdan import notes
 
         bpe = "C" if notes.built(notes.TOKENIZER_CORE) else "Python (C core not built)"
         print(f"sifirdan {__version__} (PyTorch {torch.__version__}; BPE core: {bpe}; CPU kernels: {kernels.describe()})")

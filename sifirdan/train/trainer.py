@@ -149,8 +149,10 @@ class Trainer:
         resume: bool = False,
         verbose: bool = True,
         export_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        log: Callable[[str], None] | None = None,
     ):
         self.cfg = cfg
+        self._log = log  # where the trainer's lines go (default: stderr)
         self.export_model = export_model
         self.data = data
         self.tokenizer = tokenizer
@@ -231,7 +233,13 @@ class Trainer:
     def log(self, msg: str) -> None:
         if not self.verbose:
             return
-        if self._bar is not None:
+        if self._log is not None:
+            if self._bar is not None:
+                self._bar.clear()
+            self._log(msg)
+            if self._bar is not None:
+                self._bar.refresh()
+        elif self._bar is not None:
             self._bar.write(msg, file=sys.stderr)
         else:
             print(msg, file=sys.stderr, flush=True)
