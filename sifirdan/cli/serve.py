@@ -101,13 +101,18 @@ def _stop(signum, frame):
     raise _Stopped
 
 
-def cmd_serve(args) -> int:
+def _serve_extra():
     try:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as e:
         raise UserError(f"sifirdan serve needs the serve extra ({e.name} is not installed): "
                         "pip install -e \".[serve]\"") from None
+    return uvicorn
+
+
+def cmd_serve(args) -> int:
+    uvicorn = _serve_extra()
     from sifirdan.generate.config import MAX_NEW_TOKENS_CAP
 
     port = _int(args.port, "port", 0, 65535)

@@ -605,10 +605,11 @@ class Trainer:
                 final = self.final_evaluation()
                 if final is not None:
                     self.metrics.write({"kind": "final", "iter": self.step, **{f"val_{k}": v for k, v in final.items()}})
-                    bpb = final["bits_per_byte"]
+                    bpb, bpc = final["bits_per_byte"], final.get("bits_per_char")
                     self.log(
                         f"final: val loss {final['loss']:.4f} (perplexity {final['perplexity']:.1f}"
                         + (f", {bpb:.3f} bits/byte" if bpb is not None else "")
+                        + (f", {bpc:.3f} bits/char" if bpc is not None else "")
                         + f") over all {final['tokens']:,} validation tokens"
                     )
         if self.dist.is_main and self.out_dir is not None:
