@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import sys, torch
-from sifirdan.data.dataset import DataConfig, prepare_bins
+from sifirdan.data import DataConfig, prepare_bins
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train import TrainConfig, Trainer
@@ -45,7 +45,7 @@ def _losses(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_grad_accumulation(tmp_path):
-    from sifirdan.data.dataset import DataConfig, prepare_bins
+    from sifirdan.data import DataConfig, prepare_bins
     from sifirdan.tokenizer import BPETokenizer
 
     rng = random.Random(0)

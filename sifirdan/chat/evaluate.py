@@ -36,7 +36,6 @@ guarantee), and prompts are grouped by length only to waste less padding; result
 from __future__ import annotations
 
 import string
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -179,9 +178,9 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from sifirdan import progress as progress_bars
 
-        bar = tqdm(total=n, desc="answering", unit="answer", file=sys.stderr, dynamic_ncols=True, disable=None)
+        bar = progress_bars.bar(n, "answering", "answers", dynamic_ncols=True)
     try:
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]

@@ -21,10 +21,46 @@ COMMANDS = ["demo", "data", "tokenizer", "params", "pretrain", "finetune", "temp
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (what is wrong, and where the help is) like every other user error,
-    not the usage block plus the error. Subcommand parsers inherit the class."""
+    not the usage block plus the error. Subcommand parsers inherit the class.
+
+    Abbreviations are refused (``allow_abbrev=False``): ``--max-iter`` must never pick ``--max-iters`` -- or
+    another flag -- silently. A flag that is not the subcommand's gets the nearest one it has ("did you mean
+    --max-iters?") and the subcommand's own help (``sifirdan pretrain --help``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._chosen(namespace)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{parser._suggestion(extras)}")
+        return namespace
+
+    def _chosen(self, namespace) -> argparse.ArgumentParser:
+        """The (sub)parser whose flags the command line used: the deepest subcommand given."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(namespace, action.dest, None)
+                if name in action.choices:
+                    sub = action.choices[name]
+                    return sub._chosen(namespace) if isinstance(sub, Parser) else sub
+        return self
+
+    def _suggestion(self, extras: list[str]) -> str:
+        import difflib
+
+        flags = [o for o in self._option_string_actions if o.startswith("--")]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], flags, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
 class _Version(argparse.Action):

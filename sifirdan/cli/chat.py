@@ -65,10 +65,11 @@ def cmd_chat(args) -> int:
 
     from sifirdan.chat.session import ChatSession
     from sifirdan.chat.template import template_of
-    from sifirdan.checkpoint import load_model, read_config
+    from sifirdan.checkpoint import load_model, read_config, resolve_checkpoint_dir
     from sifirdan.generate import Engine
     from sifirdan.train.runtime import resolve_device
 
+    resolve_checkpoint_dir(args.model, made_by="sifirdan finetune --out")  # a wrong path names what chat needs
     template = template_of(read_config(args.model))
     model, tokenizer = load_model(args.model, resolve_device(args.device))
     session = ChatSession(Engine(model, tokenizer), template, system=args.system if template else None, config=config,

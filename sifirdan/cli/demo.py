@@ -191,7 +191,7 @@ def stage_tokenizer(demo: DemoDir, profile: Profile) -> dict:
     from sifirdan.tokenizer import BPETokenizer
 
     print(f"training a BPE tokenizer with {profile.vocab_size} ids on the train split of "
-          f"{corpora.describe(corpora.DEFAULT_TEXT)}", flush=True)
+          f"{catalog.describe(catalog.DEFAULT_TEXT)}", flush=True)
     tok = BPETokenizer.train(iter_train_texts(None, DataConfig()), vocab_size=profile.vocab_size, verbose=True)
     path = tok.save(demo.path / "tokenizer.json")
     return {"vocab_size": tok.vocab_size, "chars_per_token_train": round(tok.train_stats["chars_per_token"], 3),
@@ -236,11 +236,11 @@ def stage_pretrain(demo: DemoDir, profile: Profile) -> dict:
 
 
 def stage_finetune(demo: DemoDir, profile: Profile) -> dict:
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
     from sifirdan.train import FinetuneSettings, finetune
 
     run = demo.path / "finetune"
-    settings = FinetuneSettings(model=demo.path / "pretrain", data=corpora.DEFAULT_INSTRUCTIONS, **profile.finetune)
+    settings = FinetuneSettings(model=demo.path / "pretrain", data=catalog.DEFAULT_INSTRUCTIONS, **profile.finetune)
     _train("finetune", finetune, settings, run)
     return {**_run_summary(run), "path": str(run)}
 
@@ -371,7 +371,7 @@ def print_summary(demo: DemoDir, profile: Profile) -> None:
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     ft = demo.path / "finetune"
     nxt = [f"sifirdan chat --model {ft}", f"sifirdan serve --model {ft}   # then open http://127.0.0.1:8000/",
-           f"sifirdan attention --model {demo.path / 'pretrain'} --text \"Türk milleti\" --out attention.png",
+           f"sifirdan attention --model {demo.path / 'pretrain'} --out attention.png   # a default sentence; --text TEXT",
            f"sifirdan generate --model {demo.path / 'pretrain'} --prompt \"Türk milleti\" --max-new-tokens 80"]
     text = ("\n".join(["summary", "-" * 7, *lines, "", f"expected: {profile.expect}", "", "next:", *("  " + c for c in nxt)])
             + "\n")

@@ -138,7 +138,7 @@ def cmd_serve(args) -> int:
     config = ServerConfig(model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                           max_tokens_cap=cap, allowed_hosts=LOOPBACK_HOSTS if loopback else None,
                           share_cpu=threads == 0 and device.type == "cpu")
-    resolve_checkpoint_dir(args.model)  # a wrong path is one line before anything loads
+    resolve_checkpoint_dir(args.model, made_by="sifirdan finetune --out")  # a wrong path: one line, before anything loads
     sock = bind(args.host, port)  # before the weights: a port in use fails fast
     try:
         app = load_app(args.model, config, device)

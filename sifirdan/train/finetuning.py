@@ -150,10 +150,10 @@ def _plan(settings: FinetuneSettings, out, mode, saved, dist, say) -> _Plan:
         train_sections = {**RECIPES[recipe], **flags}
         data_source, max_samples = settings.data, settings.max_samples
         if not data_source:
-            from sifirdan.data import corpora
+            from sifirdan.data import catalog
 
-            data_source = corpora.DEFAULT_INSTRUCTIONS
-            say(f"no --data given: fine-tuning on the default set, {corpora.describe(data_source)}")
+            data_source = catalog.DEFAULT_INSTRUCTIONS
+            say(f"no --data given: fine-tuning on the default set, {catalog.describe(data_source)}")
         val_fraction = 0.1 if settings.val_fraction is None else settings.val_fraction
         field_map_spec, length_mode = settings.field_map, settings.length_mode or "drop"
         train_on_prompt, skip_bad = settings.train_on_prompt, settings.skip_bad

@@ -51,7 +51,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) int64; y == -10
 
 
 class BatchSource(Protocol):
-    """An endless, resumable stream of training batches (e.g. ``sifirdan.data.dataset.BatchSampler``)."""
+    """An endless, resumable stream of training batches (e.g. ``sifirdan.data.BatchSampler``)."""
 
     def next_batch(self) -> Batch: ...
     def state_dict(self) -> dict: ...
