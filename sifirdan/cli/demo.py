@@ -187,7 +187,7 @@ def _train(stage: str, call, settings, run: Path) -> None:
 
 
 def stage_tokenizer(demo: DemoDir, profile: Profile) -> dict:
-    from sifirdan.data import DataConfig, corpora, iter_train_texts
+    from sifirdan.data import DataConfig, catalog, iter_train_texts
     from sifirdan.tokenizer import BPETokenizer
 
     print(f"training a BPE tokenizer with {profile.vocab_size} ids on the train split of "
