@@ -1,7 +1,10 @@
 """The ``sifirdan`` command line: one entry point, one module per subcommand.
 
-Each module in ``COMMANDS`` has ``register(subparsers)`` that adds its parser and sets ``func``. Modules keep
-heavy imports (torch, ...) inside their functions so that ``sifirdan --help`` stays instant.
+Each module in ``COMMANDS`` has ``register(subparsers)`` that adds its parser and sets ``func``: its flags ->
+settings -> one library call -> printing. No subcommand module imports another; what they share lives in
+``options`` (shared flags), ``config_flags`` (flags made from config dataclasses), ``runs`` (training-run flags
+and exit codes) and ``display``. Modules keep heavy imports (torch, ...) inside their functions so that
+``sifirdan --help`` stays instant.
 A ``UserError`` raised anywhere becomes one line on stderr and exit code 2 -- no traceback for user mistakes.
 """
 
