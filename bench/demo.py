@@ -39,15 +39,17 @@ def run_profile(name: str) -> dict:
         flags = {"tiny": ["--tiny"], "full": ["--full"], "default": []}[name]
         cmd = [sys.executable, "-m", "sifirdan", "demo", "--out", str(out), "--fresh", *flags]
         print(f"{name}: {' '.join(cmd[2:])}", flush=True)
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         wall = time.perf_counter() - t0
+        load = (load_before, os.getloadavg()[0])  # other programs on the machine slow every stage down
         if p.returncode != 0:
             sys.exit(f"{name}: the demo failed (exit {p.returncode}):\n{p.stdout[-3000:]}")
         state = json.loads((out / "demo.json").read_text(encoding="utf-8"))
         summary = p.stdout[p.stdout.rindex("summary\n-------"):]
         print(summary, flush=True)
-        return {"wall": wall, "stages": state["stages"], "summary": summary}
+        return {"wall": wall, "stages": state["stages"], "summary": summary, "load": load}
 
 
 def main(argv=None) -> None:
@@ -70,16 +72,19 @@ def main(argv=None) -> None:
             f"{pre['parameters']:,}", f"{pre['steps']}", f"{pre['val_bits_per_char']:.3f}",
             f"{ans['ended_rate']:.0%} / {ans['leak_rate']:.0%} / {ans['f1']:.3f}",
             "n/a" if exp["logits_max_abs_diff"] is None else f"{exp['logits_max_abs_diff']:.1e}",
+            f"{r['load'][0]:.1f} -> {r['load'][1]:.1f}",
         ])
     table = md_table(["profile", *(f"{k} s" for k in STAGES), "whole command s", "budget s", "parameters",
-                      "pretrain steps", "val bits/char", "ended / leaks / F1", "HF logit diff"], rows)
+                      "pretrain steps", "val bits/char", "ended / leaks / F1", "HF logit diff",
+                      "load (1-min avg, start -> end)"], rows)
     print(table)
     notes.append(
         "`python bench/demo.py`: `sifirdan demo --fresh [--tiny]` as a subprocess, an empty token-bin cache (so "
         "tokenization is timed), proxies pointed at a dead port. Stage times from the demo's demo.json; 'whole "
         "command' is the subprocess's wall time (interpreter start and imports included). val bits/char: every "
         "token of the standard val split (Nutuk, last 10 % after dedup). Answers: the 30 held-out Nutuk QA "
-        "questions, greedy. HF logit diff: the exported model reloaded by transformers vs ours, fp32."
+        "questions, greedy. HF logit diff: the exported model reloaded by transformers vs ours, fp32. Load: the machine's "
+        "1-minute load average before and after the command (2 cores: above 2, other programs shared them)."
     )
     if not args.no_append:
         append_results("demo: stage times through `sifirdan demo` (issue 13)", table, " ".join(notes), info)

@@ -3,9 +3,9 @@
     python bench/finetune.py                  # pre-train on Nutuk once, then (a) Nutuk QA and (b) instructions
     python bench/finetune.py --sets a --ours "learning_rate=3e-4,max_iters=200"   # try another recipe of ours
 
-1. Pre-train once on Nutuk (``sifirdan pretrain``, default recipe, standard split).
-2. For each set, in the same run, through the CLI a user runs (``sifirdan finetune``; wall time and peak RSS of
-   that process):
+1. Pre-train once on Nutuk (``sifirdan.train.pretrain``, default recipe, standard split).
+2. For each set, in the same run, through the library call ``sifirdan finetune`` makes
+   (``sifirdan.train.finetune``, in this process; its wall time, and this process's peak RSS so far):
      (a) ``nutuk_qa.jsonl``: 300 Nutuk question/answer pairs, 10 % held out -- a small Nutuk assistant;
      (b) the first 1000 pairs of ``instructions_tr.jsonl`` (the guide's setup: 1000 general instructions).
    Each with ``--recipe guide`` (the guide's §9: windows over the concatenated examples, loss on every token,
@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -44,14 +42,47 @@ SETS = {
 SEED = 1337  # finetune's default seed: its split is reproduced here to find the held-out pairs
 
 
-def run_cli(args: list[str], log: Path) -> tuple[float, float, int]:
-    """``python -m sifirdan ARGS`` -> (wall seconds, peak RSS MiB of that process, exit code); output to ``log``."""
+def run_stage(call, settings, out: Path, log: Path) -> tuple[float, float, bool]:
+    """``call(settings, RunSettings(out=out, overwrite=True))`` in this process (``sifirdan.train.pretrain`` or
+    ``finetune``) -> (wall seconds, this process's peak RSS MiB so far, finished?); its lines go to ``log``."""
+    import resource
+
+    from sifirdan.errors import UserError
+    from sifirdan.train import RunSettings
+
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "sifirdan", *args], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        def say(msg: str) -> None:
+            f.write(msg + "\n")
+            f.flush()
+
+        try:
+            ok = call(settings, RunSettings(out=out, overwrite=True), log=say).status == "done"
+        except UserError as e:
+            say(f"error: {e}")
+            ok = False
     wall = time.perf_counter() - t0
-    return wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    return wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, ok
+
+
+def recipe_settings(spec: str) -> dict:
+    """``"learning_rate=3e-4,block_size=384"`` -> FinetuneSettings keywords: a FinetuneSettings field by name,
+    any other key a TrainConfig field (``train``); values read as JSON numbers / booleans, else as text."""
+    import dataclasses
+
+    from sifirdan.train import FinetuneSettings
+
+    own = {f.name for f in dataclasses.fields(FinetuneSettings)}
+    settings: dict = {"train": {}}
+    for item in filter(None, spec.split(",")):
+        key, _, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        try:
+            value = json.loads(text.strip())
+        except ValueError:
+            value = text.strip()
+        (settings if key in own else settings["train"])[key] = value
+    return settings
 
 
 def held_out(path: Path, max_samples: int | None):
@@ -133,20 +164,18 @@ def main() -> None:
     pre = work / f"pre{args.pretrain_iters}"
     if not (pre / "last" / "config.json").is_file():
         print(f"pre-training on Nutuk ({args.pretrain_iters} steps) ...", flush=True)
-        wall, rss, rc = run_cli(["pretrain", "--data", str(SHARED / "nutuk.txt"), "--out", str(pre), "--overwrite",
-                                 "--max-iters", str(args.pretrain_iters)], work / "pretrain.log")
-        if rc != 0:
+        from sifirdan.train import PretrainSettings, pretrain
+
+        settings = PretrainSettings(source=[SHARED / "nutuk.txt"], train={"max_iters": args.pretrain_iters})
+        wall, rss, ok = run_stage(pretrain, settings, pre, work / "pretrain.log")
+        if not ok:
             sys.exit(f"pretrain failed; see {work / 'pretrain.log'}")
         print(f"pre-trained in {wall:.0f} s", flush=True)
     pre_final = final_record(pre)
 
-    recipes = [] if args.skip_guide else [("guide", ["--recipe", "guide"])]
-    for k, spec in enumerate(args.ours or [""]):
-        flags = []
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            flags += [f"--{key.strip().replace('_', '-')}", value.strip()]
-        recipes.append((f"ours{'' if not spec else f' ({spec})'}", flags))
+    recipes = [] if args.skip_guide else [("guide", {"recipe": "guide"})]
+    for spec in args.ours or [""]:
+        recipes.append((f"ours{'' if not spec else f' ({spec})'}", recipe_settings(spec)))
 
     rows, notes_examples = [], []
     for key in args.sets.split(","):
@@ -160,13 +189,14 @@ def main() -> None:
         nn_summary = summarize(nn_records)
         rows.append([f"({key}) {name}", "nearest training answer (TF-IDF)", "", "", "n/a", "0.0 %",
                      f"{nn_summary['f1']:.3f}", "", ""])
-        for label, flags in recipes:
+        for label, recipe in recipes:
+            from sifirdan.train import FinetuneSettings, finetune
+
             out = work / f"{key}-{re.sub(r'[^A-Za-z0-9]+', '_', label)}"
-            extra = ["--max-samples", str(max_samples)] if max_samples else []
             print(f"({key}) fine-tuning: {label} ...", flush=True)
-            wall, rss, rc = run_cli(["finetune", "--model", str(pre), "--data", str(path), "--out", str(out),
-                                     "--overwrite", *extra, *flags], work / f"{out.name}.log")
-            if rc != 0:
+            settings = FinetuneSettings(model=pre, data=str(path), max_samples=max_samples, **recipe)
+            wall, rss, ok = run_stage(finetune, settings, out, work / f"{out.name}.log")
+            if not ok:
                 rows.append([f"({key}) {name}", label, "failed", "", "", "", "", "", ""])
                 continue
             final = final_record(out)
@@ -179,14 +209,14 @@ def main() -> None:
                 e = ev["examples"][0]
                 notes_examples.append(f"({key}) {label}: Q: {e['instruction'][:120]!r} -> A: {e['answer'][:200]!r} "
                                       f"(reference: {e['reference'][:120]!r})")
-    headers = ["set", "recipe", "val loss (answers)", "bits/byte (answers)", "ended", "leaks", "F1", "wall s", "peak RSS MiB"]
+    headers = ["set", "recipe", "val loss (answers)", "bits/byte (answers)", "ended", "leaks", "F1", "wall s", "peak RSS MiB (process so far)"]
     table = md_table(headers, rows)
     print()
     print(table)
     notes = (
         f"Base model: `sifirdan pretrain` default recipe on Nutuk, {args.pretrain_iters} steps "
-        f"(val {pre_final.get('val_bits_per_byte', float('nan')):.3f} bits/byte). Fine-tuning through `sifirdan finetune` "
-        "(wall time and peak RSS of that process, evaluations included); the held-out 10 % is finetune's own "
+        f"(val {pre_final.get('val_bits_per_byte', float('nan')):.3f} bits/byte). Fine-tuning through `sifirdan.train.finetune` "
+        "in-process (its wall time, evaluations included; peak RSS: the bench process's so far); the held-out 10 % is finetune's own "
         f"seeded split (seed {SEED}); answers greedy, at most {args.max_new_tokens} new tokens. Guide recipe: "
         "windows over the concatenated examples, loss on every token, lr 1e-4 constant, batch 8, 500 steps, block "
         "256. Example answers: " + " / ".join(notes_examples)

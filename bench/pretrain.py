@@ -474,7 +474,7 @@ def _our_recipe(bins, recipe: dict, budget_s: float, seed: int, log, device: str
 
     from sifirdan.model import GPT
     from sifirdan.train import Trainer
-    from sifirdan.train.pretrain import pretrain_data
+    from sifirdan.train.pretrain_data import pretrain_data
 
     mcfg, _ = _recipe_configs(recipe, device)
 

@@ -30,7 +30,7 @@ from sifirdan.model import GPT, GPTConfig  # noqa: E402
 from sifirdan.tokenizer import BPETokenizer  # noqa: E402
 from sifirdan.train.config import TRAIN_PRESETS, TrainConfig  # noqa: E402
 from sifirdan.train.metrics import peak_flops  # noqa: E402
-from sifirdan.train.pretrain import pretrain_data  # noqa: E402
+from sifirdan.train.pretrain_data import pretrain_data  # noqa: E402
 from sifirdan.train.trainer import Trainer  # noqa: E402
 
 

@@ -1,7 +1,10 @@
-"""sifirdan — from raw Turkish text to your own GPT, from scratch (fine-tuning it to chat is coming).
+"""sifirdan — from raw Turkish text to your own chatting GPT, from scratch: a BPE tokenizer, pre-training,
+instruction fine-tuning, chat, an OpenAI-compatible server and a Hugging Face export.
 
-Stages (one sub-package each, imports point one way):
-    tokenizer  ← data ← train        model ← train / generate
+    from sifirdan.train import pretrain, finetune   # the two training stages as library calls
+
+Stages (one sub-package each, imports point one way; README "How the code is laid out"):
+    tokenizer ← data ← train ← cli        model ← train / generate / serve / interop
 """
 
 __version__ = "0.1.0"

@@ -27,7 +27,6 @@ then is the model built.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -35,8 +34,9 @@ from typing import Any
 
 import torch
 
+from sifirdan.configs import is_int
 from sifirdan.errors import UserError
-from sifirdan.fileio import atomic_directory, parse_json
+from sifirdan.fileio import atomic_directory, parse_json, sha256_hex
 
 FORMAT = "sifirdan-checkpoint"
 FORMAT_VERSION = 1
@@ -65,10 +65,6 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model.module
         else:
             return model
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -139,9 +135,9 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict], dict[str, str]
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in _DTYPE_BYTES:
             raise bad(f"gives tensor {name!r} the unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(d) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or len(shape) > 8 or not all(is_int(d) and d >= 0 for d in shape):
             raise bad(f"gives tensor {name!r} the shape {shape!r}, not a list of sizes >= 0")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(is_int(o) for o in offsets)
                 and 0 <= offsets[0] <= offsets[1] <= data_len):
             raise bad(f"gives tensor {name!r} the byte range {offsets!r}, outside its {data_len:,} data bytes")
         numel = 1
@@ -160,16 +156,12 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict], dict[str, str]
     return header, metadata
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _load_tensor_file(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
     read_safetensors_header(path)  # every size checked before the file is read whole
     data = path.read_bytes()
-    if expected_sha is not None and _sha256(data) != expected_sha:
+    if expected_sha is not None and sha256_hex(data) != expected_sha:
         raise UserError(f"{path} does not match the checksum in {CONFIG_FILE}: {_CORRUPT}")
     try:
         return load(data)
@@ -181,7 +173,7 @@ def _read_bytes_checked(path: Path, what: str, expected_sha: str | None) -> byte
     if not path.is_file():
         raise UserError(f"{what} {path} is missing; point to a complete checkpoint directory (or run dir)")
     data = path.read_bytes()
-    if expected_sha is not None and _sha256(data) != expected_sha:
+    if expected_sha is not None and sha256_hex(data) != expected_sha:
         raise UserError(f"{path} does not match the checksum in {CONFIG_FILE}: {_CORRUPT}")
     return data
 
@@ -288,7 +280,7 @@ def save_checkpoint(
         "model": model.config.to_dict(),  # the truth is the model object, whatever ``config`` said
         "tokenizer_fingerprint": tokenizer.fingerprint() if tokenizer is not None else None,
         "tied_weights": aliases,
-        "sha256": {name: _sha256(data) for name, data in files.items()},  # every file but this one
+        "sha256": {name: sha256_hex(data) for name, data in files.items()},  # every file but this one
     }
     files[CONFIG_FILE] = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     with atomic_directory(directory) as tmp:
@@ -304,11 +296,12 @@ def save_model(directory: str | os.PathLike, model: torch.nn.Module, tokenizer, 
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, or a run directory (then its ``best/``, else its ``last/``)."""
+def resolve_checkpoint_dir(path: str | os.PathLike, made_by: str = "sifirdan pretrain --out") -> Path:
+    """A checkpoint directory, or a run directory (then its ``best/``, else its ``last/``). ``made_by``: the
+    command whose run the caller needs, named when there is none (chat needs ``sifirdan finetune --out``)."""
     path = Path(path)
     if not path.exists():
-        raise UserError(f"checkpoint {path} does not exist; pass a run directory from `sifirdan pretrain --out` or a checkpoint inside it")
+        raise UserError(f"checkpoint {path} does not exist; pass a run directory from `{made_by}` or a checkpoint inside it")
     if not path.is_dir():
         raise UserError(f"{path} is a file, not a checkpoint directory; pass the directory that holds {CONFIG_FILE}")
     if (path / CONFIG_FILE).is_file():
@@ -320,7 +313,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
             return path / sub
     raise UserError(
         f"{path} holds no checkpoint ({CONFIG_FILE} not found there nor in best/ or last/); "
-        f"pass a run directory from `sifirdan pretrain --out` or train one first"
+        f"pass a run directory from `{made_by}` or train one first"
     )
 
 
@@ -332,7 +325,7 @@ def read_config(directory: str | os.PathLike) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise UserError(f"{path} is not a sifirdan checkpoint config; pass a directory written by sifirdan")
     version = meta.get("format_version", 0)
-    if not _is_int(version):
+    if not is_int(version):
         raise UserError(f"{path}: format_version must be an integer, got {version!r}; restore the original {CONFIG_FILE}")
     if version > FORMAT_VERSION:
         raise UserError(f"{directory} was written by a newer sifirdan (format {version}); upgrade sifirdan")
@@ -346,11 +339,7 @@ def read_config(directory: str | os.PathLike) -> dict:
     if fp is not None and not isinstance(fp, str):
         raise UserError(f"{path}: tokenizer_fingerprint must be a string, got {fp!r}; restore the original {CONFIG_FILE}")
     meta["model"] = _upgrade_model_config(meta["model"])  # an older checkpoint loads as it was saved
-    if isinstance(meta.get("train"), dict):
-        from sifirdan.train.config import TrainConfig
-
-        meta["train"] = TrainConfig.upgrade_saved(meta["train"])  # ... and resumes as it was trained
-    return meta
+    return meta  # its "train" section as saved: sifirdan.train.config.read_run_config upgrades it for a resume
 
 
 def _upgrade_model_config(d: dict) -> dict:
@@ -517,7 +506,7 @@ def verify_checkpoint_dir(directory: str | os.PathLike) -> bool:
         sha = meta["sha256"]
         if meta.get("format") != FORMAT or MODEL_FILE not in sha:
             return False
-        return all(_sha256((directory / name).read_bytes()) == digest for name, digest in sha.items())
+        return all(sha256_hex((directory / name).read_bytes()) == digest for name, digest in sha.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return False
 

@@ -10,6 +10,11 @@ import typing
 
 from sifirdan.errors import UserError
 
+# The target id the loss skips (padding, and prompt tokens a fine-tuned model does not learn to produce):
+# F.cross_entropy's default ignore_index. Defined here, below both ``model`` (its loss) and ``data`` (its
+# evaluation windows), so that neither package imports the other.
+IGNORE_INDEX = -100
+
 # Seeds feed torch.manual_seed and 64-bit hashes; larger ones overflow there with a traceback.
 MAX_SEED = 2**63 - 1
 
@@ -20,6 +25,22 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a s
 # that device is there).
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 _DEVICE_NAME = re.compile(r"auto|(cpu|cuda|mps)(:\d+)?")
+
+
+def is_int(x) -> bool:
+    """An integer that is not a bool (JSON and TOML give ``true`` as a bool; Python counts it as 1)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x) -> bool:
+    """A finite int or float, not a bool: the one rule for a number read from a file or a request (inf and
+    NaN are refused: NaN compares false to every bound, so a range check alone would let it through)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer of 400 digits is valid JSON, and no float
+        return False
 
 
 def check_field_type(name: str, value, want) -> None:

@@ -192,3 +192,15 @@ def parse_json(text: str, source: str, fix: str) -> Any:
         raise UserError(f"{source} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
     except RecursionError:
         raise UserError(f"{source} nests brackets too deeply to be a file sifirdan wrote or reads; {fix}") from None
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 checksum files are recorded with (checkpoints, exports)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_empty_dir(path: Path, ignore: tuple[str, ...] = ()) -> bool:
+    """True when the folder holds nothing but the names in ``ignore`` (e.g. a run's own lock file)."""
+    return all(p.name in ignore for p in Path(path).iterdir())

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from sifirdan import __version__
 from sifirdan.errors import UserError
-from sifirdan.fileio import atomic_write_text, check_writable_dir, os_reason, parse_json, recover_directory
+from sifirdan.fileio import atomic_write_text, check_writable_dir, is_empty_dir, os_reason, parse_json, recover_directory
 
 MARKER = "run.json"
 LOCK = ".lock"
@@ -80,10 +80,6 @@ def _has_checkpoint(path: Path) -> bool:
     )
 
 
-def _is_empty(path: Path) -> bool:
-    return all(p.name == LOCK for p in path.iterdir())
-
-
 def check_out_dir(path: str | os.PathLike, mode: str, flag: str = "--out", _locked: bool = False) -> Path:
     """The read-only checks of the rules above, and a probe that the folder can be written; returns the path.
 
@@ -106,7 +102,7 @@ def check_out_dir(path: str | os.PathLike, mode: str, flag: str = "--out", _lock
         if not _has_checkpoint(path):
             raise UserError(f"{path} has no last/ checkpoint to resume from (best/ holds weights only, for generate "
                             f"and eval); start it again with --out {path} --overwrite")
-    elif path.is_dir() and not _is_empty(path):
+    elif path.is_dir() and not is_empty_dir(path, (LOCK,)):
         if not _is_run(path):
             raise UserError(
                 f"{flag} {path} is a folder that is not empty and is not a sifirdan run (no {MARKER}); "
@@ -139,7 +135,7 @@ class RunDir:
         """Check, lock, repair and mark ``path`` (see the module docstring); the lock is held until close()."""
         path = Path(path)
         check_out_dir(path, mode, flag)
-        made = None if path.is_dir() and not _is_empty(path) else ("files" if path.is_dir() else "folder")
+        made = None if path.is_dir() and not is_empty_dir(path, (LOCK,)) else ("files" if path.is_dir() else "folder")
         parents = 0
         while made == "folder" and not path.parents[parents].exists():
             parents += 1

@@ -15,10 +15,10 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def nutuk_path(tmp_path_factory) -> Path:
-    """Nutuk as a file: the copy bundled with sifirdan (tests/test_corpora.py holds it equal to the guide's)."""
-    from sifirdan.data import corpora
+    """Nutuk as a file: the copy bundled with sifirdan (tests/test_catalog.py holds it equal to the guide's)."""
+    from sifirdan.data import catalog
 
-    return corpora.materialize("nutuk", tmp_path_factory.getbasetemp() / "bundled")
+    return catalog.materialize("nutuk", tmp_path_factory.getbasetemp() / "bundled")
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import torch
 import sifirdan
 from sifirdan import checkpoint as ckpt
 from sifirdan.errors import UserError
+from sifirdan.fileio import sha256_hex
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 
@@ -153,7 +154,7 @@ def _as_saved_before_lm_head_bias(ck) -> None:
     (ck / "model.safetensors").write_bytes(data)
     meta = json.loads((ck / "config.json").read_text())
     del meta["model"]["lm_head_bias"]
-    meta["sha256"]["model.safetensors"] = ckpt._sha256(data)
+    meta["sha256"]["model.safetensors"] = sha256_hex(data)
     (ck / "config.json").write_text(json.dumps(meta))
 
 

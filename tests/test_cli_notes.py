@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import sifirdan.cli as cli
-from sifirdan.cli import notes
+from sifirdan import notes
 
 TINY = ["--vocab-size", "300", "--n-embd", "32", "--n-head", "2", "--n-layer", "2", "--block-size", "16",
         "--batch-size", "8", "--eval-iters", "2", "--threads", "1", "--sample-interval", "0", "--max-iters", "2"]

@@ -20,7 +20,6 @@ from sifirdan.data import (
     val_overlap,
 )
 from sifirdan.data import bins as data_bins
-from sifirdan.data import dataset as D
 from sifirdan.data import split as data_split
 from sifirdan.errors import UserError
 from sifirdan.tokenizer import BPETokenizer
@@ -143,15 +142,15 @@ def test_bins_decode_to_the_exact_split_text(tmp_path, tok, monkeypatch):
 
 
 def test_bin_dtype_fits_the_vocabulary():
-    assert D._dtype_for(300) == np.uint16 and D._dtype_for(65536) == np.uint16  # ids 0..65535
-    assert D._dtype_for(65537) == np.uint32 and D._dtype_for(100_000) == np.uint32
+    assert data_bins._dtype_for(300) == np.uint16 and data_bins._dtype_for(65536) == np.uint16  # ids 0..65535
+    assert data_bins._dtype_for(65537) == np.uint32 and data_bins._dtype_for(100_000) == np.uint32
 
 
 def test_bits_per_unit_and_ignore_index_have_one_definition():
     from sifirdan.model.gpt import IGNORE_INDEX as LOSS_IGNORE_INDEX
     from sifirdan.train import metrics as M
 
-    assert IGNORE_INDEX == D.IGNORE_INDEX == LOSS_IGNORE_INDEX == -100
+    assert IGNORE_INDEX == IGNORE_INDEX == LOSS_IGNORE_INDEX == -100
     assert M.bits_per_unit is bits_per_unit  # the trainer calls M.bits_per_unit
     assert bits_per_unit(2.0, 1.5) == pytest.approx(2.0 / np.log(2) / 1.5)
     # units per token not known (None, 0) or a non-finite loss: no value rather than an exception or nan

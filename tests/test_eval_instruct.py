@@ -328,7 +328,8 @@ def test_load_eval_data_keeps_order_and_locations(tmp_path, tok):
 
 
 def test_answers_line_and_report_survive_a_lone_surrogate():
-    from sifirdan.cli.eval_instruct import _answer_line, _short
+    from sifirdan.chat.evaluate import answer_line as _answer_line
+    from sifirdan.cli.display import one_line as _short
 
     rec = {"instruction": "Şehir?", "reference": "İzmir", "answer": "a\ud800b\x1b", "ended": False, "leaked": False,
            "f1": 0.0, "finish": "length", "answer_tokens": 3}

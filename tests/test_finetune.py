@@ -16,7 +16,7 @@ from sifirdan.errors import UserError
 from sifirdan.model import GPT, GPTConfig, IGNORE_INDEX
 from sifirdan.model.resize import grow_context, grow_vocab
 from sifirdan.tokenizer import BPETokenizer
-from sifirdan.train.finetune import ExampleBatches, example_tensors, tokenize_conversations
+from sifirdan.train.finetune_data import ExampleBatches, example_tensors, tokenize_conversations
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

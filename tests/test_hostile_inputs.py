@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import sifirdan
 import sifirdan.cli as cli
 from sifirdan import checkpoint as ckpt
+from sifirdan.fileio import sha256_hex
 from sifirdan.errors import UserError
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
@@ -109,7 +110,7 @@ def forge_header(d: Path, edit) -> None:
     new = struct.pack("<Q", len(raw)) + raw + data[8 + n :]
     f.write_bytes(new)
     meta = json.loads((d / "config.json").read_text())
-    meta["sha256"]["model.safetensors"] = ckpt._sha256(new)
+    meta["sha256"]["model.safetensors"] = sha256_hex(new)
     (d / "config.json").write_text(json.dumps(meta))
 
 
@@ -266,7 +267,7 @@ def test_fuzz_any_mutation_loads_or_is_refused(checkpoint_dir, tmp_path_factory,
             new = struct.pack("<Q", length) + body + raw[8 + n :]
             (d / target).write_bytes(new)
             meta = json.loads(originals["config.json"])
-            meta["sha256"][target] = ckpt._sha256(new)  # the checksum is forged too: the header checks must hold
+            meta["sha256"][target] = sha256_hex(new)  # the checksum is forged too: the header checks must hold
             (d / "config.json").write_text(json.dumps(meta))
         else:
             obj = json.loads(originals[target])
@@ -276,7 +277,7 @@ def test_fuzz_any_mutation_loads_or_is_refused(checkpoint_dir, tmp_path_factory,
             (d / target).write_text(text)
             if target == "tokenizer.json":
                 meta = json.loads(originals["config.json"])
-                meta["sha256"][target] = ckpt._sha256(text.encode())
+                meta["sha256"][target] = sha256_hex(text.encode())
                 (d / "config.json").write_text(json.dumps(meta))
         with MemoryLimit(2 * 2**30):
             try:

@@ -333,7 +333,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(text_file, tmp_pat
 
 
 def test_changed_data_on_resume_is_refused_before_tokenizing(text_file, tmp_path, capsys):
-    from sifirdan.data.dataset import default_cache_dir
+    from sifirdan.data import default_cache_dir
 
     run = tmp_path / "run"
     assert pretrain(text_file, run) == 0

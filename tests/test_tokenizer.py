@@ -47,9 +47,9 @@ SAMPLE = (
 
 
 def nutuk_text() -> str:
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
 
-    return corpora.get("nutuk").documents()[0]  # the bundled copy (equal to the guide's: tests/test_corpora.py)
+    return catalog.get("nutuk").documents()[0]  # the bundled copy (equal to the guide's: tests/test_catalog.py)
 
 
 def split(text: str):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import sifirdan
-from sifirdan.data.dataset import DataConfig, prepare_bins
+from sifirdan.data import DataConfig, prepare_bins
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train import TrainConfig, Trainer, lr_at, make_optimizer
 from sifirdan.train.config import TRAIN_PRESETS, resume_differences
-from sifirdan.train.pretrain import pretrain_data
+from sifirdan.train.pretrain_data import pretrain_data
 
 WORDS = ("Türk milleti Ankara Meclis egemenlik istiklal cumhuriyet ordu halk vatan millet hürriyet "
          "ve bir bu için ile da de çok büyük").split()
@@ -208,7 +208,7 @@ def test_accumulated_gradients_equal_one_big_batch(corpus, monkeypatch):
     """grad_accum 2 x batch B must produce exactly the gradient of one batch of 2B (the mean over all its
     tokens). Compared as the gradients reach clipping: clipping and AdamW are scale invariant enough that a
     missing ``/ grad_accum`` passes every test that only looks at losses."""
-    from sifirdan.data.dataset import BatchSampler
+    from sifirdan.data import BatchSampler
     from sifirdan.train.trainer import TrainData
 
     tok, bins = corpus

@@ -67,9 +67,9 @@ def test_a_run_from_before_decay_embeddings_resumes_as_it_was_trained(sifirdan_m
     meta = json.loads(cfg.read_text())
     assert meta["train"].pop("decay_embeddings") is True
     cfg.write_text(json.dumps(meta))  # as an older sifirdan wrote it
-    from sifirdan import checkpoint as ckpt
+    from sifirdan.train.config import read_run_config
 
-    assert ckpt.read_config(run / "last")["train"]["decay_embeddings"] is True
+    assert read_run_config(run / "last")["train"]["decay_embeddings"] is True
     assert sifirdan_main(["pretrain", "--resume", str(run), "--max-iters", "8"]) == 0, capsys.readouterr().err
     assert json.loads(cfg.read_text())["step"] == 8
 

@@ -14,12 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
 import sys, torch
-from sifirdan.data.dataset import DataConfig, prepare_bins
+from sifirdan.data import DataConfig, prepare_bins
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train import TrainConfig, Trainer
 from sifirdan.train.distributed import env_dist_info, shutdown_distributed
-from sifirdan.train.pretrain import pretrain_data
+from sifirdan.train.pretrain_data import pretrain_data
 
 data_dir, out, accum = sys.argv[1], sys.argv[2], int(sys.argv[3])
 stop_at = (int(sys.argv[4]) or None) if len(sys.argv) > 4 else None  # stop (with a checkpoint) after this many steps
@@ -45,7 +45,7 @@ def _losses(run: Path) -> dict:
 
 @pytest.mark.slow
 def test_two_processes_match_grad_accumulation(tmp_path):
-    from sifirdan.data.dataset import DataConfig, prepare_bins
+    from sifirdan.data import DataConfig, prepare_bins
     from sifirdan.tokenizer import BPETokenizer
 
     rng = random.Random(0)

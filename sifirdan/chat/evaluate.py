@@ -36,7 +36,6 @@ guarantee), and prompts are grouped by length only to waste less padding; result
 from __future__ import annotations
 
 import string
-import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -179,9 +178,9 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
 
     bar = None
     if progress:
-        from tqdm import tqdm
+        from sifirdan import progress as progress_bars
 
-        bar = tqdm(total=n, desc="answering", unit="answer", file=sys.stderr, dynamic_ncols=True, disable=None)
+        bar = progress_bars.bar(n, "answering", "answers", dynamic_ncols=True)
     try:
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]
@@ -233,3 +232,21 @@ def summarize(records: Sequence[Mapping]) -> dict:
         "mean_answer_chars": sum(len(r["answer"]) for r in records) / n,
         "f1": sum(r["f1"] for r in records) / n,
     }
+
+
+ANSWER_KEYS = ("instruction", "reference", "answer", "ended", "leaked", "f1", "finish", "answer_tokens")
+
+
+def answer_line(record: Mapping) -> str:
+    """One JSON line of an answers file (``eval-instruct --answers``, the demo's answers.jsonl), Turkish letters
+    as they are; an answer holding a lone surrogate (bytes a model can produce, which UTF-8 cannot store) is
+    written with \\u escapes instead, which json.loads reads back exactly."""
+    import json
+
+    row = {k: record[k] for k in ANSWER_KEYS}
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(row)
+    return line + "\n"

@@ -1,7 +1,10 @@
 """The ``sifirdan`` command line: one entry point, one module per subcommand.
 
-Each module in ``COMMANDS`` has ``register(subparsers)`` that adds its parser and sets ``func``. Modules keep
-heavy imports (torch, ...) inside their functions so that ``sifirdan --help`` stays instant.
+Each module in ``COMMANDS`` has ``register(subparsers)`` that adds its parser and sets ``func``: its flags ->
+settings -> one library call -> printing. No subcommand module imports another; what they share lives in
+``options`` (shared flags), ``config_flags`` (flags made from config dataclasses), ``runs`` (training-run flags
+and exit codes) and ``display``. Modules keep heavy imports (torch, ...) inside their functions so that
+``sifirdan --help`` stays instant.
 A ``UserError`` raised anywhere becomes one line on stderr and exit code 2 -- no traceback for user mistakes.
 """
 
@@ -21,10 +24,46 @@ COMMANDS = ["demo", "data", "tokenizer", "params", "pretrain", "finetune", "temp
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (what is wrong, and where the help is) like every other user error,
-    not the usage block plus the error. Subcommand parsers inherit the class."""
+    not the usage block plus the error. Subcommand parsers inherit the class.
+
+    Abbreviations are refused (``allow_abbrev=False``): ``--max-iter`` must never pick ``--max-iters`` -- or
+    another flag -- silently. A flag that is not the subcommand's gets the nearest one it has ("did you mean
+    --max-iters?") and the subcommand's own help (``sifirdan pretrain --help``)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._chosen(namespace)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{parser._suggestion(extras)}")
+        return namespace
+
+    def _chosen(self, namespace) -> argparse.ArgumentParser:
+        """The (sub)parser whose flags the command line used: the deepest subcommand given."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                name = getattr(namespace, action.dest, None)
+                if name in action.choices:
+                    sub = action.choices[name]
+                    return sub._chosen(namespace) if isinstance(sub, Parser) else sub
+        return self
+
+    def _suggestion(self, extras: list[str]) -> str:
+        import difflib
+
+        flags = [o for o in self._option_string_actions if o.startswith("--")]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], flags, n=1, cutoff=0.6)
+                if close:
+                    return f"; did you mean {close[0]}?"
+        return ""
 
 
 class _Version(argparse.Action):
@@ -38,7 +77,7 @@ class _Version(argparse.Action):
         import torch
 
         from sifirdan import kernels
-        from sifirdan.cli import notes
+        from sifirdan import notes
 
         bpe = "C" if notes.built(notes.TOKENIZER_CORE) else "Python (C core not built)"
         print(f"sifirdan {__version__} (PyTorch {torch.__version__}; BPE core: {bpe}; CPU kernels: {kernels.describe()})")

@@ -13,6 +13,9 @@ import io
 from sifirdan.errors import UserError
 
 MAX_TOKENS = 48  # more labels than this do not fit a readable plot
+# the text drawn without --text: one sentence of Nutuk's vocabulary, about 15-25 tokens with a Nutuk tokenizer --
+# enough rows to see heads look back at a word's start, at punctuation and at the sentence's first token
+DEFAULT_TEXT = "Türk milleti, istiklâlini kurtarmak için Ankara'da toplanan Büyük Millet Meclisi'ne güvendi."
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Turkish letter plus the symbols used below
 
 
@@ -29,7 +32,7 @@ def register(subparsers) -> None:
         ),
     )
     options.add(p, "--model", required=True)
-    options.add(p, "--text", required=True)
+    options.add(p, "--text", default=DEFAULT_TEXT)
     p.add_argument("--out", default="attention.png", metavar="PNG", help="the PNG image to write (default: attention.png)")
     p.add_argument("--layer", default="0", metavar="L", help="which layer, 0-based; negative counts from the end (default: 0)")
     p.add_argument("--head", default=None, metavar="H", help="one head, 0-based (default: all heads of the layer)")

@@ -49,26 +49,27 @@ def register(subparsers) -> None:
 
 
 def cmd_chat(args) -> int:
-    from sifirdan.cli.generate import _parse
+    from sifirdan.cli.options import parse_number
     from sifirdan.generate import GenerationConfig
 
     config = GenerationConfig(
-        max_new_tokens=_parse(args.max_tokens, "max-tokens", int),
-        temperature=_parse(args.temperature, "temperature", float),
-        top_k=_parse(args.top_k, "top-k", int),
-        top_p=_parse(args.top_p, "top-p", float),
-        repetition_penalty=_parse(args.repetition_penalty, "repetition-penalty", float),
-        seed=_parse(args.seed, "seed", int),
+        max_new_tokens=parse_number(args.max_tokens, "max-tokens", int),
+        temperature=parse_number(args.temperature, "temperature", float),
+        top_k=parse_number(args.top_k, "top-k", int),
+        top_p=parse_number(args.top_p, "top-p", float),
+        repetition_penalty=parse_number(args.repetition_penalty, "repetition-penalty", float),
+        seed=parse_number(args.seed, "seed", int),
     ).validate()  # before loading the model: a bad flag fails fast
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty; give the message to answer, e.g. -p \"Merhaba\"")
 
     from sifirdan.chat.session import ChatSession
     from sifirdan.chat.template import template_of
-    from sifirdan.checkpoint import load_model, read_config
+    from sifirdan.checkpoint import load_model, read_config, resolve_checkpoint_dir
     from sifirdan.generate import Engine
     from sifirdan.train.runtime import resolve_device
 
+    resolve_checkpoint_dir(args.model, made_by="sifirdan finetune --out")  # a wrong path names what chat needs
     template = template_of(read_config(args.model))
     model, tokenizer = load_model(args.model, resolve_device(args.device))
     session = ChatSession(Engine(model, tokenizer), template, system=args.system if template else None, config=config,

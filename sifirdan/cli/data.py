@@ -38,15 +38,15 @@ def _size(c) -> str:
 
 
 def cmd_list(args) -> int:
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
 
     rows = []
-    for c in corpora.CORPORA.values():
+    for c in catalog.CORPORA.values():
         try:
             size = _size(c)
         except UserError:
             size = f"not installed: {c.install}"
-        default = {corpora.DEFAULT_TEXT: " (default text)", corpora.DEFAULT_INSTRUCTIONS: " (default pairs)"}
+        default = {catalog.DEFAULT_TEXT: " (default text)", catalog.DEFAULT_INSTRUCTIONS: " (default pairs)"}
         rows.append((c.name + default.get(c.name, ""), c.kind, size, c.license, c.source))
     heads = ("name", "kind", "size", "license", "source")
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
@@ -63,11 +63,11 @@ def _one_line(text: str) -> str:
 
 
 def cmd_show(args) -> int:
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
 
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
-    c = corpora.get(args.name)
+    c = catalog.get(args.name)
     print(f"{c.name}: {c.title}\nlicense: {c.license}; source: {c.source}\n")
     if c.kind == "instructions":
         records = c.records()

@@ -1,16 +1,19 @@
 """``sifirdan demo``: the guide end to end, offline, on the corpus that ships with sifirdan.
 
     sifirdan demo                 # ~8 minutes on a 2-core laptop CPU: a small Nutuk assistant in runs/demo
-    sifirdan demo --tiny          # every stage in about a minute (what CI runs)
+    sifirdan demo --tiny          # every stage, tiny (what CI runs): 22 s on a quiet 2-core CPU, 1,949 s niced at load 8-13
     sifirdan demo --full          # the guide's budgets: its preset, 1000 pre-training + 500 fine-tuning steps (~6 min)
     sifirdan demo --fresh         # start over (otherwise finished stages are reused, an interrupted one resumes)
 
-Stages (each is an ordinary sifirdan command or library call, so what the demo does a user can do by hand):
+Stages (each is a library call an ordinary sifirdan command makes too, so what the demo does a user can do
+by hand):
   1. tokenizer  BPE trained on the train split of Nutuk only (the val split stays unseen)
-  2. pretrain   ``sifirdan pretrain`` on Nutuk (guide §7-8), its final pass scoring every val token
-  3. finetune   ``sifirdan finetune`` on the Nutuk QA pairs, 90 % of them (guide §9)
+  2. pretrain   ``sifirdan.train.pretrain`` (``sifirdan pretrain``) on Nutuk (guide §7-8), its final pass
+                scoring every val token
+  3. finetune   ``sifirdan.train.finetune`` (``sifirdan finetune``) on the Nutuk QA pairs, 90 % of them (guide §9)
   4. answers    the fine-tuned model answers the 10 % of questions it never saw (greedy; ended / leaks / F1)
-  5. export     ``sifirdan export hf``, then (with ``transformers``) reload it and compare the logits
+  5. export     ``sifirdan.interop.export_hf`` (``sifirdan export hf``), then (with ``transformers``) reload it
+                and compare the logits; a rerun after ``pip install transformers`` runs that check
 Then a summary table and the commands to try next.
 
 The demo folder belongs to sifirdan (``demo.json`` says so, and which stages are done); an interrupted stage --
@@ -47,8 +50,8 @@ PPMD_BPC = 1.674
 class Profile:
     name: str
     vocab_size: int
-    pretrain: list[str]
-    finetune: list[str]
+    pretrain: dict  # PretrainSettings fields (model / train sections as mappings of the fields set)
+    finetune: dict  # FinetuneSettings fields
     max_new_tokens: int  # per held-out answer
     expect: str  # what the summary should show, measured (bench/demo.py appends the stage times)
     disk_mb: int  # free space the demo needs, checked before it starts
@@ -58,25 +61,25 @@ class Profile:
 PROFILES = {
     "tiny": Profile(
         "tiny", 512,
-        ["--n-embd", "64", "--n-head", "2", "--n-layer", "2", "--block-size", "64", "--batch-size", "16",
-         "--max-iters", "600", "--eval-interval", "200", "--eval-iters", "5", "--checkpoint-interval", "200",
-         "--log-interval", "50"],
-        ["--max-iters", "300", "--batch-size", "8", "--learning-rate", "2e-3", "--eval-interval", "100",
-         "--eval-iters", "2", "--checkpoint-interval", "100", "--block-size", "128", "--truncate"],
+        dict(model=dict(n_embd=64, n_head=2, n_layer=2, block_size=64),
+             train=dict(batch_size=16, max_iters=600, eval_interval=200, eval_iters=5, checkpoint_interval=200,
+                        log_interval=50)),
+        dict(train=dict(max_iters=300, batch_size=8, learning_rate=2e-3, eval_interval=100, eval_iters=2,
+                        checkpoint_interval=100), block_size=128, length_mode="truncate"),
         64, "a smoke test, not a model: val bits/char near 2.8; answers in Nutuk's words that rarely end", 150,
         ["--tiny: a 0.1 M-parameter model for 600 + 300 steps, to show every stage works"],
     ),
     "default": Profile(
         "default", 4096,
-        ["--max-iters", "1500", "--eval-interval", "250", "--log-interval", "50"],
-        [],
+        dict(train=dict(max_iters=1500, eval_interval=250, log_interval=50)),
+        {},
         320, "val bits/char near 1.85 (the guide's recipe: 2.26); nearly every held-out answer ends with </RESP> "
         "(30 of 30 when measured), none leaks a special token, token F1 near 0.09", 400,
     ),
     "full": Profile(
         "full", 500,
-        ["--preset", "guide", "--log-interval", "50"],
-        ["--recipe", "guide"],
+        dict(preset="guide", train=dict(log_interval=50)),
+        dict(recipe="guide"),
         320, "val bits/char near 2.26, the guide recipe's own result; with the guide's fine-tuning recipe (loss on "
         "every token of random windows) about half the answers leak template tokens (measured: 70 % end, 53 % "
         "leak): why sifirdan's default recipe differs", 400,
@@ -95,7 +98,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="runs/demo", metavar="DIR",
                    help="the demo's folder (new, empty, or an earlier demo's); default runs/demo")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--tiny", action="store_true", help="every stage in about a minute (a smoke test, as in CI)")
+    size.add_argument("--tiny", action="store_true", help="every stage with a tiny model (a smoke test, as in CI); bench/demo.py on 2 "
+                      "cores: 22 s on a quiet machine, 1,949 s at nice 19 beside other jobs (load average 8-13)")
     size.add_argument("--full", action="store_true", help="the guide's budgets: its preset, 1000 pre-training and "
                       "500 fine-tuning steps (~6 minutes on 2 cores)")
     p.add_argument("--fresh", action="store_true", help="delete this demo's earlier results and start over")
@@ -165,40 +169,30 @@ def check_disk(path: Path, need_mb: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def _cli(argv: list[str]) -> int:
-    from sifirdan.cli import main
-
-    return main(argv)
-
-
-def _run_command(stage: str, argv: list[str]) -> None:
-    code = _cli(argv)
-    if code in (130, 143):
-        raise KeyboardInterrupt
-    if code != 0:
-        raise UserError(f"the {stage} stage failed (exit code {code}, its message is above); fix that and run "
-                        "`sifirdan demo` again to continue")
-
-
-def _train_args(run: Path, command: list[str]) -> list[str]:
-    """A new run, or the continuation of an interrupted one (its last/ checkpoint), or a restart of one that was
-    interrupted before its first checkpoint."""
+def _train(stage: str, call, settings, run: Path) -> None:
+    """One training stage through the library: a new run, the continuation of an interrupted one (its last/
+    checkpoint; the run's own settings), or a restart of one interrupted before its first checkpoint."""
     from sifirdan import rundir
+    from sifirdan.cli.runs import say
+    from sifirdan.train import RunSettings
 
     if (run / "last" / "config.json").is_file() or (run / "last.old").is_dir():
-        return [command[0], "--resume", str(run)]
-    flags = [command[0], "--out", str(run), *command[1:]]
-    if run.is_dir() and (run / rundir.MARKER).is_file():
-        flags.append("--overwrite")
-    return flags
+        settings, where = type(settings)(), RunSettings(resume=run)
+    else:
+        where = RunSettings(out=run, overwrite=run.is_dir() and (run / rundir.MARKER).is_file())
+    result = call(settings, where, log=say)
+    if result.status == "interrupted":
+        raise KeyboardInterrupt
+    if result.status == "diverged":
+        raise UserError(f"the {stage} stage failed ({result.message}); fix that and run `sifirdan demo` again to continue")
 
 
 def stage_tokenizer(demo: DemoDir, profile: Profile) -> dict:
-    from sifirdan.data import DataConfig, corpora, iter_train_texts
+    from sifirdan.data import DataConfig, catalog, iter_train_texts
     from sifirdan.tokenizer import BPETokenizer
 
     print(f"training a BPE tokenizer with {profile.vocab_size} ids on the train split of "
-          f"{corpora.describe(corpora.DEFAULT_TEXT)}", flush=True)
+          f"{catalog.describe(catalog.DEFAULT_TEXT)}", flush=True)
     tok = BPETokenizer.train(iter_train_texts(None, DataConfig()), vocab_size=profile.vocab_size, verbose=True)
     path = tok.save(demo.path / "tokenizer.json")
     return {"vocab_size": tok.vocab_size, "chars_per_token_train": round(tok.train_stats["chars_per_token"], 3),
@@ -232,21 +226,23 @@ def _run_summary(run: Path) -> dict:
 
 
 def stage_pretrain(demo: DemoDir, profile: Profile) -> dict:
-    run = demo.path / "pretrain"
-    _run_command("pretrain", _train_args(run, ["pretrain", "--tokenizer", str(demo.path / "tokenizer.json"),
-                                               *profile.pretrain]))
     from sifirdan import checkpoint as ckpt
+    from sifirdan.train import PretrainSettings, pretrain
+
+    run = demo.path / "pretrain"
+    _train("pretrain", pretrain, PretrainSettings(tokenizer=demo.path / "tokenizer.json", **profile.pretrain), run)
 
     model, _ = ckpt.load_model(run / "last")
     return {"parameters": model.num_parameters(), **_run_summary(run), "path": str(run)}
 
 
 def stage_finetune(demo: DemoDir, profile: Profile) -> dict:
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
+    from sifirdan.train import FinetuneSettings, finetune
 
     run = demo.path / "finetune"
-    _run_command("finetune", _train_args(run, ["finetune", "--model", str(demo.path / "pretrain"), "--data",
-                                               corpora.DEFAULT_INSTRUCTIONS, *profile.finetune]))
+    settings = FinetuneSettings(model=demo.path / "pretrain", data=catalog.DEFAULT_INSTRUCTIONS, **profile.finetune)
+    _train("finetune", finetune, settings, run)
     return {**_run_summary(run), "path": str(run)}
 
 
@@ -254,7 +250,8 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
     from sifirdan import checkpoint as ckpt
     from sifirdan.chat import template_of
     from sifirdan.chat.evaluate import evaluate_answers
-    from sifirdan.cli.eval_instruct import _answer_line, _short
+    from sifirdan.chat.evaluate import answer_line
+    from sifirdan.cli.display import one_line
     from sifirdan.data.instructions import run_split
     from sifirdan.fileio import atomic_write_text
 
@@ -266,22 +263,25 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
           flush=True)
     summary, records = evaluate_answers(model, tokenizer, template_of(meta), held_out,
                                         max_new_tokens=profile.max_new_tokens, progress=True)
-    atomic_write_text(demo.path / "answers.jsonl", "".join(_answer_line(r) for r in records))
+    atomic_write_text(demo.path / "answers.jsonl", "".join(answer_line(r) for r in records))
     for k, r in enumerate(records[:N_SHOWN], start=1):
-        print(f"\n[{k}] soru:     {_short(r['instruction'], 200)}")
-        print(f"    model:    {_short(r['answer'], 200)}" + ("" if r["ended"] else "  (did not end)"))
-        print(f"    kaynak:   {_short(r['reference'], 200)}")
+        print(f"\n[{k}] soru:     {one_line(r['instruction'], 200)}")
+        print(f"    model:    {one_line(r['answer'], 200)}" + ("" if r["ended"] else "  (did not end)"))
+        print(f"    kaynak:   {one_line(r['reference'], 200)}")
     print(flush=True)
     return {**summary, "path": str(demo.path / "answers.jsonl")}
 
 
 def stage_export(demo: DemoDir, profile: Profile) -> dict:
+    from sifirdan.interop import export_hf
+
     out = demo.path / "hf"
-    _run_command("export", ["export", "hf", "--model", str(demo.path / "finetune"), "--out", str(out)])
+    report = export_hf(demo.path / "finetune", out)
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"exported {demo.path / 'finetune'} -> {report.path}", flush=True)
     result = {"path": str(out), "logits_max_abs_diff": None}
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
+    if not has_transformers():
         print("transformers is not installed, so the export was not reloaded; to check it: "
               "pip install transformers==4.57.1 (then run the demo again)", flush=True)
         return result
@@ -289,6 +289,18 @@ def stage_export(demo: DemoDir, profile: Profile) -> dict:
     print(f"reloaded {out} with transformers (GPT2LMHeadModel): max |logit difference| "
           f"{result['logits_max_abs_diff']:.2e} on a held-out passage", flush=True)
     return result
+
+
+def has_transformers() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("transformers") is not None
+
+
+def _check_skipped(stage: str, done: dict) -> bool:
+    """A finished stage whose check was skipped for want of a package that is installed now: run it again (the
+    export was not reloaded without transformers)."""
+    return stage == "export" and done.get("logits_max_abs_diff") is None and has_transformers()
 
 
 def reload_check(model_dir: Path, hf_dir: Path) -> float:
@@ -332,7 +344,8 @@ def summary_rows(state: dict) -> list[tuple[str, str]]:
         ("tokenizer", f"{tok.get('vocab_size')} ids, {tok.get('chars_per_token_train')} chars/token on train"),
         ("pre-training", f"{pre.get('steps')} steps, {_f(pre.get('tokens_seen'), ',')} tokens seen"),
         ("  train / val loss", f"{_f(pre.get('train_loss'), '.3f')} / {_f(pre.get('val_loss'), '.3f')} nats/token"),
-        ("  val bits/char", f"{_f(pre.get('val_bits_per_char'), '.3f')} (every val token)"),
+        ("  val bits/char", f"{_f(pre.get('val_bits_per_char'), '.3f')} (every val token; "
+                            f"{_f(pre.get('val_bits_per_byte'), '.3f')} bits/byte, as the log also says)"),
     ]
     rows += [(f"    guide's recipe (1000 steps), {k}", f"{v:.3f}") for k, v in GUIDE_BPC.items()]
     rows += [
@@ -359,7 +372,7 @@ def print_summary(demo: DemoDir, profile: Profile) -> None:
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     ft = demo.path / "finetune"
     nxt = [f"sifirdan chat --model {ft}", f"sifirdan serve --model {ft}   # then open http://127.0.0.1:8000/",
-           f"sifirdan attention --model {demo.path / 'pretrain'} --text \"Türk milleti\" --out attention.png",
+           f"sifirdan attention --model {demo.path / 'pretrain'} --out attention.png   # a default sentence; --text TEXT",
            f"sifirdan generate --model {demo.path / 'pretrain'} --prompt \"Türk milleti\" --max-new-tokens 80"]
     text = ("\n".join(["summary", "-" * 7, *lines, "", f"expected: {profile.expect}", "", "next:", *("  " + c for c in nxt)])
             + "\n")
@@ -380,7 +393,9 @@ def run(args) -> int:
     for i, stage in enumerate(STAGES, start=1):
         head = f"[{i}/{len(STAGES)}] {TITLES[stage]}"
         done = demo.done(stage)
-        if done is not None:
+        if done is not None and _check_skipped(stage, done):
+            print(f"{head}: done earlier, but its check was skipped; transformers is installed now, so again", flush=True)
+        elif done is not None:
             print(f"{head}: done earlier ({done['seconds']:.0f} s), reused (--fresh starts over)", flush=True)
             continue
         print(f"\n{head}", flush=True)

@@ -17,7 +17,6 @@ from pathlib import Path
 from sifirdan.errors import UserError
 
 N_EXAMPLES = 3  # example answers the readable report shows
-SHOW_CHARS = 160
 
 
 def register(subparsers) -> None:
@@ -62,39 +61,43 @@ def _int(value, name: str, low: int, high: int | None = None) -> int | None:
     return n
 
 
-def _short(text: str, limit: int = SHOW_CHARS) -> str:
-    """One line, safe for a terminal: a newline shows as \\n, control characters as escapes."""
-    text = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-ANSWER_KEYS = ("instruction", "reference", "answer", "ended", "leaked", "f1", "finish", "answer_tokens")
-
-
-def _answer_line(record) -> str:
-    """One JSON line, Turkish letters as they are; an answer holding a lone surrogate (bytes a model can produce,
-    which UTF-8 cannot store) is written with \\u escapes instead, which json.loads reads back exactly."""
-    row = {k: record[k] for k in ANSWER_KEYS}
-    line = json.dumps(row, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:
-        line = json.dumps(row)
-    return line + "\n"
-
-
 def cmd_eval_instruct(args) -> int:
+    # every flag checked before the model loads: a typo fails fast
+    checked = _checked_flags(args)
+    model, tokenizer, template, before_batch = _load(args)
+    data = _load_data(args, model, tokenizer, template, checked)
+
+    from sifirdan.chat.evaluate import answer_line, evaluate_answers
+
+    summary, records = evaluate_answers(model, tokenizer, template, data.conversations,
+                                        max_new_tokens=checked["max_new"], batch_size=checked["batch_size"],
+                                        progress=True, before_batch=before_batch)
+    answers = checked["answers"]
+    if answers is not None:
+        from sifirdan.fileio import atomic_write_text
+
+        atomic_write_text(answers, "".join(answer_line(r) for r in records))
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    _report(args, summary, records, template, checked["max_new"])
+    if answers is not None:
+        print(f"\nanswers written to {answers}")
+    return 0
+
+
+def _checked_flags(args) -> dict:
+    from sifirdan.data.instructions import parse_field_map
     from sifirdan.generate.config import MAX_NEW_TOKENS_CAP
 
-    # every flag checked before the model loads: a typo fails fast
-    max_new = _int(args.max_new_tokens, "max-new-tokens", 1, MAX_NEW_TOKENS_CAP)
-    batch_size = _int(args.batch_size, "batch-size", 1, 4096)
-    max_samples = _int(args.max_samples, "max-samples", 1)
-    threads = args.threads or None  # 0: the cores other programs leave free (options.threads checked the range)
-    from sifirdan.data.instructions import parse_field_map
-
-    field_map = parse_field_map(args.field_map)
-    answers = Path(args.answers) if args.answers else None
+    checked = {
+        "max_new": _int(args.max_new_tokens, "max-new-tokens", 1, MAX_NEW_TOKENS_CAP),
+        "batch_size": _int(args.batch_size, "batch-size", 1, 4096),
+        "max_samples": _int(args.max_samples, "max-samples", 1),
+        "field_map": parse_field_map(args.field_map),
+        "answers": Path(args.answers) if args.answers else None,
+    }
+    answers = checked["answers"]
     if answers is not None:
         from sifirdan.fileio import check_writable_dir
 
@@ -102,12 +105,17 @@ def cmd_eval_instruct(args) -> int:
             raise UserError(f"--answers {answers} is a folder; give a file name, e.g. --answers {answers / 'answers.jsonl'}")
         check_writable_dir(answers.parent if str(answers.parent) else Path("."), "--answers folder",
                            "choose another --answers path")
+    return checked
 
+
+def _load(args):
+    """(model, tokenizer, template, before_batch): the fine-tuned model on its device, and on a CPU what adjusts
+    the threads before each batch."""
     from sifirdan.chat import template_of
-    from sifirdan.chat.evaluate import FINISH_LENGTH, evaluate_answers, load_eval_data
     from sifirdan.checkpoint import load_model, read_config, resolve_checkpoint_dir
     from sifirdan.train.runtime import resolve_device
 
+    threads = args.threads or None  # 0: the cores other programs leave free (options.threads checked the range)
     directory = resolve_checkpoint_dir(args.model)
     template = template_of(read_config(directory))
     if template is None:
@@ -131,8 +139,14 @@ def cmd_eval_instruct(args) -> int:
             share = CpuShare()
             before_batch = share.adjust if share.available else None
     model, tokenizer = load_model(directory, device)
-    data = load_eval_data(args.data, template, tokenizer, field_map=field_map, skip_bad=args.skip_bad,
-                          max_samples=max_samples)
+    return model, tokenizer, template, before_batch
+
+
+def _load_data(args, model, tokenizer, template, checked):
+    from sifirdan.chat.evaluate import load_eval_data
+
+    data = load_eval_data(args.data, template, tokenizer, field_map=checked["field_map"], skip_bad=args.skip_bad,
+                          max_samples=checked["max_samples"])
     if data.skipped_bad:
         first = f" (first: {data.bad_examples[0]})" if data.bad_examples else ""
         print(f"skipped {data.skipped_bad} bad record(s){first}", file=sys.stderr)
@@ -143,17 +157,14 @@ def cmd_eval_instruct(args) -> int:
     if long_prompts:
         print(f"warning: {long_prompts} prompt(s) are longer than the model's {block}-token context; "
               "the engine keeps only their end", file=sys.stderr)
+    return data
 
-    summary, records = evaluate_answers(model, tokenizer, template, data.conversations, max_new_tokens=max_new,
-                                        batch_size=batch_size, progress=True, before_batch=before_batch)
-    if answers is not None:
-        from sifirdan.fileio import atomic_write_text
 
-        atomic_write_text(answers, "".join(_answer_line(r) for r in records))
+def _report(args, summary, records, template, max_new: int) -> None:
+    """The readable report: the rates, then the first few answers beside their references."""
+    from sifirdan.chat.evaluate import FINISH_LENGTH
+    from sifirdan.cli.display import one_line
 
-    if args.json:
-        print(json.dumps(summary))
-        return 0
     n = summary["n"]
     finishes: dict[str, int] = {}
     for r in records:
@@ -169,10 +180,7 @@ def cmd_eval_instruct(args) -> int:
         end = ("ended" if r["ended"] else "hit the limit" if r["finish"] == FINISH_LENGTH
                else f"stopped at {r['finish']}")
         flags = end + (", leaked" if r["leaked"] else "")
-        print(f"\n[{k}] instruction: {_short(r['instruction'])}")
-        print(f"    reference:   {_short(r['reference'])}")
-        print(f"    answer:      {_short(r['answer'])}")
+        print(f"\n[{k}] instruction: {one_line(r['instruction'])}")
+        print(f"    reference:   {one_line(r['reference'])}")
+        print(f"    answer:      {one_line(r['answer'])}")
         print(f"    ({flags}; F1 {r['f1']:.2f})")
-    if answers is not None:
-        print(f"\nanswers written to {answers}")
-    return 0

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     src.add_argument("--input", metavar="FILE", help="read the prompt from a file ('-' = stdin)")
     src.add_argument("--instruction", metavar="TEXT",
                      help="a fine-tuned model answers TEXT (one user message in its chat template); prints the answer only")
-    # numbers are parsed by us, not argparse, so a bad value is one clear line (see _parse)
+    # numbers are parsed by us, not argparse, so a bad value is one clear line (see options.parse_number)
     options.add(p, "--max-new-tokens", default="200")
     options.add(p, "--temperature", default="0.8")
     options.add(p, "--top-k", default="0")
@@ -43,18 +43,6 @@ def register(subparsers) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute every step without the KV cache (the guide's way; slow)")
     options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_generate)
-
-
-def _parse(value, name: str, kind):
-    if value is None:
-        return None
-    try:
-        if kind is int:
-            return int(str(value).strip(), 10)
-        return float(value)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise UserError(f"--{name} must be {what}, got {value!r}") from None
 
 
 def _read_prompt(args) -> str:
@@ -105,19 +93,20 @@ def _instruction_ids(template, instruction: str, tokenizer, block_size: int) -> 
 
 
 def cmd_generate(args) -> int:
+    from sifirdan.cli import options
     from sifirdan.generate import GenerationConfig
 
     config = GenerationConfig(
-        max_new_tokens=_parse(args.max_new_tokens, "max-new-tokens", int),
-        temperature=_parse(args.temperature, "temperature", float),
-        top_k=_parse(args.top_k, "top-k", int),
-        top_p=_parse(args.top_p, "top-p", float),
-        repetition_penalty=_parse(args.repetition_penalty, "repetition-penalty", float),
-        seed=_parse(args.seed, "seed", int),
+        max_new_tokens=options.parse_number(args.max_new_tokens, "max-new-tokens", int),
+        temperature=options.parse_number(args.temperature, "temperature", float),
+        top_k=options.parse_number(args.top_k, "top-k", int),
+        top_p=options.parse_number(args.top_p, "top-p", float),
+        repetition_penalty=options.parse_number(args.repetition_penalty, "repetition-penalty", float),
+        seed=options.parse_number(args.seed, "seed", int),
         stop=tuple(args.stop),
         use_cache=not args.no_cache,
     ).validate()  # before loading the model: a bad flag fails fast
-    n = _parse(args.num_samples, "num-samples", int)
+    n = options.parse_number(args.num_samples, "num-samples", int)
     if not 1 <= n <= 64:
         raise UserError(f"--num-samples must be from 1 to 64, got {n}")
     prompt = _read_prompt(args)

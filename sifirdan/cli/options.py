@@ -41,6 +41,22 @@ def threads(value: str) -> int:
     return n
 
 
+def parse_number(value, name: str, kind):
+    """A number flag the command parses itself (not argparse), so a bad value is one clear line naming the flag;
+    None stays None. ``kind`` is int or float."""
+    from sifirdan.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        if kind is int:
+            return int(str(value).strip(), 10)
+        return float(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise UserError(f"--{name} must be {what}, got {value!r}") from None
+
+
 # ------------------------------------------------------------------------------------------------ the flags
 @functools.cache
 def specs() -> dict[str, dict]:
@@ -50,12 +66,16 @@ def specs() -> dict[str, dict]:
     from sifirdan.model.config import MODEL_PRESETS
     from sifirdan.train.config import DTYPES
 
-    sample = "sample from the"
+    return {**_model_flags(MODEL_PRESETS, DTYPES), **_data_flags(ENCODING_ERRORS)}
+
+
+def _model_flags(model_presets, dtypes) -> dict[str, dict]:
+    """Where and how a model runs, the model, runs."""
     return {
         # where and how a model runs
         "--device": dict(type=device, metavar="DEVICE", help="where the model runs: auto (a CUDA GPU, else Apple's "
                          "MPS, else the CPU), cpu, cuda, cuda:N (the GPU with index N) or mps"),
-        "--dtype": dict(choices=DTYPES, help="precision of the matrix products (the weights stay fp32): auto = bf16 on "
+        "--dtype": dict(choices=dtypes, help="precision of the matrix products (the weights stay fp32): auto = bf16 on "
                         "a GPU that has it, else fp16, and fp32 on a CPU; fp16 needs a CUDA GPU"),
         "--threads": dict(type=threads, metavar="N", help="CPU threads for PyTorch; 0 = automatic: the cores other "
                           "programs leave free, re-decided while it runs; a fixed N keeps the float sums in one "
@@ -67,7 +87,7 @@ def specs() -> dict[str, dict]:
         # the model
         "--model": dict(metavar="DIR", help="the model: a run directory (its best/ checkpoint, else last/) or a "
                         "checkpoint directory"),
-        "--preset": dict(choices=tuple(MODEL_PRESETS), help="one of the guide's model sizes (§10); pretrain also "
+        "--preset": dict(choices=tuple(model_presets), help="one of the guide's model sizes (§10); pretrain also "
                          "takes its training recipe"),
         "--vocab-size": dict(metavar="IDS", help="vocabulary size in token ids: 256 bytes + merges + special tokens"),
         "--block-size": dict(metavar="TOKENS", help="context length in tokens: the longest sequence the model reads "
@@ -88,8 +108,15 @@ def specs() -> dict[str, dict]:
                          "(best/ holds the best weights only, for generate/eval: it cannot be resumed)"),
         "--overwrite": dict(action="store_true", help="--out names an existing run: delete its checkpoints, metrics "
                             "and plots and start anew (other files in the folder are kept)"),
+    }
+
+
+def _data_flags(encoding_errors) -> dict[str, dict]:
+    """Reading data, outputs, generation."""
+    sample = "sample from the"
+    return {
         # reading data
-        "--errors": dict(choices=ENCODING_ERRORS, help="bytes that are not valid UTF-8: strict = stop with an error "
+        "--errors": dict(choices=encoding_errors, help="bytes that are not valid UTF-8: strict = stop with an error "
                          "naming the file; replace = read each as U+FFFD; ignore = drop them"),
         "--text-field": dict(metavar="NAME", help="the field that holds the text in .jsonl / .json / .csv records"),
         "--val-fraction": dict(metavar="F", help="share held out for validation, 0 < F < 1: pre-training holds out "

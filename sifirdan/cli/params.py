@@ -111,7 +111,7 @@ def report(config, preset: str | None = None) -> dict:
     model = _instantiate(config)
     c = count_components(model)
     g = guide_formula(config)
-    L, C, V = config.n_layer, config.n_embd, config.vocab_size
+    L = config.n_layer
     per = lambda k: c[k] // L  # noqa: E731 -- every block has the same shape
     att_block = per("attention_weights") + per("attention_biases")
     block_true = att_block + per("ffn") + per("layernorms")
@@ -134,6 +134,22 @@ def report(config, preset: str | None = None) -> dict:
         ("LM head", lm_head, g["lm_head"]),
         ("total", c["total"], g["total"]),
     ]
+    notes = _notes(config, c, g, preset)
+    return {
+        "preset": preset,
+        "config": config.to_dict(),
+        "rows": [{"component": n, "pytorch": t, "guide": gd, "difference": t - gd} for n, t, gd in rows],
+        "total": c["total"],
+        "guide_total": g["total"],
+        "guide_section10": GUIDE_SECTION10_CLAIM.get(preset or ""),
+        "counts": c,
+        "notes": notes,
+    }
+
+
+def _notes(config, c: dict, g: dict, preset: str | None) -> list[str]:
+    """A note per place where PyTorch's count and the guide's formula (or its §10 table) differ."""
+    L, C, V = config.n_layer, config.n_embd, config.vocab_size
     notes = []
     if c["attention_biases"]:
         notes.append(
@@ -164,16 +180,7 @@ def report(config, preset: str | None = None) -> dict:
             f"vocab_size {V:,} (the table is {ratio:.1f}x {'too high' if ratio > 1 else 'too low'}; "
             f"it does not follow from the guide's own formula)"
         )
-    return {
-        "preset": preset,
-        "config": config.to_dict(),
-        "rows": [{"component": n, "pytorch": t, "guide": gd, "difference": t - gd} for n, t, gd in rows],
-        "total": c["total"],
-        "guide_total": g["total"],
-        "guide_section10": claim,
-        "counts": c,
-        "notes": notes,
-    }
+    return notes
 
 
 def _human(n: int) -> str:

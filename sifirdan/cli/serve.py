@@ -159,13 +159,18 @@ def _stop(signum, frame):
     raise _Stopped
 
 
-def cmd_serve(args) -> int:
+def _serve_extra():
     try:
         import starlette  # noqa: F401
         import uvicorn
     except ImportError as e:
         raise UserError(f"sifirdan serve needs the serve extra ({e.name} is not installed): "
                         "pip install -e \".[serve]\"") from None
+    return uvicorn
+
+
+def cmd_serve(args) -> int:
+    uvicorn = _serve_extra()
     from sifirdan.generate.config import MAX_NEW_TOKENS_CAP
 
     port = _int(args.port, "port", 0, 65535)
@@ -199,7 +204,7 @@ def cmd_serve(args) -> int:
     config = ServerConfig(model_name=name, api_key=api_key, max_batch=max_batch, max_queue=max_queue,
                           max_tokens_cap=cap, allowed_hosts=hosts, allow_origins=origins, read_timeout=read_timeout,
                           share_cpu=threads == 0 and device.type == "cpu")
-    resolve_checkpoint_dir(args.model)  # a wrong path is one line before anything loads
+    resolve_checkpoint_dir(args.model, made_by="sifirdan finetune --out")  # a wrong path: one line, before anything loads
     sock = bind(args.host, port)  # before the weights: a port in use fails fast
     try:
         app = load_app(args.model, config, device)

@@ -77,7 +77,7 @@ def _visible(b: bytes) -> str:
 def cmd_train(args) -> int:
     import time
 
-    from sifirdan.cli import notes
+    from sifirdan import notes
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, iter_texts
     from sifirdan.tokenizer import BPETokenizer
     from sifirdan.tokenizer.bpe import check_train_args

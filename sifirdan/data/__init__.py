@@ -2,7 +2,8 @@
 
 The pipeline, one module per step (each module's docstring says why the step is there):
 
-1. ``corpus``: read user files (text, jsonl, json, csv) or the default corpus as documents.
+1. ``corpus``: read user files (text, jsonl, json, csv) or a named corpus (``catalog``: nutuk, nutuk-qa,
+   ataturk; the bundled copies and their checksums) as documents.
 2. ``dedup``: drop exact repeats of long lines, streamed (``DedupStats``).
 3. ``split``: the last ``val_fraction`` of characters is validation (``standard_split``, ``iter_split_texts``).
 4. ``bins``: tokenize each split once into cached ``train.bin`` / ``val.bin`` + ``meta.json`` (``prepare_bins``);
@@ -10,8 +11,8 @@ The pipeline, one module per step (each module's docstring says why the step is 
 5. ``sampler``: random, resumable training windows (``BatchSampler``); ``eval_batches``: each split token once.
 
 ``config`` holds ``DataConfig``, which every step reads. Imports run one way: config <- dedup <- split <- bins,
-and sampler <- eval_batches. ``IGNORE_INDEX`` is the loss's, from ``sifirdan.model.gpt``. ``dataset`` only
-re-exports the names of the old single-file module.
+and sampler <- eval_batches. ``IGNORE_INDEX`` is the loss's, from ``sifirdan.configs`` (data never imports
+``sifirdan.model``).
 """
 
 from sifirdan.data.bins import (
@@ -40,7 +41,7 @@ from sifirdan.data.split import (
     standard_split,
     val_overlap,
 )
-from sifirdan.model.gpt import IGNORE_INDEX
+from sifirdan.configs import IGNORE_INDEX
 
 __all__ = [
     "DEFAULT_CORPUS_NAME",

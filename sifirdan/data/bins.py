@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sifirdan.data.config import DataConfig
-from sifirdan.data.corpora import default_cache_dir
+from sifirdan.data.catalog import default_cache_dir
 from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, resolve_inputs
 from sifirdan.data.dedup import DedupStats, _iter_units
 from sifirdan.data.split import (
@@ -256,10 +256,10 @@ def prepare_bins(
     eot_id = getattr(tokenizer, "eot_id", None)
     source_label = DEFAULT_CORPUS_NAME if paths is None else ", ".join(str(p) for p in _as_list(paths))
 
-    from tqdm import tqdm
+    from sifirdan import progress as progress_bars
 
     with atomic_directory(out) as tmp:
-        bar = tqdm(total=dstats.chars_kept, desc="tokenizing", unit="char", unit_scale=True, disable=None if progress else True)
+        bar = progress_bars.bar(dstats.chars_kept, "tokenizing", "char", enabled=progress, unit_scale=True)
         writers = [_SplitWriter(tmp / f"{name}.bin", tokenizer, dtype, eot_id, bar) for name in ("train", "val")]
         check = DedupStats()
         try:

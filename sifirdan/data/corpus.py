@@ -1,5 +1,5 @@
 """Where text comes from: the user's files (txt, jsonl, json, csv, or a folder of them), a named corpus
-(``nutuk``, ``nutuk-qa``, ``ataturk``: see corpora.py), or -- when nothing is given -- the default corpus, Nutuk,
+(``nutuk``, ``nutuk-qa``, ``ataturk``: see catalog.py), or -- when nothing is given -- the default corpus, Nutuk,
 which ships inside the package.
 
 Everything here *streams*: a 10 GB text file is read in blocks, never held whole, so tokenizer training and
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import regex
 
-from sifirdan.data import corpora
+from sifirdan.data import catalog
 from sifirdan.errors import UserError
 from sifirdan.fileio import parse_json
 
@@ -32,7 +32,7 @@ _SAFE_CUT = regex.compile(r"\n(?=\S)")
 # ----------------------------------------------------------------------------------------------- default corpus
 def default_corpus() -> list[str]:
     """The texts of the default corpus: Nutuk (one text, 1.69 M characters), read from the package."""
-    return corpora.get(corpora.DEFAULT_TEXT).documents()
+    return catalog.get(catalog.DEFAULT_TEXT).documents()
 
 
 # ----------------------------------------------------------------------------------------------- user files
@@ -42,12 +42,12 @@ def resolve_inputs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> li
         paths = [paths]
     files: list[Path] = []
     for p in map(Path, paths):
-        named = corpora.resolve_name(p)
+        named = catalog.resolve_name(p)
         if named is not None:
             files.append(named)
             continue
         if not p.exists():
-            raise UserError(f"input {p} does not exist; check the path (or name a corpus: {', '.join(corpora.CORPORA)})")
+            raise UserError(f"input {p} does not exist; check the path (or name a corpus: {', '.join(catalog.CORPORA)})")
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
             if not found:

@@ -2,7 +2,7 @@
 
 Training draws random windows (``sampler.py``); evaluation must instead predict each token of a split exactly
 once, so the mean loss over these batches is the split's loss. Targets a window must not score are set to
-``IGNORE_INDEX``, the loss's own convention (defined in ``sifirdan.model.gpt``).
+``IGNORE_INDEX``, the loss's own convention (``sifirdan.configs``, shared with ``sifirdan.model.gpt``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from sifirdan.configs import IGNORE_INDEX
 from sifirdan.data.sampler import _gather, check_length
 from sifirdan.errors import UserError
-from sifirdan.model.gpt import IGNORE_INDEX
 
 
 def eval_windows(n_tokens: int, block_size: int) -> int:

@@ -68,9 +68,9 @@ def read_records(source: str | Path, skip_bad: bool = False, stats: ReadStats | 
     text_source = str(source)
     if text_source.startswith("hf:"):
         return _read_hf(text_source[3:])
-    from sifirdan.data import corpora
+    from sifirdan.data import catalog
 
-    path = corpora.resolve_name(source) or Path(source)
+    path = catalog.resolve_name(source) or Path(source)
     if not path.is_file():
         raise UserError(f"instruction data {path} does not exist; pass a .jsonl, .json or .csv file (or hf:NAME)")
     try:

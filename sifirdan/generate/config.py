@@ -1,15 +1,15 @@
 """GenerationConfig (how to pick tokens and when to stop) and GenerationResult (what came out).
 
 Every field is checked by ``validate()``; a bad value is a ``UserError`` naming the field and the fix, so
-every caller (today ``sifirdan generate``; a chat loop and an HTTP server are coming) rejects bad requests
-with the same one-line messages.
+every caller (``sifirdan generate``, ``chat``, the server, the fine-tuning samples) rejects bad requests with
+the same one-line messages.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from sifirdan.configs import is_int, is_number
 from sifirdan.errors import UserError
 
 # Generation crops and re-prefills past block_size, so length is not limited by the model; this cap only
@@ -49,29 +49,29 @@ class GenerationConfig:
 
     def validate(self) -> "GenerationConfig":
         n = self.max_new_tokens
-        if not _is_int(n) or not 1 <= n <= MAX_NEW_TOKENS_CAP:
+        if not is_int(n) or not 1 <= n <= MAX_NEW_TOKENS_CAP:
             raise UserError(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS_CAP}, got {n!r}; pass e.g. --max-new-tokens 200")
         t = self.temperature
-        if not _is_number(t) or not math.isfinite(t) or t < 0:
+        if not is_number(t) or t < 0:
             raise UserError(f"temperature must be a number >= 0 (0 = greedy), got {t!r}; pass e.g. --temperature 0.8")
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not is_int(self.top_k) or self.top_k < 0:
             raise UserError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}; pass e.g. --top-k 50")
         p = self.top_p
-        if not _is_number(p) or not (0 < p <= 1):
+        if not is_number(p) or not (0 < p <= 1):
             raise UserError(f"top_p must be in (0, 1] (1 = off), got {p!r}; pass e.g. --top-p 0.9")
         r = self.repetition_penalty
         lo, hi = 1 / MAX_REPETITION_PENALTY, MAX_REPETITION_PENALTY
-        if not _is_number(r) or not math.isfinite(r) or not lo <= r <= hi:
+        if not is_number(r) or not lo <= r <= hi:
             raise UserError(f"repetition_penalty must be a number from {lo:g} to {hi:g} (1 = off), got {r!r}; "
                             "pass e.g. --repetition-penalty 1.2")
-        if self.seed is not None and not (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
+        if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             # row i of a batch uses seed + i: room is left for the rows
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise UserError(f"stop strings must be non-empty strings, got {s!r}")
         for i in self.stop_token_ids or ():
-            if not _is_int(i) or i < 0:
+            if not is_int(i) or i < 0:
                 raise UserError(f"stop_token_ids must be token ids (integers >= 0), got {i!r}")
         return self
 
@@ -90,11 +90,3 @@ class GenerationResult:
     finish_reason: str = "length"  # "stop": a stop token or stop string; "length": max_new_tokens reached
     prompt_tokens: int = 0  # ids fed as the prompt (an empty prompt counts its <|endoftext|>)
     completion_tokens: int = 0  # ids sampled, a final stop token included
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)

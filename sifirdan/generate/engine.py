@@ -1,5 +1,5 @@
-"""The generation engine: one loop for every caller (today ``sifirdan generate``; chat, fine-tuning evals
-and an HTTP server are coming and will use it too).
+"""The generation engine: one loop for every caller (``sifirdan generate``, ``chat``, ``eval-instruct``, the
+HTTP server, the fine-tuning samples).
 
     engine = Engine(model, tokenizer)
     engine.generate("Türkiye'nin başkenti", GenerationConfig(max_new_tokens=50, temperature=0.8, seed=1))

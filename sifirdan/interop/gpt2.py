@@ -43,6 +43,7 @@ import math
 
 import torch
 
+from sifirdan.configs import is_int
 from sifirdan.errors import UserError
 from sifirdan.model import GPTConfig
 
@@ -219,10 +220,6 @@ def gpt2_tensors(model) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------------ import
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def import_problem(hf: dict) -> str | None:
     """Why a GPT-2 ``config.json`` describes a model sifirdan cannot compute exactly (one line), or None."""
     mtype = hf.get("model_type")
@@ -231,7 +228,7 @@ def import_problem(hf: dict) -> str | None:
                 "pre-LN blocks, one fused c_attn)")
     for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
         value = hf.get(key)
-        if not _is_int(value) or value <= 0:
+        if not is_int(value) or value <= 0:
             return f"{key} is {value!r}, not a positive integer"
     if hf["n_embd"] % hf["n_head"]:
         return f"n_embd {hf['n_embd']} is not divisible by n_head {hf['n_head']}"

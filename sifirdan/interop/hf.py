@@ -25,7 +25,6 @@ commands write their directory atomically and never replace a non-empty folder t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,9 +33,9 @@ from pathlib import Path
 import torch
 
 from sifirdan.errors import UserError
-from sifirdan.fileio import atomic_directory, check_writable_dir, parse_json
+from sifirdan.fileio import atomic_directory, check_writable_dir, is_empty_dir, parse_json, sha256_hex
 from sifirdan.interop import gpt2
-from sifirdan.interop.chat_template import jinja_chat_template
+from sifirdan.interop.jinja_template import jinja_chat_template
 
 EXPORT_MARKER = "sifirdan_export.json"
 EXPORT_FORMAT = "sifirdan-hf-export"
@@ -63,16 +62,8 @@ class Report:
     config: object = None
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _is_empty(path: Path) -> bool:
-    return not any(path.iterdir())
 
 
 # ================================================================================================ export
@@ -86,7 +77,7 @@ def is_export(path: str | os.PathLike) -> bool:
         if marker.get("format") != EXPORT_FORMAT or not isinstance(sha, dict):
             return False
         present = {p.name for p in path.iterdir()} - {EXPORT_MARKER}
-        return present == set(sha) and all(_sha256((path / n).read_bytes()) == d for n, d in sha.items())
+        return present == set(sha) and all(sha256_hex((path / n).read_bytes()) == d for n, d in sha.items())
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return False
 
@@ -94,7 +85,7 @@ def is_export(path: str | os.PathLike) -> bool:
 def _check_out(out: Path, flag: str, ours, what: str) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"{flag} {out} is a file, not a folder; pick a new or empty folder")
-    if out.is_dir() and not _is_empty(out) and not ours(out):
+    if out.is_dir() and not is_empty_dir(out) and not ours(out):
         raise UserError(f"{flag} {out} is a folder that is not empty and is not {what}; sifirdan never writes into "
                         "such a folder: pick a new or empty one")
     probe = out
@@ -200,7 +191,7 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
         "model": config.to_dict(),
         "chat_template": template.to_dict() if template is not None else None,
         "head_bias_folded": folded,
-        "sha256": {name: _sha256(data) for name, data in files.items()},
+        "sha256": {name: sha256_hex(data) for name, data in files.items()},
     })
     with atomic_directory(out) as tmp:
         for name, data in files.items():

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sifirdan.configs import IGNORE_INDEX
 from sifirdan.model.block import TransformerBlock
 from sifirdan.model.config import GPTConfig
 from sifirdan.model.embeddings import Embeddings
-
-IGNORE_INDEX = -100
 
 
 class GPT(nn.Module):

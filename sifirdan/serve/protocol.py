@@ -20,9 +20,9 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from sifirdan.configs import is_int, is_number
 from sifirdan.generate.config import MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig
 from sifirdan.serve.errors import bad_request
 
@@ -43,24 +43,11 @@ class Sampling:
     ignore_eos: bool
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an integer of 400 digits is valid JSON, and no float
-        return False
-
-
 def _number(body, name, default, lo=None, hi=None, lo_open=False, what=None):
     x = body.get(name)
     if x is None:
         return default
-    ok = _is_number(x) and (lo is None or (x > lo if lo_open else x >= lo)) and (hi is None or x <= hi)
+    ok = is_number(x) and (lo is None or (x > lo if lo_open else x >= lo)) and (hi is None or x <= hi)
     if not ok:
         raise bad_request(f"{name} must be {what}, got {_short(x)}", param=name)
     return float(x)
@@ -70,7 +57,7 @@ def _int(body, name, default, lo, hi, what):
     x = body.get(name)
     if x is None:
         return default
-    if not _is_int(x) or not lo <= x <= hi:
+    if not is_int(x) or not lo <= x <= hi:
         raise bad_request(f"{name} must be {what}, got {_short(x)}", param=name)
     return x
 
@@ -140,9 +127,9 @@ def parse_prompts(body: dict) -> list[str | list[int]]:
     if isinstance(p, list) and p:
         if all(isinstance(x, str) for x in p):
             out = list(p)
-        elif all(_is_int(x) for x in p):
+        elif all(is_int(x) for x in p):
             out = [list(p)]
-        elif all(isinstance(x, list) and x and all(_is_int(i) for i in x) for x in p):
+        elif all(isinstance(x, list) and x and all(is_int(i) for i in x) for x in p):
             out = [list(x) for x in p]
         else:
             raise bad_request(f"prompt must be {what}", param="prompt")

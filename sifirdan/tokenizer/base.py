@@ -33,7 +33,8 @@ from sifirdan.tokenizer.bytelevel import str_to_token, token_to_str
 from sifirdan.tokenizer.pattern import DEFAULT_PATTERN, GPT2_PATTERN, make_splitter
 
 # The default special tokens: end of text (between documents in the token bins), padding, and the
-# instruction-tuning markers, reserved now for fine-tuning (coming) so their ids are already in place.
+# instruction-tuning markers the chat template uses, reserved at training time so their ids are in place
+# before fine-tuning.
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<PAD>", "<INST>", "</INST>", "<RESP>", "</RESP>")
 EOT = "<|endoftext|>"
 

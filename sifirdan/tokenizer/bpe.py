@@ -111,9 +111,9 @@ class BPETokenizer(Tokenizer):
         bar = None
         progress = None
         if verbose:
-            from tqdm import tqdm
+            from sifirdan import progress as progress_bars
 
-            bar = tqdm(total=target - 256, desc="BPE merges", unit="tok", leave=False)
+            bar = progress_bars.bar(target - 256, "BPE merges", "merge", leave=False)
             progress = bar.update
         try:
             merges = core(words, freqs, target, progress)

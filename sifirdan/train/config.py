@@ -152,6 +152,18 @@ TRAIN_PRESETS: dict[str, dict] = {
 }
 
 
+def read_run_config(directory) -> dict:
+    """A checkpoint's ``config.json`` (``checkpoint.read_config``: the format's checks, the model section
+    upgraded) with its training section upgraded too (``TrainConfig.upgrade_saved``): what a resumed run
+    continues from. The checkpoint layer knows files, not training settings; the upgrade lives here."""
+    from sifirdan import checkpoint as ckpt
+
+    meta = ckpt.read_config(directory)
+    if isinstance(meta.get("train"), dict):
+        meta["train"] = TrainConfig.upgrade_saved(meta["train"])  # an old run resumes as it was trained
+    return meta
+
+
 def resume_differences(saved: dict[str, dict], new: dict[str, dict]) -> list[str]:
     """Human-readable differences between a checkpoint's config and a resumed run's, except RESUMABLE_FIELDS.
 

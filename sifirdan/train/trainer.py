@@ -51,7 +51,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) int64; y == -10
 
 
 class BatchSource(Protocol):
-    """An endless, resumable stream of training batches (e.g. ``sifirdan.data.dataset.BatchSampler``)."""
+    """An endless, resumable stream of training batches (e.g. ``sifirdan.data.BatchSampler``)."""
 
     def next_batch(self) -> Batch: ...
     def state_dict(self) -> dict: ...
@@ -149,8 +149,10 @@ class Trainer:
         resume: bool = False,
         verbose: bool = True,
         export_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+        log: Callable[[str], None] | None = None,
     ):
         self.cfg = cfg
+        self._log = log  # where the trainer's lines go (default: stderr)
         self.export_model = export_model
         self.data = data
         self.tokenizer = tokenizer
@@ -231,7 +233,13 @@ class Trainer:
     def log(self, msg: str) -> None:
         if not self.verbose:
             return
-        if self._bar is not None:
+        if self._log is not None:
+            if self._bar is not None:
+                self._bar.clear()
+            self._log(msg)
+            if self._bar is not None:
+                self._bar.refresh()
+        elif self._bar is not None:
             self._bar.write(msg, file=sys.stderr)
         else:
             print(msg, file=sys.stderr, flush=True)
@@ -597,10 +605,11 @@ class Trainer:
                 final = self.final_evaluation()
                 if final is not None:
                     self.metrics.write({"kind": "final", "iter": self.step, **{f"val_{k}": v for k, v in final.items()}})
-                    bpb = final["bits_per_byte"]
+                    bpb, bpc = final["bits_per_byte"], final.get("bits_per_char")
                     self.log(
                         f"final: val loss {final['loss']:.4f} (perplexity {final['perplexity']:.1f}"
                         + (f", {bpb:.3f} bits/byte" if bpb is not None else "")
+                        + (f", {bpc:.3f} bits/char" if bpc is not None else "")
                         + f") over all {final['tokens']:,} validation tokens"
                     )
         if self.dist.is_main and self.out_dir is not None:

@@ -1,4 +1,4 @@
-"""One-line notes on stderr: C extensions that were not built, and library warnings.
+"""One-line notes: C extensions that were not built, and library warnings (stderr, or a caller's ``log``).
 
 ``pip install -e .`` compiles two optional C extensions (setup.py). Without a C compiler the install still
 succeeds, silently, and sifirdan runs its slower paths; ``c_extensions`` is how a user finds out (``sifirdan
@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import sys
 import warnings
+from typing import Callable
 
 TOKENIZER_CORE = "sifirdan.tokenizer._fastbpe"
 KERNELS = "sifirdan.kernels._kernels"
@@ -43,19 +44,23 @@ def missing_note(modules=tuple(EXTENSIONS)) -> str | None:
     return f"note: C extensions not built ({', '.join(gone)}): {'; '.join(EXTENSIONS[m] for m in gone)}; {FIX}"
 
 
-def c_extensions(modules=tuple(EXTENSIONS), main: bool = True) -> None:
-    """Print ``missing_note`` on stderr, once per process for each extension (pretrain trains a tokenizer
-    and then a model: one note, not two)."""
+def to_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def c_extensions(modules=tuple(EXTENSIONS), main: bool = True, log: Callable[[str], None] | None = None) -> None:
+    """``missing_note`` to ``log`` (default: stderr), once per process for each extension (pretrain trains a
+    tokenizer and then a model: one note, not two)."""
     if not main:
         return
     note = missing_note([m for m in modules if m not in _said])
     _said.update(modules)
     if note:
-        print(note, file=sys.stderr, flush=True)
+        (log or to_stderr)(note)
 
 
 @contextlib.contextmanager
-def warnings_as_notes():
+def warnings_as_notes(log: Callable[[str], None] | None = None):
     """Warnings raised inside the block, printed after it as ``note: MESSAGE``, one line each.
 
     The filters in force are kept (a warning Python would hide stays hidden). When the block raises, the
@@ -63,4 +68,4 @@ def warnings_as_notes():
     with warnings.catch_warnings(record=True) as caught:
         yield
     for w in caught:
-        print(f"note: {w.message}", file=sys.stderr, flush=True)
+        (log or to_stderr)(f"note: {w.message}")

