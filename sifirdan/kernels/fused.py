@@ -68,6 +68,10 @@ def why_not(model: nn.Module) -> str | None:
         return "global module hooks are registered"
     if _hooked(model):
         return "the GPT has hooks"
+    if not model.config.gpt2_block:
+        c = model.config
+        return (f"the kernels cover the guide's block only (this model: position={c.position}, norm={c.norm}, "
+                f"mlp={c.mlp}, qk_norm={c.qk_norm}, logit_softcap={c.logit_softcap:g}); PyTorch's ops run it")
     for i, block in enumerate(model.blocks):
         parts = {"block": (block, TransformerBlock), "attention": (getattr(block, "attention", None), MultiHeadAttention),
                  "feed_forward": (getattr(block, "feed_forward", None), FeedForward)}
