@@ -29,18 +29,20 @@ FIELD_CHOICES = {"attention": ATTENTION_KINDS, "init": INIT_KINDS, "position": P
 @dataclass
 class GPTConfig:
     vocab_size: int = 4096  # tokens the embedding table and LM head know (the guide: 500)
-    block_size: int = 128  # longest context (rows of the learned position table)
+    # longest context. 256, not the guide's 128: with rotary positions a model fine-tuned on longer answers than
+    # it was pre-trained on falls into loops (Nutuk QA at block 384 on a 128 base: 90 % of held-out answers loop,
+    # F1 0.046; on a 256 base: 33 %, 0.082; bench/RESULTS.md, issue 21)
+    block_size: int = 256
     n_embd: int = 128  # width of the residual stream
     n_head: int = 4  # attention heads; head_size = n_embd // n_head
     n_layer: int = 4  # transformer blocks
     dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
-    bias: bool = True  # biases in the blocks' Linear and LayerNorm layers and ln_f (the guide: yes)
-    # a bias in the LM head (the guide: yes, nn.Linear's default; GPT-2: no). It carries the tokens' unigram
-    # prior, so the tied embedding need not: at equal steps on Nutuk the default recipe gives 1.829 val bits/char
-    # with it and 1.864 without (bench/RESULTS.md, issue 12). GPT-2's head has no bias, yet the model still
-    # exports exactly: `sifirdan export hf` folds the bias into an untied head and ln_f's bias
-    # (interop/gpt2.py: fold_head_bias). --no-lm-head-bias: a head GPT-2 holds as is (tied, smaller file).
-    lm_head_bias: bool = True
+    bias: bool = False  # biases in the blocks' Linear and norm layers and ln_f (the guide: yes; LLaMA: no)
+    # a bias in the LM head (the guide: yes, nn.Linear's default; GPT-2 and LLaMA: no). With the guide's block it
+    # carries the tokens' unigram prior (issue 12: 1.829 vs 1.864 val bits/char at equal steps) and `export hf`
+    # folds it into GPT-2's head (interop/gpt2.py: fold_head_bias); RMSNorm leaves nothing to fold it into, and
+    # the default block does without it.
+    lm_head_bias: bool = False
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
     # share the token embedding with the LM head (the guide: no; GPT-2: yes). Measured on Nutuk at equal
     # wall time: 1.824 vs 1.850 bits/char (vocab 4096: 0.5 M fewer parameters to fit, and the head's rows
@@ -51,12 +53,14 @@ class GPTConfig:
     # "zero_out": as "guide" but every residual output projection starts at zero, so each block starts as the
     #   identity (modded-nanogpt, nanochat)
     # "pytorch": PyTorch's default Linear/Embedding init
-    init: str = "guide"
-    # --- beyond the guide: each piece its own file, each switchable (bench/RESULTS.md measures each one)
-    position: str = "learned"  # "learned": the guide's position table; "rope": rotary (model/rope.py)
+    init: str = "zero_out"
+    # --- beyond the guide: each piece its own file, each switchable (bench/RESULTS.md, issue 21, measures each).
+    # The default block is LLaMA's: rotary positions, RMSNorm, SwiGLU, no biases. On Nutuk at the demo's 1500
+    # steps it takes val bits/char from 1.848 (the guide's block) to 1.737; `export hf` writes it as Llama.
+    position: str = "rope"  # "learned": the guide's position table; "rope": rotary (model/rope.py)
     rope_theta: float = 10000.0  # RoPE's base (position="rope" only)
-    norm: str = "layernorm"  # "rmsnorm": model/norms.py
-    mlp: str = "gelu"  # "relu2" | "swiglu": model/mlp_variants.py
+    norm: str = "rmsnorm"  # "layernorm": the guide's nn.LayerNorm; "rmsnorm": model/norms.py
+    mlp: str = "swiglu"  # "gelu": the guide's (model/feedforward.py); "relu2" | "swiglu": model/mlp_variants.py
     qk_norm: bool = False  # RMS-normalise queries and keys per head before attention (model/norms.py)
     logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanogpt); 0 = off
 
@@ -138,8 +142,9 @@ def _divisor_hint(n_embd: int, n_head: int) -> int:
 GUIDE_BLOCK = dict(position="learned", rope_theta=10000.0, norm="layernorm", mlp="gelu", qk_norm=False, logit_softcap=0.0)
 
 # The guide's §10 table (n_embd / n_head / n_layer). "guide" is the model the guide trains (§7-8).
-# The guide's LM head is a plain nn.Linear (with a bias) and not tied to the embedding: its presets keep both.
-_GUIDE_HEAD = dict(tie_weights=False, lm_head_bias=True)
+# The guide's LM head is a plain nn.Linear (with a bias) and not tied to the embedding, and its blocks are GPT-2's
+# (learned positions, LayerNorm, GELU, biases): its presets keep all of that, whatever the defaults are.
+_GUIDE_HEAD = dict(tie_weights=False, lm_head_bias=True, bias=True, init="guide", **GUIDE_BLOCK)
 MODEL_PRESETS: dict[str, dict] = {
     "nano": dict(n_embd=64, n_head=2, n_layer=2, block_size=128, vocab_size=500, **_GUIDE_HEAD),
     "guide": dict(n_embd=128, n_head=4, n_layer=4, block_size=128, vocab_size=500, dropout=0.1, **_GUIDE_HEAD),

@@ -34,7 +34,7 @@ LIMITS = {"grad_accum": 4096, "eval_iters": 10_000, "threads": 1024, "sample_tok
 @dataclass
 class TrainConfig:
     # --- batches: one optimizer step sees batch_size * grad_accum * world_size sequences of block_size tokens
-    batch_size: int = 16  # sequences per micro-batch (per process); the guide: 32
+    batch_size: int = 8  # sequences per micro-batch (per process); the guide: 32. 8 x block 256 = 2048 tokens a step
     grad_accum: int = 1  # micro-batches whose gradients are summed before one optimizer step
     max_iters: int = 1000  # optimizer steps
     # --- optimizer: AdamW, or Muon for the blocks' matrices + AdamW for the rest (train/muon.py)
