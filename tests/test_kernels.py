@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from sifirdan import kernels
 from sifirdan.kernels import ops
 from sifirdan.model import GPT, GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
+
+# the kernels cover the guide's (GPT-2's) block only (kernels.why_not names any other): every model here has it
+GUIDE = dict(GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
 
 pytestmark = pytest.mark.skipif(
     ops._kernels is None, reason="sifirdan.kernels._kernels is not built (pip install -e . needs a C compiler)"
@@ -167,7 +171,7 @@ def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
 
 def _model(**kw) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{**dict(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2), **kw}))
+    return GPT(GPTConfig(**{**dict(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2), **GUIDE, **kw}))
 
 
 def _grads(model) -> dict[str, torch.Tensor]:
@@ -310,8 +314,8 @@ def test_structures_the_fused_path_cannot_represent_run_gpt_forward(force_kernel
     calls = _count_calls(monkeypatch)
 
     class MyBlock(TransformerBlock):
-        def forward(self, x, kv_cache=None, attn_mask=None):
-            return super().forward(x, kv_cache, attn_mask) * 0.9
+        def forward(self, x, *args, **kwargs):  # whatever GPT.forward passes (positions, for rotary attention)
+            return super().forward(x, *args, **kwargs) * 0.9
 
     model = _model().eval()
     idx = torch.randint(0, 97, (2, 40))
@@ -435,7 +439,7 @@ def test_dropout_kernel_is_inverted_dropout_with_a_reproducible_mask():
 
 def test_model_dropout_runs_in_training_only(force_kernels):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_embd=32, n_head=2, n_layer=1, dropout=0.5))
+    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_embd=32, n_head=2, n_layer=1, dropout=0.5, **GUIDE))
     fused = kernels.FusedGPT(model)
     idx = torch.randint(0, 50, (2, 16))
     model.eval()

@@ -14,13 +14,24 @@ import torch.nn.functional as F
 
 from sifirdan.errors import UserError
 from sifirdan.model import GPT, IGNORE_INDEX, MODEL_PRESETS, GPTConfig, KVCache
+from sifirdan.model.config import GUIDE_BLOCK
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+# the guide's (GPT-2's) block: learned positions, LayerNorm, GELU, biases everywhere, N(0, 0.02) init
+GUIDE = dict(GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
+# both blocks with every weight random: the default's zero-initialised residual projections would hide what
+# attention computes from the logits (any two attention paths, or a wrong KV cache, would then agree)
+BLOCKS = {"default": dict(init="guide"), "guide": GUIDE}
 
 
 def tiny(**kw) -> GPTConfig:
     base = dict(vocab_size=61, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
     return GPTConfig(**{**base, **kw})
+
+
+def guide(**kw) -> GPTConfig:
+    """``tiny`` with the guide's block."""
+    return tiny(**{**GUIDE, **kw})
 
 
 def pair(**kw) -> tuple[GPT, GPT]:
@@ -41,8 +52,9 @@ def assert_same_grads(a: GPT, b: GPT, atol=1e-5, rtol=1e-4):
 
 
 # ------------------------------------------------------------------------------------------------ attention paths
-def test_explicit_and_sdpa_agree_in_outputs_and_gradients():
-    explicit, sdpa = pair()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_explicit_and_sdpa_agree_in_outputs_and_gradients(block):
+    explicit, sdpa = pair(**BLOCKS[block])
     idx = torch.randint(0, 61, (3, 16), generator=torch.Generator().manual_seed(1))
     targets = torch.roll(idx, -1, dims=1)
     logits_e, loss_e = explicit(idx, targets)
@@ -53,12 +65,13 @@ def test_explicit_and_sdpa_agree_in_outputs_and_gradients():
     loss_s.backward()
     assert_same_grads(explicit, sdpa)
     # the test can fail: different weights give different logits
-    other = GPT(tiny(attention="sdpa"))
+    other = GPT(tiny(attention="sdpa", **BLOCKS[block]))
     assert not torch.allclose(other(idx)[0], logits_e, atol=1e-3)
 
 
-def test_explicit_and_sdpa_agree_with_key_padding_mask():
-    explicit, sdpa = pair()
+@pytest.mark.parametrize("block", BLOCKS)
+def test_explicit_and_sdpa_agree_with_key_padding_mask(block):
+    explicit, sdpa = pair(**BLOCKS[block])
     B, T = 3, 12
     idx = torch.randint(0, 61, (B, T), generator=torch.Generator().manual_seed(2))
     real = torch.ones(B, T, dtype=torch.bool)
@@ -77,10 +90,11 @@ def test_explicit_and_sdpa_agree_with_key_padding_mask():
     torch.testing.assert_close(out["explicit"][1, 4:], alone[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("attention", ["explicit", "sdpa"])
-def test_kv_cache_prefix_plus_continuation_equals_full(attention):
+def test_kv_cache_prefix_plus_continuation_equals_full(attention, block):
     torch.manual_seed(0)
-    model = GPT(tiny(attention=attention)).eval()
+    model = GPT(tiny(attention=attention, **BLOCKS[block])).eval()
     idx = torch.randint(0, 61, (2, 14), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full, _ = model(idx)
@@ -104,7 +118,7 @@ def test_our_model_computes_the_guides_function():
     torch.manual_seed(0)
     gc = GuideConfig(vocab_size=61, block_size=16, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
     ref = GuideGPT(gc).eval()
-    ours = GPT(tiny(attention="explicit", tie_weights=False, lm_head_bias=True)).eval()  # the guide's head: its own Linear
+    ours = GPT(guide(attention="explicit", tie_weights=False)).eval()  # the guide's head: its own Linear
     sd = {
         "embeddings.token_embedding.weight": ref.token_embedding.weight,
         "embeddings.position_embedding.weight": ref.position_embedding.weight,
@@ -177,12 +191,17 @@ def test_tie_weights_shares_storage_and_gradients():
     assert emb.grad is not None and emb.grad.abs().sum() > 0
 
 
-def test_bias_false_removes_every_bias():
-    names = [n for n, _ in GPT(tiny(bias=False, lm_head_bias=False)).named_parameters()]
+@pytest.mark.parametrize("block", BLOCKS)
+def test_bias_false_removes_every_bias(block):
+    make = guide if block == "guide" else tiny
+    names = [n for n, _ in GPT(make(bias=False, lm_head_bias=False)).named_parameters()]
     assert names and not [n for n in names if n.endswith("bias")]
-    assert [n for n, _ in GPT(tiny()).named_parameters() if n.endswith("bias")]
+    assert [n for n, _ in GPT(make(bias=True)).named_parameters() if n.endswith("bias")]
     # the LM head's bias is its own field (--no-lm-head-bias)
-    assert [n for n, _ in GPT(tiny(bias=False)).named_parameters() if n.endswith("bias")] == ["lm_head.bias"]
+    assert [n for n, _ in GPT(make(bias=False, lm_head_bias=True)).named_parameters() if n.endswith("bias")] == ["lm_head.bias"]
+    # the default block has none; the guide's has them all
+    assert not [n for n, _ in GPT(tiny()).named_parameters() if n.endswith("bias")]
+    assert len([n for n, _ in GPT(guide()).named_parameters() if n.endswith("bias")]) == 1 + 2 * (2 + 2 + 2) + 1
 
 
 def test_config_mistakes_are_user_errors():
@@ -279,9 +298,10 @@ def test_the_engine_generates_what_the_guides_loop_generates():
 
 
 def test_lm_head_bias_is_its_own_field():
-    # on by default and in the guide's presets (the guide's nn.Linear head); off, GPT-2's head; bias=False
-    # removes the others
-    assert GPT(tiny()).lm_head.bias is not None and GPT(tiny(lm_head_bias=False)).lm_head.bias is None
+    # on in the guide's block and presets (the guide's nn.Linear head); off by default (LLaMA's head) and in
+    # GPT-2's head; bias=False removes the others
+    assert GPT(guide()).lm_head.bias is not None and GPT(guide(lm_head_bias=False)).lm_head.bias is None
+    assert GPT(tiny()).lm_head.bias is None and GPTConfig().lm_head_bias is False
     for preset in MODEL_PRESETS:
         assert GPTConfig.from_preset(preset).lm_head_bias is True
     assert GPT(tiny(lm_head_bias=True)).lm_head.bias.shape == (61,)

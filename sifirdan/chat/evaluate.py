@@ -8,6 +8,9 @@ Each conversation's last message is the reference answer; the model answers the 
 through the generation engine, stopping at the template's stop ids (``</RESP>``, and ``<|endoftext|>`` when
 the tokenizer has it -- the same stops a chat uses).
 
+``sampling`` (optional) answers with another decoding than greedy -- temperature, top-p, top-k, repetition
+penalty and a seed, as ``sifirdan chat`` samples -- so the chat's default decoding is measured the same way.
+
 The metrics, exactly:
 
 * ``ended_rate``: the share of answers that stopped because the model produced the ``</RESP>`` id within
@@ -21,6 +24,8 @@ The metrics, exactly:
   stripped).
 * ``f1``: SQuAD's bag-of-tokens F1 between answer and reference after ``normalize_tr``, averaged over the
   answers. Both empty -> 1; one empty -> 0.
+* ``loop_rate``: the share of answers that loop: fewer than half of their words (after ``normalize_tr``) are
+  distinct ("milli hareketin milli hareketin ..."). An empty answer does not loop.
 * ``n``: answers scored.
 
 ``normalize_tr`` is SQuAD's normalisation made right for Turkish: NFKC, then ``İ`` -> ``i`` and ``I`` -> ``ı``
@@ -45,7 +50,8 @@ from sifirdan.errors import UserError
 
 DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_BATCH_SIZE = 32
-SUMMARY_KEYS = ("n", "ended_rate", "leak_rate", "mean_answer_chars", "f1")
+SUMMARY_KEYS = ("n", "ended_rate", "leak_rate", "loop_rate", "mean_answer_chars", "f1")
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "seed")  # what ``sampling`` may set
 FINISH_LENGTH = "length"  # a record's finish when max_new_tokens was reached (else: the stop token's text)
 
 _ASCII_PUNCT = frozenset(string.punctuation)
@@ -60,6 +66,12 @@ def normalize_tr(text: str) -> str:
     text = "".join(" " if ch.isspace() else ch for ch in text
                    if not (ch in _ASCII_PUNCT or unicodedata.category(ch).startswith("P")))
     return " ".join(text.split())
+
+
+def loops(text: str) -> bool:
+    """True when fewer than half of the answer's words are distinct (the ``loop_rate`` of the summary)."""
+    words = normalize_tr(text).split()
+    return bool(words) and len(set(words)) < 0.5 * len(words)
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -130,8 +142,9 @@ def _leaked(ids: Sequence[int], text: str, special_ids: frozenset[int], special_
 
 def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequence[Mapping]], *,
                      max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, batch_size: int = DEFAULT_BATCH_SIZE,
-                     progress: bool = False, before_batch: Callable[[], object] | None = None) -> tuple[dict, list[dict]]:
-    """Answer every conversation's prompt greedily; return ``(summary, records)``.
+                     progress: bool = False, before_batch: Callable[[], object] | None = None,
+                     sampling: Mapping | None = None) -> tuple[dict, list[dict]]:
+    """Answer every conversation's prompt (greedily, or with ``sampling``); return ``(summary, records)``.
 
     ``summary`` has exactly ``SUMMARY_KEYS`` (definitions in the module docstring). ``records`` has one dict
     per conversation, in input order: ``instruction`` (the last user message), ``reference``, ``answer``,
@@ -145,7 +158,11 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
         raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}; pass e.g. --batch-size 32")
     if not conversations:
         raise UserError("there are no conversations to evaluate; give at least one instruction pair")
-    config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=0.0,
+    sampling = dict(sampling or {})
+    unknown = sorted(set(sampling) - set(SAMPLING_KEYS))
+    if unknown:
+        raise UserError(f"unknown sampling setting(s) {', '.join(unknown)}; use {', '.join(SAMPLING_KEYS)}")
+    config = GenerationConfig(**{"temperature": 0.0, **sampling}, max_new_tokens=max_new_tokens,
                               stop_token_ids=template.stop_ids(tokenizer)).validate()
     end_id = tokenizer.special_tokens[template.resp_close]  # present: stop_ids() checked the template's tokens
     stop_ids = frozenset(config.stop_token_ids)
@@ -214,6 +231,7 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
             "ended": stop == end_id,
             "leaked": _leaked(ids_out[i], answer, special_ids, special_texts),
             "f1": token_f1(answer, references[i]),
+            "loops": loops(answer),
             "finish": FINISH_LENGTH if stop is None else names.get(stop, str(stop)),
             "answer_tokens": len(ids_out[i]),
         })
@@ -221,14 +239,15 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
 
 
 def summarize(records: Sequence[Mapping]) -> dict:
-    """The summary of per-answer records (``ended``, ``leaked``, ``answer``, ``f1``)."""
+    """The summary of per-answer records (``ended``, ``leaked``, ``answer``, ``f1``; loops are read off the answer)."""
     n = len(records)
     if n == 0:
-        return {"n": 0, "ended_rate": 0.0, "leak_rate": 0.0, "mean_answer_chars": 0.0, "f1": 0.0}
+        return {"n": 0, "ended_rate": 0.0, "leak_rate": 0.0, "loop_rate": 0.0, "mean_answer_chars": 0.0, "f1": 0.0}
     return {
         "n": n,
         "ended_rate": sum(bool(r["ended"]) for r in records) / n,
         "leak_rate": sum(bool(r["leaked"]) for r in records) / n,
+        "loop_rate": sum(loops(r["answer"]) for r in records) / n,
         "mean_answer_chars": sum(len(r["answer"]) for r in records) / n,
         "f1": sum(r["f1"] for r in records) / n,
     }

@@ -25,12 +25,26 @@ FIELD_HELP: dict[str, dict[str, tuple[str | None, str]]] = {
         "attention": (None, "how attention is computed, the same math either way: sdpa = PyTorch's fused kernel; "
                       "explicit = the guide's masked_fill + softmax"),
         "init": (None, "initial weights: guide = N(0, 0.02), zero biases; scaled = guide, with the residual output "
-                 "projections' std divided by sqrt(2 * n_layer) (GPT-2); pytorch = PyTorch's default init"),
+                 "projections' std divided by sqrt(2 * n_layer) (GPT-2); zero_out = guide, with the residual output "
+                 "projections at zero (each block starts as the identity); pytorch = PyTorch's default init"),
+        "position": (None, "how the model knows where a token is: learned = the guide's position table (block_size "
+                     "rows); rope = rotary embeddings inside attention (no table; model/rope.py)"),
+        "rope_theta": ("BASE", "RoPE's frequency base (--position rope only)"),
+        "norm": (None, "the blocks' normalisation: layernorm = the guide's; rmsnorm = RMSNorm, no mean, no bias "
+                 "(model/norms.py)"),
+        "mlp": (None, "the feed-forward network: gelu = the guide's; relu2 = squared ReLU; swiglu = gated SiLU "
+                "with ~8/3 x n_embd hidden units, as many parameters (model/mlp_variants.py)"),
+        "qk_norm": (None, "RMS-normalise each head's queries and keys before attention"),
+        "logit_softcap": ("CAP", "squash the logits smoothly into (-CAP, CAP) with CAP x tanh(logit / CAP); 0 = off"),
     },
     "train": {
         "grad_accum": ("N", "micro-batches whose gradients are summed into one optimizer step (at most 4096)"),
         "max_iters": ("STEPS", "how long to train, in optimizer steps"),
         "learning_rate": ("LR", "peak learning rate of AdamW (reached after the warmup)"),
+        "optimizer": (None, "adamw = AdamW for every parameter; muon = Muon for the blocks' weight matrices, AdamW "
+                      "for the embeddings, head and gains (train/muon.py)"),
+        "muon_lr_scale": ("SCALE", "--optimizer muon: Muon's learning rate is --learning-rate x SCALE (its update "
+                          "RMS is matched to AdamW's)"),
         "min_lr_ratio": ("RATIO", "cosine schedule: the rate decays to learning_rate x RATIO at the last step, 0..1"),
         "lr_schedule": (None, "cosine = a linear warmup, then a cosine decay; constant = one rate for every step "
                         "(the guide)"),

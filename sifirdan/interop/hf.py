@@ -34,7 +34,7 @@ import torch
 
 from sifirdan.errors import UserError
 from sifirdan.fileio import atomic_directory, check_writable_dir, is_empty_dir, parse_json, sha256_hex
-from sifirdan.interop import gpt2
+from sifirdan.interop import gpt2, llama
 from sifirdan.interop.jinja_template import jinja_chat_template
 
 EXPORT_MARKER = "sifirdan_export.json"
@@ -108,24 +108,29 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
     template = template_of(meta)
     model, tokenizer = ckpt.load_model(directory)
     config = model.config
-    folded = gpt2.has_head_bias(model)
-    fold = gpt2.fold_error(model) if folded else None
-    problem = gpt2.export_problem(model, fold)
-    if problem:
-        raise UserError(f"cannot export {directory} as GPT-2: {problem}")
+    as_llama = not config.gpt2_block  # the beyond-the-guide block: Llama's names (interop/llama.py)
+    folded = not as_llama and gpt2.has_head_bias(model)
     notes = []
-    if folded:
-        moved, rounding = fold
-        notes.append(f"lm_head_bias: GPT-2's head has no bias, so it is folded into an untied lm_head and ln_f's bias "
-                     f"(tie_word_embeddings=false; exact algebra, float32 rounding moves logits by up to {moved:.1e}, "
-                     f"as computing them ourselves does by {rounding:.1e})")
-    elif config.lm_head_bias:
-        notes.append("lm_head_bias: the LM head's bias is exactly zero, so it is left out (GPT-2's head has none)")
-    if not config.bias:
-        notes.append("bias=false: written as biases of exact zeros (GPT-2 always has biases; the function is the same)")
+    if as_llama:
+        problem = llama.export_problem(model)
+        if problem:
+            raise UserError(f"cannot export {directory} as Llama: {problem}")
+    else:
+        fold = gpt2.fold_error(model) if folded else None
+        problem = gpt2.export_problem(model, fold)
+        if problem:
+            raise UserError(f"cannot export {directory} as GPT-2: {problem}")
+        if folded:
+            moved, rounding = fold
+            notes.append(f"lm_head_bias: GPT-2's head has no bias, so it is folded into an untied lm_head and ln_f's "
+                         f"bias (tie_word_embeddings=false; exact algebra, float32 rounding moves logits by up to "
+                         f"{moved:.1e}, as computing them ourselves does by {rounding:.1e})")
+        elif config.lm_head_bias:
+            notes.append("lm_head_bias: the LM head's bias is exactly zero, so it is left out (GPT-2's head has none)")
+        if not config.bias:
+            notes.append("bias=false: written as biases of exact zeros (GPT-2 always has biases; the function is the same)")
     if config.dropout:
-        notes.append(f"dropout {config.dropout:g} (training only; ours follows the feed-forward network, which GPT-2 "
-                     "cannot express) is exported as GPT-2's three dropouts = 0: the model computes the same")
+        notes.append(f"dropout {config.dropout:g} (training only) is exported as dropout 0: the model computes the same")
 
     eot = tokenizer.eot_id
     pad = tokenizer.special_tokens.get(PAD)
@@ -140,10 +145,16 @@ def export_hf(model_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Repor
     inverse = {i: s for s, i in tokenizer.special_tokens.items()}
     eos_id = eos_ids[0] if eos_ids else None
 
-    tensors = gpt2.gpt2_tensors(model)
+    if as_llama:
+        tensors = llama.llama_tensors(model)
+        hf_config = llama.llama_config(config, bos_id=eot, eos_id=eos_id, pad_id=pad, dtype="float32",
+                                       intermediate_size=model.blocks[0].feed_forward.gate.out_features)
+    else:
+        tensors = gpt2.gpt2_tensors(model)
+        hf_config = gpt2.gpt2_config(config, bos_id=eot, eos_id=eos_id, pad_id=pad, dtype="float32",
+                                     tied=config.tie_weights and not folded)
     files: dict[str, bytes] = {
-        HF_CONFIG: _json_bytes(gpt2.gpt2_config(config, bos_id=eot, eos_id=eos_id, pad_id=pad, dtype="float32",
-                                                tied=config.tie_weights and not folded)),
+        HF_CONFIG: _json_bytes(hf_config),
         HF_WEIGHTS: save(tensors, metadata={"format": "pt"}),
         HF_TOKENIZER: tokenizer.to_json_str().encode("utf-8"),
     }

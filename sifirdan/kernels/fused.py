@@ -14,6 +14,12 @@ loss, the same gradients (tests hold it to within float rounding) -- in fewer pa
                                                (with dropout on: f = ops.dropout(f W_2 + b_2), no bias to fuse)
     logits = lm_head(h);  loss = ops.cross_entropy(logits, targets)
 
+The beyond-the-guide block (rotary positions, RMSNorm, a SwiGLU or squared-ReLU MLP, QK-norm, a logit cap:
+``GPTConfig.gpt2_block`` is False) takes ``_modern_forward``: its modules are called as ``GPT.forward`` calls
+them, and two kernels stand in where they apply -- attention (queries and keys rotated first, then
+``ops.causal_attention`` on the re-packed q | k | v) and the loss (``ops.cross_entropy``). Those two were where
+PyTorch's path lost most of its time to the kernels (bench/block_speed.py).
+
 Wrappers stay in force. A layer is read directly (its ``weight`` and ``bias``) only when it is exactly the
 PyTorch class ``GPT`` builds it as (``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU``, ``nn.Dropout``) with no hooks;
 anything else in its place -- a LoRA Linear whose effective weight is ``W + B A``, a quantised Linear, a module
@@ -68,9 +74,11 @@ def why_not(model: nn.Module) -> str | None:
         return "global module hooks are registered"
     if _hooked(model):
         return "the GPT has hooks"
+    modern = not model.config.gpt2_block  # _modern_forward: only block and attention are read directly
     for i, block in enumerate(model.blocks):
-        parts = {"block": (block, TransformerBlock), "attention": (getattr(block, "attention", None), MultiHeadAttention),
-                 "feed_forward": (getattr(block, "feed_forward", None), FeedForward)}
+        parts = {"block": (block, TransformerBlock), "attention": (getattr(block, "attention", None), MultiHeadAttention)}
+        if not modern:
+            parts["feed_forward"] = (getattr(block, "feed_forward", None), FeedForward)
         for name, (m, cls) in parts.items():
             if not _plain(m, cls):
                 return f"blocks[{i}].{name} is a {type(m).__name__}{' with hooks' if type(m) is cls else ''}, not sifirdan's {cls.__name__}"
@@ -115,10 +123,45 @@ def _feed_forward(ffn: FeedForward, h: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 # ------------------------------------------------------------------------------------------------ forward
+def _modern_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor | None):
+    """``GPT.forward`` for the beyond-the-guide block: modules called as it calls them, attention and the loss
+    on the kernels (see the module docstring)."""
+    from sifirdan.model.rope import apply_rotary
+
+    B, T = idx.shape
+    x = model.embeddings(idx)  # (B, T, n_embd); adds the position table when the model has one
+    C = x.shape[-1]
+    positions = torch.arange(T, device=idx.device)
+    for block in model.blocks:
+        a = block.attention
+        H = a.n_head
+        q, k, v = a.qkv(block.ln1(x)).split(C, dim=2)  # each (B, T, n_embd)
+        # rotate / normalise per head in the (B, T, H, head_size) layout the kernel reads: no transposes
+        q, k = q.view(B, T, H, C // H), k.view(B, T, H, C // H)
+        if a.q_norm is not None:
+            q, k = a.q_norm(q), a.k_norm(k)
+        if a.rotary is not None:
+            cos, sin = a.rotary.tables(positions, T, x.device, x.dtype)  # (T, head_size / 2)
+            q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
+        y = ops.causal_attention(torch.cat([q.reshape(B, T, C), k.reshape(B, T, C), v], dim=2), H)
+        x = x + a.proj(y)
+        x = x + block.feed_forward(block.ln2(x))
+    logits = model.lm_head(model.ln_f(x))  # (B, T, vocab_size)
+    if model.config.logit_softcap > 0:
+        cap = model.config.logit_softcap
+        logits = cap * torch.tanh(logits / cap)
+    loss = None
+    if targets is not None:
+        loss = ops.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), IGNORE_INDEX)
+    return logits, loss
+
+
 def fused_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor | None = None):
     """``model(idx, targets)`` for a model ``why_not`` accepts, with float32 CPU activations."""
     if idx.shape[1] > model.config.block_size:
         return model(idx, targets)  # GPT.forward's own error message
+    if not model.config.gpt2_block:
+        return _modern_forward(model, idx, targets)
     blocks = model.blocks
     x = model.embeddings(idx)  # (B, T, n_embd)
     h = blocks[0].ln1(x)  # n_layer >= 1 (GPTConfig.validate)

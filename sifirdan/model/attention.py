@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from sifirdan.model.config import GPTConfig
+from sifirdan.model.norms import RMSNorm
+from sifirdan.model.rope import RotaryEmbedding, apply_rotary
 
 
 class MultiHeadAttention(nn.Module):
@@ -35,10 +37,15 @@ class MultiHeadAttention(nn.Module):
         self.kind = config.attention
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # W_Q | W_K | W_V
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)  # W_O
+        # beyond the guide (model/rope.py, model/norms.py): rotary positions and per-head query/key norms
+        self.rotary = RotaryEmbedding(self.head_size, config.block_size, config.rope_theta) if config.position == "rope" else None
+        self.q_norm = RMSNorm(self.head_size) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_size) if config.qk_norm else None
         self.last_attention: torch.Tensor | None = None  # filled when record_attention is True
         self.record_attention = False
 
-    def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache=None, attn_mask: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape  # batch, time, channels (n_embd)
         qkv = self.qkv(x)  # (B, T, 3 * n_embd): q | k | v
         q, k, v = qkv.split(C, dim=2)  # each (B, T, n_embd)
@@ -46,6 +53,15 @@ class MultiHeadAttention(nn.Module):
         q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         k = k.view(B, T, self.n_head, self.head_size).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_size).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            # positions: (T,) or (B, T) absolute positions of these T tokens (GPT.forward passes them)
+            start = kv_cache.pos if kv_cache is not None else 0
+            if positions is None:
+                positions = torch.arange(start, start + T, device=x.device)
+            cos, sin = self.rotary.tables(positions, start + T, x.device, q.dtype)  # positions < start + T
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             # append this step's keys/values; attend over everything cached so far: (B, n_head, S, head_size)
             k, v = kv_cache.update(self.layer_idx, k, v)

@@ -14,19 +14,22 @@ from torch import nn
 
 from sifirdan.model.attention import MultiHeadAttention
 from sifirdan.model.config import GPTConfig
-from sifirdan.model.feedforward import FeedForward
+from sifirdan.model.mlp_variants import make_feed_forward
+from sifirdan.model.norms import make_norm
 
 
 class TransformerBlock(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        # make_norm / make_feed_forward: the guide's nn.LayerNorm and GELU FeedForward unless the config picks
+        # RMSNorm (model/norms.py) or another MLP (model/mlp_variants.py)
+        self.ln1 = make_norm(config)
         self.attention = MultiHeadAttention(config, layer_idx=layer_idx)
-        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.feed_forward = FeedForward(config)
+        self.ln2 = make_norm(config)
+        self.feed_forward = make_feed_forward(config)
 
-    def forward(self, x, kv_cache=None, attn_mask=None) -> torch.Tensor:
-        # kv_cache / attn_mask: generation extras, passed through to attention (see attention.py)
-        x = x + self.attention(self.ln1(x), kv_cache=kv_cache, attn_mask=attn_mask)
+    def forward(self, x, kv_cache=None, attn_mask=None, positions=None) -> torch.Tensor:
+        # kv_cache / attn_mask: generation extras; positions: for rotary attention. All passed through to attention.
+        x = x + self.attention(self.ln1(x), kv_cache=kv_cache, attn_mask=attn_mask, positions=positions)
         x = x + self.feed_forward(self.ln2(x))
         return x

@@ -7,6 +7,7 @@ The guide's exact architecture is always reachable: ``GPTConfig.from_preset("gui
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sifirdan.configs import check_choice, check_types, dataclass_from_dict
@@ -16,26 +17,32 @@ ATTENTION_KINDS = ("sdpa", "explicit")
 # keys older config.json files carry that are no longer model fields: dropped on reading. ``cpu_kernels`` was
 # a run-time choice, not architecture; it is ``TrainConfig.cpu_kernels`` now (sifirdan/kernels).
 LEGACY_KEYS = frozenset({"cpu_kernels"})
-INIT_KINDS = ("guide", "scaled", "pytorch")
+INIT_KINDS = ("guide", "scaled", "zero_out", "pytorch")
+POSITION_KINDS = ("learned", "rope")  # model/embeddings.py (the guide) | model/rope.py
+NORM_KINDS = ("layernorm", "rmsnorm")  # nn.LayerNorm (the guide) | model/norms.py
+MLP_KINDS = ("gelu", "relu2", "swiglu")  # model/feedforward.py (the guide) | model/mlp_variants.py
 # fields that take one of a fixed set of values: validate() checks them, the CLI offers them as choices
-FIELD_CHOICES = {"attention": ATTENTION_KINDS, "init": INIT_KINDS}
+FIELD_CHOICES = {"attention": ATTENTION_KINDS, "init": INIT_KINDS, "position": POSITION_KINDS, "norm": NORM_KINDS,
+                 "mlp": MLP_KINDS}
 
 
 @dataclass
 class GPTConfig:
     vocab_size: int = 4096  # tokens the embedding table and LM head know (the guide: 500)
-    block_size: int = 128  # longest context (rows of the learned position table)
+    # longest context. 256, not the guide's 128: with rotary positions a model fine-tuned on longer answers than
+    # it was pre-trained on falls into loops (Nutuk QA at block 384 on a 128 base: 90 % of held-out answers loop,
+    # F1 0.046; on a 256 base: 33 %, 0.082; bench/RESULTS.md, issue 21)
+    block_size: int = 256
     n_embd: int = 128  # width of the residual stream
     n_head: int = 4  # attention heads; head_size = n_embd // n_head
     n_layer: int = 4  # transformer blocks
     dropout: float = 0.0  # after the feed-forward network, where the guide puts it (the guide: 0.1)
-    bias: bool = True  # biases in the blocks' Linear and LayerNorm layers and ln_f (the guide: yes)
-    # a bias in the LM head (the guide: yes, nn.Linear's default; GPT-2: no). It carries the tokens' unigram
-    # prior, so the tied embedding need not: at equal steps on Nutuk the default recipe gives 1.829 val bits/char
-    # with it and 1.864 without (bench/RESULTS.md, issue 12). GPT-2's head has no bias, yet the model still
-    # exports exactly: `sifirdan export hf` folds the bias into an untied head and ln_f's bias
-    # (interop/gpt2.py: fold_head_bias). --no-lm-head-bias: a head GPT-2 holds as is (tied, smaller file).
-    lm_head_bias: bool = True
+    bias: bool = False  # biases in the blocks' Linear and norm layers and ln_f (the guide: yes; LLaMA: no)
+    # a bias in the LM head (the guide: yes, nn.Linear's default; GPT-2 and LLaMA: no). With the guide's block it
+    # carries the tokens' unigram prior (issue 12: 1.829 vs 1.864 val bits/char at equal steps) and `export hf`
+    # folds it into GPT-2's head (interop/gpt2.py: fold_head_bias); RMSNorm leaves nothing to fold it into, and
+    # the default block does without it.
+    lm_head_bias: bool = False
     attention: str = "sdpa"  # "explicit": the guide's masked_fill + softmax; "sdpa": fused kernel, same math
     # share the token embedding with the LM head (the guide: no; GPT-2: yes). Measured on Nutuk at equal
     # wall time: 1.824 vs 1.850 bits/char (vocab 4096: 0.5 M fewer parameters to fit, and the head's rows
@@ -43,11 +50,28 @@ class GPTConfig:
     tie_weights: bool = True
     # "guide": N(0, 0.02) weights, zero biases (matches the guide's step-0 loss 6.244 at vocab 500)
     # "scaled": as "guide" but residual output projections get std 0.02/sqrt(2*n_layer) (GPT-2)
+    # "zero_out": as "guide" but every residual output projection starts at zero, so each block starts as the
+    #   identity (modded-nanogpt, nanochat)
     # "pytorch": PyTorch's default Linear/Embedding init
-    init: str = "guide"
+    init: str = "zero_out"
+    # --- beyond the guide: each piece its own file, each switchable (bench/RESULTS.md, issue 21, measures each).
+    # The default block is LLaMA's: rotary positions, RMSNorm, SwiGLU, no biases. On Nutuk at the demo's 1500
+    # steps it takes val bits/char from 1.848 (the guide's block) to 1.737; `export hf` writes it as Llama.
+    position: str = "rope"  # "learned": the guide's position table; "rope": rotary (model/rope.py)
+    rope_theta: float = 10000.0  # RoPE's base (position="rope" only)
+    norm: str = "rmsnorm"  # "layernorm": the guide's nn.LayerNorm; "rmsnorm": model/norms.py
+    mlp: str = "swiglu"  # "gelu": the guide's (model/feedforward.py); "relu2" | "swiglu": model/mlp_variants.py
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention (model/norms.py)
+    logit_softcap: float = 0.0  # > 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanogpt); 0 = off
 
     def __post_init__(self):
         self.validate()
+
+    @property
+    def gpt2_block(self) -> bool:
+        """True when the blocks are the guide's / GPT-2's: learned positions, LayerNorm, GELU MLP, plain logits."""
+        return (self.position, self.norm, self.mlp, self.qk_norm, self.logit_softcap) == (
+            "learned", "layernorm", "gelu", False, 0.0)
 
     @property
     def head_size(self) -> int:
@@ -64,6 +88,13 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"pick e.g. --n-head {_divisor_hint(self.n_embd, self.n_head)}"
             )
+        if self.position == "rope" and self.head_size % 2:
+            raise UserError(f"position='rope' needs an even head size, got n_embd/n_head = {self.head_size}")
+        if not (isinstance(self.rope_theta, (int, float)) and math.isfinite(self.rope_theta) and self.rope_theta > 1):
+            raise UserError(f"rope_theta must be a finite number > 1, got {self.rope_theta!r}; e.g. 10000")
+        if not (isinstance(self.logit_softcap, (int, float)) and math.isfinite(self.logit_softcap)
+                and self.logit_softcap >= 0):
+            raise UserError(f"logit_softcap must be a finite number >= 0 (0 = off), got {self.logit_softcap!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, choices in FIELD_CHOICES.items():
@@ -86,6 +117,8 @@ class GPTConfig:
         takes the default."""
         if isinstance(d, dict) and "lm_head_bias" not in d:
             d = {**d, "lm_head_bias": d.get("bias", True)}
+        if isinstance(d, dict) and "position" not in d:  # saved before the beyond-the-guide block: the guide's
+            d = {**GUIDE_BLOCK, **d}
         return d
 
     @classmethod
@@ -105,9 +138,13 @@ def _divisor_hint(n_embd: int, n_head: int) -> int:
     return 1
 
 
+# The guide's block (GPT-2's): what a config saved before the beyond-the-guide fields existed meant
+GUIDE_BLOCK = dict(position="learned", rope_theta=10000.0, norm="layernorm", mlp="gelu", qk_norm=False, logit_softcap=0.0)
+
 # The guide's §10 table (n_embd / n_head / n_layer). "guide" is the model the guide trains (§7-8).
-# The guide's LM head is a plain nn.Linear (with a bias) and not tied to the embedding: its presets keep both.
-_GUIDE_HEAD = dict(tie_weights=False, lm_head_bias=True)
+# The guide's LM head is a plain nn.Linear (with a bias) and not tied to the embedding, and its blocks are GPT-2's
+# (learned positions, LayerNorm, GELU, biases): its presets keep all of that, whatever the defaults are.
+_GUIDE_HEAD = dict(tie_weights=False, lm_head_bias=True, bias=True, init="guide", **GUIDE_BLOCK)
 MODEL_PRESETS: dict[str, dict] = {
     "nano": dict(n_embd=64, n_head=2, n_layer=2, block_size=128, vocab_size=500, **_GUIDE_HEAD),
     "guide": dict(n_embd=128, n_head=4, n_layer=4, block_size=128, vocab_size=500, dropout=0.1, **_GUIDE_HEAD),

@@ -20,6 +20,7 @@ from sifirdan.configs import IGNORE_INDEX
 from sifirdan.model.block import TransformerBlock
 from sifirdan.model.config import GPTConfig
 from sifirdan.model.embeddings import Embeddings
+from sifirdan.model.norms import make_norm
 
 
 class GPT(nn.Module):
@@ -29,7 +30,7 @@ class GPT(nn.Module):
         self.config = config
         self.embeddings = Embeddings(config)  # 1. token + position embeddings
         self.blocks = nn.ModuleList([TransformerBlock(config, i) for i in range(config.n_layer)])  # 2. N blocks
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)  # 3. final LayerNorm
+        self.ln_f = make_norm(config)  # 3. final LayerNorm (RMSNorm with norm="rmsnorm")
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.lm_head_bias)  # 4. LM head
         if config.tie_weights:
             self.lm_head.weight = self.embeddings.token_embedding.weight
@@ -44,6 +45,11 @@ class GPT(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
+        if self.config.init == "zero_out":
+            # each residual branch starts as a zero: the stack starts as the identity (modded-nanogpt, nanochat)
+            for block in self.blocks:
+                nn.init.zeros_(block.attention.proj.weight)
+                nn.init.zeros_(block.feed_forward.proj.weight)
         if self.config.init == "scaled":
             # GPT-2: each residual branch adds to the stream, so shrink its output by 1/sqrt(2 * n_layer)
             std = 0.02 / math.sqrt(2 * self.config.n_layer)
@@ -53,7 +59,7 @@ class GPT(nn.Module):
 
     def num_parameters(self, exclude_position: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
-        if exclude_position:
+        if exclude_position and self.embeddings.position_embedding is not None:
             n -= self.embeddings.position_embedding.weight.numel()
         return n
 
@@ -90,13 +96,16 @@ class GPT(nn.Module):
 
         x = self.embeddings(idx, positions)  # (B, T, n_embd)
         for block in self.blocks:
-            x = block(x, kv_cache=kv_cache, attn_mask=attn_mask)
+            x = block(x, kv_cache=kv_cache, attn_mask=attn_mask, positions=positions)
         if kv_cache is not None:
             kv_cache.advance(T)  # every layer has written its T new positions
         x = self.ln_f(x)
         if last_only and targets is None:
             x = x[:, -1:, :]
         logits = self.lm_head(x)  # (B, T, vocab_size)
+        if self.config.logit_softcap > 0:  # beyond the guide: squash logits smoothly into (-c, c)
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
 
         loss = None
         if targets is not None:

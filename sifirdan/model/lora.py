@@ -36,7 +36,8 @@ from sifirdan.errors import UserError
 TARGETS: dict[str, tuple[str, ...]] = {
     "qkv": ("attention.qkv",),
     "proj": ("attention.proj",),
-    "ffn": ("feed_forward.fc", "feed_forward.proj"),
+    # the guide's MLP has fc + proj; a SwiGLU MLP (model/mlp_variants.py) gate + up + proj: each block has one kind
+    "ffn": ("feed_forward.fc", "feed_forward.gate", "feed_forward.up", "feed_forward.proj"),
 }
 DEFAULT_TARGETS = ("qkv", "proj", "ffn")  # every Linear of every block (QLoRA: all layers match full fine-tuning best)
 
@@ -127,6 +128,8 @@ def apply_lora(model: nn.Module, rank: int, alpha: float | None = None,
         for name in names:
             for path in TARGETS[name]:
                 parent, attr = _split(block, path)
+                if not hasattr(parent, attr):  # e.g. feed_forward.gate in the guide's GELU MLP
+                    continue
                 setattr(parent, attr, LoRALinear(getattr(parent, attr), rank, alpha, generator))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 

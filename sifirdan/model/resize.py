@@ -61,12 +61,16 @@ def grow_vocab(model: GPT, new_vocab_size: int) -> int:
 
 @torch.no_grad()
 def grow_context(model: GPT, new_block_size: int) -> int:
-    """Add position rows ``block_size .. new_block_size - 1``; returns how many were added."""
+    """Add position rows ``block_size .. new_block_size - 1``; returns how many were added. A rotary model
+    (``position="rope"``) has no table: its context grows by the config alone, and 0 rows are added."""
     pos = model.embeddings.position_embedding
     old_size = model.config.block_size
     n_new = new_block_size - old_size
     if n_new < 0:
         raise ValueError(f"grow_context cannot shrink the context ({old_size} -> {new_block_size})")
+    if pos is None:
+        model.config.block_size = new_block_size
+        return 0
     if n_new == 0:
         return 0
     new_pos = nn.Embedding(new_block_size, pos.embedding_dim, device=pos.weight.device, dtype=pos.weight.dtype)

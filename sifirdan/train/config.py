@@ -17,9 +17,10 @@ from sifirdan.errors import UserError
 from sifirdan.model.config import LEGACY_KEYS as LEGACY_MODEL_KEYS
 
 SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = ("adamw", "muon")  # muon: train/muon.py
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 # fields that take one of a fixed set of values: validate() checks them, the CLI offers them as choices
-FIELD_CHOICES = {"lr_schedule": SCHEDULES, "dtype": DTYPES}
+FIELD_CHOICES = {"lr_schedule": SCHEDULES, "dtype": DTYPES, "optimizer": OPTIMIZERS}
 
 # What ``--dtype auto`` means on a CPU. bf16 autocast halves memory traffic but is only faster on CPUs with
 # native bf16 (AVX512-BF16 / AMX); measurements decide. One place to change it.
@@ -33,10 +34,12 @@ LIMITS = {"grad_accum": 4096, "eval_iters": 10_000, "threads": 1024, "sample_tok
 @dataclass
 class TrainConfig:
     # --- batches: one optimizer step sees batch_size * grad_accum * world_size sequences of block_size tokens
-    batch_size: int = 16  # sequences per micro-batch (per process); the guide: 32
+    batch_size: int = 8  # sequences per micro-batch (per process); the guide: 32. 8 x block 256 = 2048 tokens a step
     grad_accum: int = 1  # micro-batches whose gradients are summed before one optimizer step
     max_iters: int = 1000  # optimizer steps
-    # --- optimizer: AdamW
+    # --- optimizer: AdamW, or Muon for the blocks' matrices + AdamW for the rest (train/muon.py)
+    optimizer: str = "adamw"
+    muon_lr_scale: float = 1.0  # Muon's learning rate = learning_rate * this (its update RMS is matched to AdamW's)
     learning_rate: float = 3e-3  # peak learning rate (the guide: 3e-4, constant)
     min_lr_ratio: float = 0.0  # cosine decays to learning_rate * min_lr_ratio
     lr_schedule: str = "cosine"  # "cosine": linear warmup then cosine decay; "constant": the guide's
@@ -99,6 +102,8 @@ class TrainConfig:
             raise UserError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed}; pass e.g. --seed 1337")
         if not self.learning_rate > 0:
             raise UserError(f"learning_rate must be > 0, got {self.learning_rate}; the guide uses 3e-4")
+        if not (self.muon_lr_scale > 0 and self.muon_lr_scale < float("inf")):
+            raise UserError(f"muon_lr_scale must be a finite number > 0, got {self.muon_lr_scale}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name, choices in FIELD_CHOICES.items():
@@ -123,6 +128,8 @@ class TrainConfig:
         groups). For configs read back from a checkpoint only; a new config's missing field takes the default."""
         if isinstance(d, dict) and "decay_embeddings" not in d:
             d = {**d, "decay_embeddings": True}
+        if isinstance(d, dict) and "optimizer" not in d:  # AdamW was the only optimizer before the field
+            d = {**d, "optimizer": "adamw", "muon_lr_scale": 1.0}
         return d
 
 

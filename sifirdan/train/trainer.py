@@ -87,9 +87,10 @@ class TrainResult:
     signal_name: str | None = None
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices/embeddings (>= 2-D) only: decaying biases and LayerNorm gains towards 0
-    only hurts. Fused kernel where PyTorch has one (CUDA, and CPU in recent versions): one launch for all params."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device):
+    """AdamW (or, with ``optimizer="muon"``, Muon for the blocks' matrices and AdamW for the rest: train/muon.py);
+    weight decay on matrices/embeddings (>= 2-D) only: decaying biases and LayerNorm gains towards 0 only hurts.
+    Fused AdamW kernel where PyTorch has one (CUDA, and CPU in recent versions): one launch for all params."""
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.decay_all:
         groups = [{"params": params, "weight_decay": cfg.weight_decay}]
@@ -101,8 +102,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
             {"params": [p for p in params if p.dim() >= 2 and id(p) not in kept], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.dim() < 2 or id(p) in kept], "weight_decay": 0.0},
         ]
+    fused = device.type in ("cuda", "cpu")
+    if cfg.optimizer == "muon":
+        from sifirdan.train.muon import MuonAdamW, muon_parameters
+
+        mine = muon_parameters(model)
+        muon_groups = [{**g, "params": [p for p in g["params"] if id(p) in mine]} for g in groups]
+        adamw_groups = [{**g, "params": [p for p in g["params"] if id(p) not in mine]} for g in groups]
+        return MuonAdamW(muon_groups, adamw_groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                         muon_lr_scale=cfg.muon_lr_scale, fused=fused)
     kwargs = dict(lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
-    if device.type in ("cuda", "cpu"):
+    if fused:
         try:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, TypeError):
@@ -251,7 +261,7 @@ class Trainer:
         cfg = self.cfg
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: Muon's groups (train/muon.py)
         total = torch.zeros((), device=self.device)
         for m, source in enumerate(self.data.train):
             x, y = source.next_batch()
