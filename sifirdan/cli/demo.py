@@ -246,18 +246,38 @@ def stage_finetune(demo: DemoDir, profile: Profile) -> dict:
     return {**_run_summary(run), "path": str(run)}
 
 
+def _baselines(split) -> dict:
+    """Held-out F1 of the two answers that need no model (chat/baselines.py), on the demo's own split."""
+    from sifirdan.chat.baselines import best_constant_answer, nearest_answers
+    from sifirdan.chat.evaluate import token_f1
+
+    questions = [c[-2]["content"] for c in split.val]
+    refs = [c[-1]["content"] for c in split.val]
+    copied = nearest_answers([c[-2]["content"] for c in split.train], [c[-1]["content"] for c in split.train], questions)
+    constant = best_constant_answer([c[-1]["content"] for c in split.train])
+    return {"f1_copy": sum(map(token_f1, copied, refs)) / len(refs),
+            "f1_constant": sum(token_f1(constant, r) for r in refs) / len(refs)}
+
+
+def _chat_decoding() -> dict:
+    """What `sifirdan chat` samples with by default (temperature, top-p, top-k), seeded so a rerun repeats it."""
+    from sifirdan.chat.session import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+
+    return {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "top_k": DEFAULT_TOP_K, "seed": 0}
+
+
 def stage_answers(demo: DemoDir, profile: Profile) -> dict:
     from sifirdan import checkpoint as ckpt
     from sifirdan.chat import template_of
-    from sifirdan.chat.evaluate import evaluate_answers
-    from sifirdan.chat.evaluate import answer_line
+    from sifirdan.chat.evaluate import answer_line, evaluate_answers
     from sifirdan.cli.display import one_line
     from sifirdan.data.instructions import run_split
     from sifirdan.fileio import atomic_write_text
 
     directory = ckpt.resolve_checkpoint_dir(demo.path / "finetune")
     meta = ckpt.read_config(directory)
-    held_out = run_split(meta["finetune"], meta["train"]["seed"]).val
+    split = run_split(meta["finetune"], meta["train"]["seed"])
+    held_out = split.val
     model, tokenizer = ckpt.load_model(directory)
     print(f"answering the {len(held_out)} held-out questions (greedy, at most {profile.max_new_tokens} new tokens) ...",
           flush=True)
@@ -268,8 +288,11 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
         print(f"\n[{k}] soru:     {one_line(r['instruction'], 200)}")
         print(f"    model:    {one_line(r['answer'], 200)}" + ("" if r["ended"] else "  (did not end)"))
         print(f"    kaynak:   {one_line(r['reference'], 200)}")
+    print("\nand again with `sifirdan chat`'s default sampling ...", flush=True)
+    chat, _ = evaluate_answers(model, tokenizer, template_of(meta), held_out, max_new_tokens=profile.max_new_tokens,
+                               progress=True, sampling=_chat_decoding())
     print(flush=True)
-    return {**summary, "path": str(demo.path / "answers.jsonl")}
+    return {**summary, **_baselines(split), "chat": chat, "path": str(demo.path / "answers.jsonl")}
 
 
 def stage_export(demo: DemoDir, profile: Profile) -> dict:
@@ -339,6 +362,7 @@ def _f(v, fmt: str) -> str:
 def summary_rows(state: dict) -> list[tuple[str, str]]:
     s = state["stages"]
     tok, pre, ft, ans, exp = (s.get(k, {}) for k in STAGES)
+    chat = ans.get("chat") or {}
     rows = [
         ("parameters", _f(pre.get("parameters"), ",")),
         ("tokenizer", f"{tok.get('vocab_size')} ids, {tok.get('chars_per_token_train')} chars/token on train"),
@@ -351,8 +375,13 @@ def summary_rows(state: dict) -> list[tuple[str, str]]:
     rows += [
         ("    PPMd order 8, having read the train split", f"{PPMD_BPC:.3f}"),
         ("fine-tuning", f"{ft.get('steps')} steps; val loss on answers {_f(ft.get('final_val_loss'), '.3f')}"),
-        ("held-out answers", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
-                             f"{_f(ans.get('leak_rate'), '.0%')}, token F1 {_f(ans.get('f1'), '.3f')}"),
+        ("held-out answers, greedy", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
+                                     f"{_f(ans.get('leak_rate'), '.0%')}, looped {_f(ans.get('loop_rate'), '.0%')}, "
+                                     f"token F1 {_f(ans.get('f1'), '.3f')}"),
+        ("  with chat's sampling", f"ended {_f(chat.get('ended_rate'), '.0%')}, leaked {_f(chat.get('leak_rate'), '.0%')}, "
+                                   f"looped {_f(chat.get('loop_rate'), '.0%')}, token F1 {_f(chat.get('f1'), '.3f')}"),
+        ("    copying the nearest training answer", f"token F1 {_f(ans.get('f1_copy'), '.3f')} (no model)"),
+        ("    one constant answer for every question", f"token F1 {_f(ans.get('f1_constant'), '.3f')} (no model)"),
         ("export", "reloaded in transformers, max |logit diff| " + _f(exp.get("logits_max_abs_diff"), ".1e")
          if exp.get("logits_max_abs_diff") is not None else "written (transformers not installed: not reloaded)"),
     ]

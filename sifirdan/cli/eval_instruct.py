@@ -3,9 +3,10 @@
     sifirdan eval-instruct --model runs/ft --data val.jsonl
     sifirdan eval-instruct --model runs/ft --data val.jsonl --json --answers answers.jsonl
 
-Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a special token (leak_rate),
-their mean length in characters and their token F1 against the references (definitions:
-``sifirdan/chat/evaluate.py``). Greedy decoding, so the numbers are reproducible.
+Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a special token (leak_rate), how
+many loop (loop_rate), their mean length in characters and their token F1 against the references (definitions:
+``sifirdan/chat/evaluate.py``). Greedy decoding by default, so the numbers are reproducible; the decoding flags
+(--temperature, --top-p, --top-k, --repetition-penalty, --seed) measure another one, e.g. ``sifirdan chat``'s.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ def register(subparsers) -> None:
         "eval-instruct",
         help="score a fine-tuned model's answers to instruction pairs",
         description=(
-            "Answer every instruction of a data file with a fine-tuned model (greedy) and report ended_rate "
-            "(answers that end with </RESP>), leak_rate (answers holding a special token), the mean answer "
-            "length and token F1 against the reference answers. --json prints them as one line: n, ended_rate, "
-            "leak_rate, mean_answer_chars, f1."
+            "Answer every instruction of a data file with a fine-tuned model (greedy, or with the decoding "
+            "flags) and report ended_rate (answers that end with </RESP>), leak_rate (answers holding a special "
+            "token), loop_rate (answers with fewer than half their words distinct), the mean answer length and "
+            "token F1 against the reference answers. --json prints them as one line: n, ended_rate, leak_rate, "
+            "loop_rate, mean_answer_chars, f1. `--temperature 0.7 --top-p 0.9 --seed 0` measures what "
+            "`sifirdan chat` samples by default."
         ),
     )
     options.add(p, "--model", required=True)
@@ -45,6 +48,12 @@ def register(subparsers) -> None:
     options.add(p, "--skip-bad")
     options.add(p, "--device", default="auto")
     options.add(p, "--threads", default=0)
+    # decoding: greedy unless one is given; `--temperature 0.7 --top-p 0.9 --seed 0` measures chat's default
+    options.add(p, "--temperature", default="0")
+    options.add(p, "--top-p", default="1")
+    options.add(p, "--top-k", default="0")
+    options.add(p, "--repetition-penalty", default="1")
+    options.add(p, "--seed", note="none")
     p.set_defaults(func=cmd_eval_instruct)
 
 
@@ -71,7 +80,7 @@ def cmd_eval_instruct(args) -> int:
 
     summary, records = evaluate_answers(model, tokenizer, template, data.conversations,
                                         max_new_tokens=checked["max_new"], batch_size=checked["batch_size"],
-                                        progress=True, before_batch=before_batch)
+                                        progress=True, before_batch=before_batch, sampling=checked["sampling"])
     answers = checked["answers"]
     if answers is not None:
         from sifirdan.fileio import atomic_write_text
@@ -96,6 +105,7 @@ def _checked_flags(args) -> dict:
         "max_samples": _int(args.max_samples, "max-samples", 1),
         "field_map": parse_field_map(args.field_map),
         "answers": Path(args.answers) if args.answers else None,
+        "sampling": _sampling(args),
     }
     answers = checked["answers"]
     if answers is not None:
@@ -106,6 +116,20 @@ def _checked_flags(args) -> dict:
         check_writable_dir(answers.parent if str(answers.parent) else Path("."), "--answers folder",
                            "choose another --answers path")
     return checked
+
+
+def _sampling(args) -> dict:
+    """The decoding flags as ``evaluate_answers``' sampling settings, checked now (GenerationConfig's rules)."""
+    from sifirdan.cli import options
+    from sifirdan.generate import GenerationConfig
+
+    sampling = {"temperature": options.parse_number(args.temperature, "temperature", float),
+                "top_p": options.parse_number(args.top_p, "top-p", float),
+                "top_k": options.parse_number(args.top_k, "top-k", int),
+                "repetition_penalty": options.parse_number(args.repetition_penalty, "repetition-penalty", float),
+                "seed": options.parse_number(args.seed, "seed", int)}
+    GenerationConfig(**sampling).validate()
+    return sampling
 
 
 def _load(args):
@@ -171,9 +195,11 @@ def _report(args, summary, records, template, max_new: int) -> None:
         finishes[r["finish"]] = finishes.get(r["finish"], 0) + 1
     others = [f"{v} hit the {max_new}-token limit" if k == FINISH_LENGTH else f"{v} stopped at {k}"
               for k, v in sorted(finishes.items()) if k != template.resp_close]
-    print(f"{n} instruction pair(s) from {args.data}, answered greedily (at most {max_new} new tokens)")
+    how = "greedily" if float(args.temperature) == 0 else f"sampling at temperature {args.temperature}, top-p {args.top_p}"
+    print(f"{n} instruction pair(s) from {args.data}, answered {how} (at most {max_new} new tokens)")
     print(f"  ended with {template.resp_close:<10} {summary['ended_rate']:7.1%}" + (f"   ({'; '.join(others)})" if others else ""))
     print(f"  leaked a special token {summary['leak_rate']:7.1%}")
+    print(f"  looped (< half the words distinct) {summary['loop_rate']:6.1%}")
     print(f"  mean answer length    {summary['mean_answer_chars']:8.1f} chars")
     print(f"  token F1              {summary['f1']:8.3f}")
     for k, r in enumerate(records[:N_EXAMPLES], start=1):
