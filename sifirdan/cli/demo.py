@@ -71,7 +71,7 @@ PROFILES = {
     ),
     "default": Profile(
         "default", 4096,
-        dict(train=dict(max_iters=1500, eval_interval=250, log_interval=50)),
+        dict(train=dict(max_iters=2000, eval_interval=250, log_interval=50)),
         {},
         320, "val bits/char near 1.85 (the guide's recipe: 2.26); nearly every held-out answer ends with </RESP> "
         "(30 of 30 when measured), none leaks a special token, token F1 near 0.09", 400,

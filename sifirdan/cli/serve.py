@@ -169,6 +169,17 @@ def _serve_extra():
     return uvicorn
 
 
+def _checked_api_key(args) -> str | None:
+    api_key = args.api_key if args.api_key is not None else os.environ.get("SIFIRDAN_API_KEY") or None
+    if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
+        raise UserError("--api-key must be a non-empty string without spaces")
+    if api_key is not None and not api_key.isascii():
+        # the header arrives as bytes Starlette reads as latin-1: a UTF-8 key would never match
+        raise UserError("--api-key must be ASCII (letters, digits, punctuation): HTTP headers carry no other "
+                        "characters reliably; pick another key")
+    return api_key
+
+
 def cmd_serve(args) -> int:
     uvicorn = _serve_extra()
     from sifirdan.generate.config import MAX_NEW_TOKENS_CAP
@@ -180,13 +191,7 @@ def cmd_serve(args) -> int:
     max_queue = _int(args.max_queue, "max-queue", 1, 1_000_000)
     read_timeout = _seconds(args.read_timeout, "read-timeout")
     threads = args.threads  # 0: the cores other programs leave free, re-decided while serving (the scheduler)
-    api_key = args.api_key if args.api_key is not None else os.environ.get("SIFIRDAN_API_KEY") or None
-    if api_key is not None and (not api_key.strip() or any(c.isspace() for c in api_key)):
-        raise UserError("--api-key must be a non-empty string without spaces")
-    if api_key is not None and not api_key.isascii():
-        # the header arrives as bytes Starlette reads as latin-1: a UTF-8 key would never match
-        raise UserError("--api-key must be ASCII (letters, digits, punctuation): HTTP headers carry no other "
-                        "characters reliably; pick another key")
+    api_key = _checked_api_key(args)
     hosts = allowed_hosts(args.host, args.allowed_host)
     origins = allow_origins(args.allow_origin)
 
