@@ -71,7 +71,7 @@ PROFILES = {
     ),
     "default": Profile(
         "default", 4096,
-        dict(train=dict(max_iters=2000, eval_interval=250, log_interval=50)),
+        dict(train=dict(max_iters=1750, eval_interval=250, log_interval=50)),
         {},
         320, "val bits/char near 1.85 (the guide's recipe: 2.26); nearly every held-out answer ends with </RESP> "
         "(30 of 30 when measured), none leaks a special token, token F1 near 0.09", 400,
@@ -329,7 +329,8 @@ def _check_skipped(stage: str, done: dict) -> bool:
 def reload_check(model_dir: Path, hf_dir: Path) -> float:
     """Our model and the exported one read back by ``transformers``, on the same ids of unseen text: the
     largest absolute difference of their logits: 0 when transformers computes them in our order (a bias-free
-    head), float32 rounding (~1e-5 at logits near 15) when the LM head's bias was folded into GPT-2's head."""
+    head), float32 rounding (~1e-5 at logits near 15) when the LM head's bias was folded into GPT-2's head; a
+    Llama export (the default block) differs by float32 rounding of its other summation order (~1e-6)."""
     import torch
     import transformers
 
