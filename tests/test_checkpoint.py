@@ -13,6 +13,7 @@ from sifirdan import checkpoint as ckpt
 from sifirdan.errors import UserError
 from sifirdan.fileio import sha256_hex
 from sifirdan.model import GPT, GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
 from sifirdan.tokenizer import BPETokenizer
 
 TEXT = "Türk milleti, Ankara'da toplanan Büyük Millet Meclisi ile egemenliğini kazandı.\n" * 20
@@ -160,10 +161,10 @@ def _as_saved_before_lm_head_bias(ck) -> None:
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_checkpoints_from_before_lm_head_bias_load_as_they_were_saved(tmp_path, tok, bias):
-    # then the LM head had a bias exactly when the other layers did
+    # then the LM head had a bias exactly when the other layers did, and every block was the guide's
     torch.manual_seed(0)
     old = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=32, n_head=2, n_layer=2, bias=bias,
-                        lm_head_bias=bias, init="pytorch")).eval()
+                        lm_head_bias=bias, init="pytorch", **GUIDE_BLOCK)).eval()
     ckpt.save_model(tmp_path / "ck", old, tok)
     _as_saved_before_lm_head_bias(tmp_path / "ck")
     assert "lm_head_bias" not in json.loads((tmp_path / "ck" / "config.json").read_text())["model"]

@@ -14,6 +14,7 @@ from sifirdan.cli import main
 from sifirdan.data.instructions import ReadStats, read_records, split_conversations, to_conversations
 from sifirdan.errors import UserError
 from sifirdan.model import GPT, GPTConfig, IGNORE_INDEX
+from sifirdan.model.config import GUIDE_BLOCK
 from sifirdan.model.resize import grow_context, grow_vocab
 from sifirdan.tokenizer import BPETokenizer
 from sifirdan.train.finetune_data import ExampleBatches, example_tensors, tokenize_conversations
@@ -30,9 +31,9 @@ def tok():
     return BPETokenizer.train(TEXT, vocab_size=300)
 
 
-def tiny_gpt(vocab, tie=True, block=32):
+def tiny_gpt(vocab, tie=True, block=32, **kw):
     torch.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_embd=32, n_head=2, n_layer=2, tie_weights=tie)).eval()
+    return GPT(GPTConfig(vocab_size=vocab, block_size=block, n_embd=32, n_head=2, n_layer=2, tie_weights=tie, **kw)).eval()
 
 
 # ------------------------------------------------------------------------------------------------ growing the model
@@ -56,7 +57,8 @@ def test_grow_vocab_keeps_old_rows_and_old_logits(tie):
 
 
 def test_grow_context_keeps_outputs_within_the_old_block():
-    model = tiny_gpt(100, block=16)
+    # the guide's learned position table grows (the default's rotary positions have no table)
+    model = tiny_gpt(100, block=16, **GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
     idx = torch.randint(0, 100, (2, 16))
     before = model(idx)[0].detach()
     old = model.embeddings.position_embedding.weight.detach().clone()

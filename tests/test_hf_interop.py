@@ -19,12 +19,17 @@ from sifirdan.errors import UserError
 from sifirdan.generate import Engine, GenerationConfig
 from sifirdan.interop import export_hf, import_hf, is_export, jinja_chat_template
 from sifirdan.model import GPT, GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
 from sifirdan.tokenizer import BPETokenizer
 
 try:
     import transformers
 except ImportError:  # pragma: no cover - the test extra installs it
     transformers = None
+
+# `export hf` writes the guide's (GPT-2's) block as GPT2LMHeadModel, the default block as Llama
+# (tests/test_llama_export.py): every model here has the guide's block
+GUIDE = dict(GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
 
 needs_transformers = pytest.mark.skipif(
     transformers is None, reason="transformers is not installed (pip install -e '.[test]' installs the pinned version)")
@@ -59,7 +64,7 @@ def tok():
 def _trained(tok, seed=0, steps=40, **overrides) -> GPT:
     """A tiny GPT trained a few steps (so its logits, biases and LayerNorms are far from their init)."""
     torch.manual_seed(seed)
-    cfg = dict(vocab_size=tok.vocab_size, block_size=96, n_embd=32, n_head=4, n_layer=2, init="pytorch")
+    cfg = dict(vocab_size=tok.vocab_size, block_size=96, n_embd=32, n_head=4, n_layer=2, **{**GUIDE, "init": "pytorch"})
     model = GPT(GPTConfig(**{**cfg, **overrides}))
     ids = torch.tensor(tok.encode(TRAIN))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -241,8 +246,9 @@ def test_export_files_say_what_transformers_needs(exported, tok, tmp_path):
 
 
 def test_the_default_and_the_guide_head_export_and_a_head_that_cannot_fold_is_refused(tok, tmp_path):
-    assert GPTConfig().lm_head_bias is True and GPTConfig.from_preset("guide").lm_head_bias is True
-    # the default (every field but the size), trained so that its head bias is no longer the init's zeros
+    assert GPTConfig.from_preset("guide").lm_head_bias is True and GPTConfig().lm_head_bias is False
+    # the guide's block with the head the default had before issue 21 (tied, with a bias), trained so that its
+    # head bias is no longer the init's zeros
     default = _trained(tok, steps=5, init="guide", n_layer=1, n_embd=32, n_head=2, block_size=GPTConfig.block_size)
     assert default.config.lm_head_bias and default.config.tie_weights and default.lm_head.bias.abs().max() > 0
     report = export_hf(ckpt.save_model(tmp_path / "d", default, tok), tmp_path / "d-hf")
@@ -424,7 +430,7 @@ def _gpt2_dir(tmp_path, tok, name="g", **config):
     path = tmp_path / name
     path.mkdir()
     (path / "config.json").write_text(json.dumps(hf))
-    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=8, n_head=2, n_layer=1)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_embd=8, n_head=2, n_layer=1, **GUIDE)
     save_file({k: torch.zeros(s) for k, s in expected_gpt2_shapes(cfg).items()}, path / "model.safetensors")
     tok.save(path / "tokenizer.json")
     return path

@@ -20,6 +20,7 @@ from sifirdan import checkpoint as ckpt
 from sifirdan.fileio import sha256_hex
 from sifirdan.errors import UserError
 from sifirdan.model import GPT, GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
 from sifirdan.tokenizer import BPETokenizer
 
 TEXT = "Türk milleti, Ankara'da toplanan Büyük Millet Meclisi ile egemenliğini kazandı.\n" * 20
@@ -29,7 +30,9 @@ TEXT = "Türk milleti, Ankara'da toplanan Büyük Millet Meclisi ile egemenliği
 def checkpoint_dir(tmp_path_factory):
     tok = BPETokenizer.train(TEXT, vocab_size=300)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_embd=32, n_head=4, n_layer=2, tie_weights=False))
+    # the guide's block: its learned position table is the tensor a forged block_size must not fit
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_embd=32, n_head=4, n_layer=2, tie_weights=False,
+                          **GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide"))
     d = tmp_path_factory.mktemp("ck") / "ck"
     ckpt.save_model(d, model, tok)
     return d

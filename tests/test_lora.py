@@ -24,6 +24,7 @@ from sifirdan.checkpoint import (
 from sifirdan.cli import main
 from sifirdan.errors import UserError
 from sifirdan.model import GPT, GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
 from sifirdan.model.lora import (
     LoRALinear,
     apply_lora,
@@ -38,11 +39,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 needs_kernels = pytest.mark.skipif(kernels.ops._kernels is None, reason="sifirdan.kernels._kernels is not built")
 PATHS = ["torch", pytest.param("kernels", marks=needs_kernels)]
 V = 97
+# the guide's block: the fused C kernel path (``net``) covers it only, and its MLP is fc/proj (a SwiGLU MLP's
+# gate/up/proj adapters: tests/test_model_variants.py)
+GUIDE = dict(GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
 
 
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{**dict(vocab_size=V, block_size=40, n_embd=48, n_head=3, n_layer=2), **kw}))
+    return GPT(GPTConfig(**{**dict(vocab_size=V, block_size=40, n_embd=48, n_head=3, n_layer=2), **GUIDE, **kw}))
 
 
 def per_block_adapters(C: int, r: int, targets=("qkv", "proj", "ffn")) -> int:
