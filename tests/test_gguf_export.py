@@ -407,7 +407,8 @@ def test_chat_completion_stops_at_the_closing_tag(exported, toks):
         max_new_tokens=n_new, temperature=0, stop_token_ids=DEFAULT_TEMPLATE.stop_ids(tokenizer)))
     llm = _llama(paths["f32"])
     eog = {t for t in DEFAULT_TEMPLATE.stop_ids(tokenizer)}
-    assert all(llm._model.token_is_eog(t) for t in eog)  # llama.cpp stops where sifirdan chat stops
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    assert all(llama_cpp.llama_vocab_is_eog(vocab, t) for t in eog)  # llama.cpp stops where sifirdan chat stops
     llm.reset()
     llm.eval(prompt)
     theirs = []
@@ -418,3 +419,48 @@ def test_chat_completion_stops_at_the_closing_tag(exported, toks):
         theirs.append(t)
         llm.eval([t])
     assert theirs == ours.token_ids
+
+
+# ------------------------------------------------------------------------------------------------ the README
+def _readme_blocks():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Run it in llama.cpp / Ollama", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)```", section, re.DOTALL), re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+
+
+# what the test adds to the README's commands so that they take seconds, not minutes (the flags change sizes only)
+FAST = {"pretrain": ["--max-iters", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--block-size", "128",
+                     "--batch-size", "4", "--eval-iters", "1", "--eval-interval", "4", "--sample-interval", "0",
+                     "--checkpoint-interval", "0", "--no-final-eval"],
+        "finetune": ["--max-iters", "3", "--batch-size", "2", "--eval-iters", "1", "--eval-interval", "3",
+                     "--sample-interval", "0", "--checkpoint-interval", "0", "--no-final-eval"],
+        "tokenizer": ["--quiet"]}
+
+
+@pytest.mark.slow
+def test_the_readme_commands_run(tmp_path):
+    import os
+    import shlex
+
+    (bash,), (python,) = _readme_blocks()
+    lines = [line.split("  #")[0].strip() for line in bash.strip().splitlines()]
+    assert lines[0].startswith("pip install") and lines[-1].startswith("ollama create")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]),
+                                                          os.environ.get("PYTHONPATH", "")])}
+    for line in lines[1:-1]:
+        argv = shlex.split(line)
+        assert argv[0] == "sifirdan"
+        r = subprocess.run([sys.executable, "-m", "sifirdan", *argv[1:], *FAST.get(argv[1], [])], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{line}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    assert "ollama create qa -f" in r.stdout  # the export prints the next command
+    model = tmp_path / "gguf" / "qa.gguf"
+    assert gg.is_sifirdan_gguf(model) and (tmp_path / "gguf" / "Modelfile").is_file()
+    assert "splits this model's text differently" not in r.stdout  # trained with llama.cpp's pre-tokenizer
+    ollama = shlex.split(lines[-1].split("&&")[0])
+    assert ollama[:2] == ["ollama", "create"] and (tmp_path / ollama[-1]).is_file()
+    if llama_cpp is not None:
+        r = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
