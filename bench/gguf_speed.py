@@ -3,7 +3,8 @@
     python bench/gguf_speed.py [--threads 1] [--batch 8] [--repeats 3] [--profile] [--no-append]
 
 For the ``guide`` preset (128/4/4, vocab 500) and sifirdan's default model (GPTConfig(): 128/4/4, vocab 4096,
-LM-head bias), random init (speed does not depend on the weights), each exported with `sifirdan export gguf`
+LM-head bias), random init (speed does not depend on the weights; the tokenizer is trained on Nutuk's train
+split for the vocabulary size, since llama.cpp needs merges), each exported with `sifirdan export gguf`
 (f32) and run, in this one process, by:
 
 * sifirdan: ``Engine.generate_ids`` / ``iter_tokens`` (what `sifirdan generate` calls), greedy, the KV cache;
@@ -35,7 +36,7 @@ from bench._common import append_results, machine_info, md_table  # noqa: E402
 from sifirdan import checkpoint as ckpt  # noqa: E402
 from sifirdan.generate import Engine, GenerationConfig  # noqa: E402
 from sifirdan.model import GPT, GPTConfig  # noqa: E402
-from sifirdan.tokenizer import DEFAULT_SPECIAL_TOKENS, BPETokenizer  # noqa: E402
+from sifirdan.tokenizer import BPETokenizer  # noqa: E402
 
 
 def _models():
@@ -55,6 +56,8 @@ class LlamaCpp:
         L.llama_backend_init()
         mp = L.llama_model_default_params()
         self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
         cp = L.llama_context_default_params()
         cp.n_ctx = n_ctx * n_seq
         cp.n_batch = n_ctx * n_seq
@@ -63,6 +66,8 @@ class LlamaCpp:
         cp.n_threads = threads
         cp.n_threads_batch = threads
         self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp could not create a context")
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         self.batch = L.llama_batch_init(n_ctx * n_seq, 0, n_seq)
 
@@ -145,7 +150,9 @@ def main() -> int:
     from sifirdan.interop.gguf import export_gguf
 
     torch.set_num_threads(args.threads)
-    tok = BPETokenizer(special_tokens={name: 256 + i for i, name in enumerate(DEFAULT_SPECIAL_TOKENS)})
+    from sifirdan.data.split import iter_train_texts
+
+    tokenizers = {}  # llama.cpp loads no BPE tokenizer without merges: a real one per vocabulary size
     gen = torch.Generator().manual_seed(0)
     rows, profiles = [], {}
     tmp = Path(tempfile.mkdtemp(prefix="gguf_speed_"))
@@ -156,7 +163,9 @@ def main() -> int:
         if config.lm_head_bias:  # a non-zero head bias, as a trained default model has (the export folds it)
             with torch.no_grad():
                 model.lm_head.bias.normal_(0, 0.5)
-        ck = ckpt.save_model(tmp / f"ck-{name}", model, tok, {})
+        if config.vocab_size not in tokenizers:
+            tokenizers[config.vocab_size] = BPETokenizer.train(iter_train_texts(None), vocab_size=config.vocab_size)
+        ck = ckpt.save_model(tmp / f"ck-{name}", model, tokenizers[config.vocab_size], {})
         (tmp / name).mkdir()
         path = tmp / name / "model.gguf"
         export_gguf(ck, path, "f32", measure_text=[])

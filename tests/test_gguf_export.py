@@ -279,8 +279,18 @@ def test_refusals_are_one_line(toks, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(GPTConfig, "norm", "rmsnorm", raising=False)
     with pytest.raises(UserError, match="norm='rmsnorm', which the GGUF export does not know"):
         gg.architecture_of(model.config)
-    # an earlier export is replaced
+    # a tokenizer with no merges: llama.cpp would not load the file
+    from sifirdan.model import GPT
+    from sifirdan.tokenizer import DEFAULT_SPECIAL_TOKENS
+
     monkeypatch.undo()
+    bare = BPETokenizer(special_tokens={t: 256 + i for i, t in enumerate(DEFAULT_SPECIAL_TOKENS)})
+    ck0 = ckpt.save_model(tmp_path / "bare", GPT(GPTConfig(vocab_size=bare.vocab_size, n_layer=1, n_embd=32, n_head=2)),
+                          bare, {})
+    with pytest.raises(UserError, match="no merges"):
+        gg.export_gguf(ck0, tmp_path / "bare.gguf", measure_text=[])
+    assert not (tmp_path / "bare.gguf").exists()
+    # an earlier export is replaced
     for _ in range(2):
         assert cli.main(["export", "gguf", "--model", str(ck), "--out", str(tmp_path / "m.gguf")]) == 0
     assert gg.is_sifirdan_gguf(tmp_path / "m.gguf")

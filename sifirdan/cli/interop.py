@@ -10,6 +10,7 @@ Both work offline (nothing is downloaded) and never load a pickle; see ``sifirda
 from __future__ import annotations
 
 import json
+import re
 
 
 def register(subparsers) -> None:
@@ -79,7 +80,7 @@ def cmd_export_gguf(args) -> int:
     size = report.path.stat().st_size
     print(f"exported {args.model} -> {report.path} ({report.architecture}, {args.outtype}, {size / 2**20:.1f} MiB) "
           f"and {report.modelfile}")
-    name = report.path.stem.lower().replace(" ", "-") or "sifirdan"
+    name = re.sub(r"[^a-z0-9._-]+", "-", report.path.stem.lower()).strip("-.") or "sifirdan"  # Ollama's name rules
     print(f"run it: llama-cli -m {report.path}   or, with Ollama: ollama create {name} -f {report.modelfile} && "
           f"ollama run {name}")
     return 0

@@ -118,20 +118,18 @@ def gelu_logit_diff(model, ids: list[int]) -> float:
 def gguf_pre(pattern: str) -> tuple[str, bool]:
     """``(tokenizer.ggml.pre, exact)``: the llama.cpp pre-tokenizer to name for ``pattern``, and whether it is
     that very pattern (else the nearest one, whose agreement ``pre_tokenizer_agreement`` measures)."""
-    from sifirdan.tokenizer.pattern import GPT2_PATTERN, LLAMACPP_TURKISH_PATTERN
+    from sifirdan.tokenizer.pattern import LLAMACPP_TURKISH_PATTERN
 
-    if pattern == LLAMACPP_TURKISH_PATTERN:
-        return "ufakzeka", True
-    if pattern == GPT2_PATTERN:  # llama.cpp's "gpt-2" regex is GPT-2's own
-        return "gpt-2", True
-    return "ufakzeka", False
+    # Only the pattern the tests check against llama.cpp's own tokenizer is called exact; any other (sifirdan's
+    # Turkish one, an imported tokenizer's) gets the Turkish "ufakzeka" and the measured agreement.
+    return "ufakzeka", pattern == LLAMACPP_TURKISH_PATTERN
 
 
 def llama_cpp_pattern(pre: str) -> str:
     """The regex llama.cpp applies for ``tokenizer.ggml.pre = pre`` (the ones ``gguf_pre`` names)."""
-    from sifirdan.tokenizer.pattern import GPT2_PATTERN, LLAMACPP_TURKISH_PATTERN
+    from sifirdan.tokenizer.pattern import LLAMACPP_TURKISH_PATTERN
 
-    return {"ufakzeka": LLAMACPP_TURKISH_PATTERN, "gpt-2": GPT2_PATTERN}[pre]
+    return {"ufakzeka": LLAMACPP_TURKISH_PATTERN}[pre]
 
 
 def as_llama_cpp_splits(tokenizer, pre: str):
@@ -421,6 +419,9 @@ def export_gguf(model_dir, out_path, dtype: str = "f32", measure_text: list[str]
         if missing:
             raise UserError(f"{directory}: its chat template needs {', '.join(missing)}, which its tokenizer lacks; "
                             "restore the checkpoint's tokenizer.json")
+    if not tokenizer.merge_list:  # llama.cpp's BPE vocabulary refuses to load without tokenizer.ggml.merges
+        raise UserError(f"{directory}: its tokenizer has no merges (bytes only), and llama.cpp loads no BPE "
+                        "tokenizer without them; train one with `sifirdan tokenizer train`")
     if tokenizer.vocab_size > config.vocab_size:
         raise UserError(f"{directory}: the tokenizer has {tokenizer.vocab_size} ids but the model only "
                         f"{config.vocab_size}; save the model with its own tokenizer")
@@ -450,9 +451,13 @@ def export_gguf(model_dir, out_path, dtype: str = "f32", measure_text: list[str]
                 "as token sequences it saw less often; for identical splits train the tokenizer with "
                 "`sifirdan tokenizer train --pre-tokenizer llama.cpp`")
     probe = tokenizer.encode_ordinary("\n".join(lines[:40]))
-    gelu = gelu_logit_diff(model, probe) if probe else 0.0
-    notes.append(f"GELU: llama.cpp's gpt2 graph uses the tanh approximation through a float16 table, sifirdan the "
-                 f"exact GELU: on Nutuk text that moves logits by up to {gelu:.1e} (the export itself is exact)")
+    gelu = None
+    if probe:
+        gelu = gelu_logit_diff(model, probe)
+        notes.append(f"GELU: llama.cpp's gpt2 graph uses the tanh approximation through a float16 table, sifirdan "
+                     f"the exact GELU: on {len(probe[: config.block_size])} tokens of "
+                     f"{'Nutuk' if measure_text is None else 'the measured'} text that moves logits by up to "
+                     f"{gelu:.1e} (the export itself is exact)")
 
     tensor_notes: set[str] = set()
     out.parent.mkdir(parents=True, exist_ok=True)
