@@ -474,3 +474,24 @@ def test_the_readme_commands_run(tmp_path):
     if llama_cpp is not None:
         r = subprocess.run([sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
+
+
+@needs_llama
+def test_the_default_model_shape_runs_in_llama_cpp(toks, tmp_path):
+    """GPTConfig()'s own shape (128/4/4, block 128, tied, LM-head bias) with its vocabulary larger than the
+    tokenizer's (the rows beyond it are written as unused tokens)."""
+    from sifirdan.model import GPT, GPTConfig
+
+    tok = toks["llama.cpp"]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=512)).eval()
+    with torch.no_grad():
+        model.lm_head.bias.normal_(0, 0.5)
+    ck = ckpt.save_model(tmp_path / "ck", model, tok, {})
+    gg.export_gguf(ck, tmp_path / "d.gguf", measure_text=MEASURE)
+    ids = tok.encode(HELD_IDS_TEXT)[:128]
+    llm = _llama(tmp_path / "d.gguf", n_ctx=128)
+    assert llm.n_vocab() == 512
+    diff = (_llama_logits(llm, ids) - _our_logits(model, ids, llama_gelu=True)).abs().max().item()
+    print(f"\ndefault shape f32: max|diff| {diff:.2e}")
+    assert diff <= 1e-3
