@@ -346,21 +346,26 @@ RECIPES = {
     # the head bias is the default again (export folds it into an untied GPT-2 head, interop/gpt2.py): the
     # defaults against the exportable-as-tied default that was (no head bias, embeddings undecayed)
     "d-no-head-bias": dict(preset=None, vocab=None, model={"lm_head_bias": False}, train={"decay_embeddings": False}),
+    # the tokenizer trained with llama.cpp's Turkish pre-tokenizer ('ufakzeka': digits one by one), with which
+    # llama.cpp splits text exactly as sifirdan does after `sifirdan export gguf` (issue 22): what it costs
+    "d-llamacpp-pre": dict(preset=None, vocab=None, model={}, train={}, pre_tokenizer="llama.cpp"),
     "d-emb-nodecay-lr5e3": dict(preset=None, vocab=None, model={}, train={"decay_embeddings": False, "learning_rate": 5e-3}),
 }
 
 
-def _prepare(data: Path, vocab: int, cache: Path, tokenizers: dict):
+def _prepare(data: Path, vocab: int, cache: Path, tokenizers: dict, pre_tokenizer: str = "turkish"):
     from sifirdan.data import prepare_bins, standard_split
     from sifirdan.tokenizer import BPETokenizer
+    from sifirdan.tokenizer.pattern import PRE_TOKENIZERS
 
-    if vocab not in tokenizers:
+    key = (vocab, pre_tokenizer)
+    if key not in tokenizers:
         t0 = time.perf_counter()
         train_text = standard_split(data)[0]
-        tok = BPETokenizer.train(train_text, vocab_size=vocab)
+        tok = BPETokenizer.train(train_text, vocab_size=vocab, pattern=PRE_TOKENIZERS[pre_tokenizer])
         bins = prepare_bins(data, tok, cache_dir=cache, progress=False)
-        tokenizers[vocab] = (tok, bins, time.perf_counter() - t0)
-    return tokenizers[vocab]
+        tokenizers[key] = (tok, bins, time.perf_counter() - t0)
+    return tokenizers[key]
 
 
 def _full_val(model, bins, block_size: int) -> tuple[float, float]:
@@ -565,7 +570,8 @@ def quality(args) -> None:
     budget = gsec * args.budget_fraction
     for name in recipes:
         recipe = RECIPES[name]
-        _, bins, tok_s = _prepare(data, recipe["vocab"] or _default_vocab(), cache, toks)
+        _, bins, tok_s = _prepare(data, recipe["vocab"] or _default_vocab(), cache, toks,
+                                  recipe.get("pre_tokenizer", "turkish"))
         log(f"{name}: budget {budget:.0f}s (tokenizer {tok_s:.1f}s, not counted)")
         model, sec, steps, planned = _our_recipe(bins, recipe, budget, args.seed, log, args.device, args.steps)
         nats, bpc = _full_val(model, bins, model.config.block_size)
@@ -620,7 +626,8 @@ def _describe(r: dict, device: str = "cpu") -> str:
             f"init {m.init}, dropout {m.dropout:g}, batch {t.batch_size}, {schedule}, "
             f"AdamW {t.beta1:g}/{t.beta2:g} wd {t.weight_decay:g} ({'every parameter' if t.decay_all else 'matrices' if t.decay_embeddings else 'matrices, not embeddings'}), "
             f"clip {t.grad_clip:g}, dtype {dtype}")
-    changed = {**r.get("model", {}), **r.get("train", {})}
+    changed = {**r.get("model", {}), **r.get("train", {}),
+               **({"pre_tokenizer": r["pre_tokenizer"]} if "pre_tokenizer" in r else {})}
     return desc + (f"; set by the recipe: {', '.join(f'{k}={v}' for k, v in changed.items())}" if changed else "")
 
 

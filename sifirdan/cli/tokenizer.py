@@ -29,6 +29,11 @@ def register(subparsers) -> None:
         help="special tokens, given ids after the merges; the flag alone: none (default: <|endoftext|> <PAD> <INST> "
         "</INST> <RESP> </RESP>)",
     )
+    t.add_argument("--pre-tokenizer", choices=("turkish", "llama.cpp"), default="turkish",
+                   help="the regex that cuts text into pieces before BPE: turkish (sifirdan's: apostrophe suffixes "
+                   "and digit groups of three) or llama.cpp (llama.cpp's own Turkish one, 'ufakzeka': digits one "
+                   "by one), with which llama.cpp, Ollama and LM Studio split text exactly as sifirdan does after "
+                   "`sifirdan export gguf` (default: turkish)")
     options.add(t, "--errors", default="strict")
     options.add(t, "--text-field", default="text")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,6 +86,7 @@ def cmd_train(args) -> int:
     from sifirdan.data.corpus import DEFAULT_CORPUS_NAME, default_corpus, iter_texts
     from sifirdan.tokenizer import BPETokenizer
     from sifirdan.tokenizer.bpe import check_train_args
+    from sifirdan.tokenizer.pattern import PRE_TOKENIZERS
 
     check_train_args(args.vocab_size, args.special_tokens)  # before reading any text
     notes.c_extensions([notes.TOKENIZER_CORE])
@@ -99,7 +105,8 @@ def cmd_train(args) -> int:
         source = DEFAULT_CORPUS_NAME
     t0 = time.perf_counter()
     with notes.warnings_as_notes():  # e.g. "stopped at vocab size N": one line, not Python's two
-        tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=args.special_tokens, verbose=not args.quiet)
+        tok = BPETokenizer.train(texts, args.vocab_size, special_tokens=args.special_tokens, verbose=not args.quiet,
+                                 pattern=PRE_TOKENIZERS[args.pre_tokenizer])
     seconds = time.perf_counter() - t0
     path = tok.save(args.out)  # only now, after training succeeded
     st = tok.train_stats

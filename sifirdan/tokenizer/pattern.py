@@ -52,12 +52,22 @@ GPT4_PATTERN = (
 # GPT-2's pattern: what a Hugging Face ByteLevel pre-tokenizer with use_regex=true applies.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+# llama.cpp's "ufakzeka" pre-tokenizer (``tokenizer.ggml.pre = "ufakzeka"``, src/llama-vocab.cpp), the Qwen2
+# pattern without English contractions: a Turkish apostrophe suffix stays one piece ('da, 'nin), as in ours.
+# It differs from ours in two places: digits are cut one by one (``1919`` -> ``1 | 9 | 1 | 9``, ours:
+# ``191 | 9``), and a combining mark is not part of a word. A tokenizer trained with it (`sifirdan tokenizer
+# train --pre-tokenizer llama.cpp`) is split by llama.cpp exactly as by sifirdan; GGUF_PRE names llama.cpp's.
+LLAMACPP_TURKISH_PATTERN = r"""[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+
 DEFAULT_PATTERN = TURKISH_PATTERN
+
+# `--pre-tokenizer NAME` -> pattern
+PRE_TOKENIZERS = {"turkish": TURKISH_PATTERN, "llama.cpp": LLAMACPP_TURKISH_PATTERN}
 
 
 # Patterns known to match every character of every text with no empty match, so that ``findall`` alone
 # already yields HF's Isolated pieces (tests/test_tokenizer_hardening.py checks it against the general path).
-COVERING_PATTERNS = frozenset({TURKISH_PATTERN, GPT4_PATTERN, GPT2_PATTERN})
+COVERING_PATTERNS = frozenset({TURKISH_PATTERN, GPT4_PATTERN, GPT2_PATTERN, LLAMACPP_TURKISH_PATTERN})
 
 
 def make_splitter(pattern: str) -> Callable[[str], list[str]]:
