@@ -118,12 +118,12 @@ def plot(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    curves = json.loads(CURVES.read_text())
+    curves = {k: v for k, v in json.loads(CURVES.read_text()).items() if not k.startswith("_")}
     f1 = json.loads(F1_FILE.read_text()) if F1_FILE.is_file() else None
     fig, axes = plt.subplots(1, 2 if f1 else 1, figsize=(12 if f1 else 7, 4.5))
     ax = axes[0] if f1 else axes
     for name, pts in curves.items():
-        ax.plot([p["seconds"] for p in pts], [p["bpc"] for p in pts], marker="o", ms=3, label=LABELS.get(name, name))
+        ax.plot([p["seconds"] for p in pts], [p["bpc"] for p in pts], marker="o", ms=4, label=LABELS.get(name, name))
     ax.axhline(PPMD_BPC, color="gray", ls="--", label=f"PPMd order 8 ({PPMD_BPC})")
     ax.set_xlabel("training seconds on this 2-core CPU (1 thread each, three runs side by side)")
     ax.set_ylabel("val bits/char (every val token)")

@@ -49,12 +49,12 @@ def test_round_trip_identical_logits(tmp_path, tok, tie):
 def test_run_dir_prefers_best(tmp_path, tok):
     a, b = tiny(tok.vocab_size), tiny(tok.vocab_size)
     with torch.no_grad():
-        b.ln_f.bias.fill_(1.0)
+        b.ln_f.weight.fill_(1.5)
     ckpt.save_model(tmp_path / "run" / "last", a, tok)
     assert ckpt.resolve_checkpoint_dir(tmp_path / "run") == tmp_path / "run" / "last"
     ckpt.save_model(tmp_path / "run" / "best", b, tok)
     model, _ = sifirdan.load_model(tmp_path / "run")
-    assert torch.all(model.ln_f.bias == 1.0)
+    assert torch.all(model.ln_f.weight == 1.5)
 
 
 def test_trainer_state_without_pickle(tmp_path, tok):
@@ -133,12 +133,12 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(ckpt, "open", full_disk, raising=False)
     new = tiny(tok.vocab_size)
     with torch.no_grad():
-        new.ln_f.bias.fill_(5.0)
+        new.ln_f.weight.fill_(5.0)
     with pytest.raises(OSError):
         ckpt.save_model(tmp_path / "run" / "last", new, tok)
     monkeypatch.undo()
     model, _ = sifirdan.load_model(tmp_path / "run")
-    assert torch.equal(model.ln_f.bias, old.ln_f.bias)
+    assert torch.equal(model.ln_f.weight, old.ln_f.weight)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last"]  # no temporary leftovers
 
 

@@ -57,7 +57,9 @@ def tok():
 def tiny_model(tok, winner: int | None = None, seed: int = 0, **kw) -> GPT:
     """A random GPT; with ``winner``, its LM head bias makes that id the argmax at every step."""
     torch.manual_seed(seed)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2, lm_head_bias=True, **kw))
+    # init="guide": random residual projections (the default zero_out would make every answer the same)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_embd=32, n_head=2, n_layer=2, lm_head_bias=True,
+                          **{"init": "guide", **kw}))
     if winner is not None:
         with torch.no_grad():
             model.lm_head.bias.zero_()
@@ -122,7 +124,7 @@ def test_resp_close_wins_every_answer_ends(tok):
     model = tiny_model(tok, tok.special_tokens["</RESP>"]).train()
     summary, records = evaluate(tok, model, max_new_tokens=8)
     assert model.training  # a trainer calling this mid-run gets its model back as it was
-    assert summary == {"n": 5, "ended_rate": 1.0, "leak_rate": 0.0, "mean_answer_chars": 0.0, "f1": 0.0}
+    assert summary == {"n": 5, "ended_rate": 1.0, "leak_rate": 0.0, "loop_rate": 0.0, "mean_answer_chars": 0.0, "f1": 0.0}
     assert tuple(summary) == SUMMARY_KEYS
     assert all(r["ended"] and r["answer"] == "" and r["finish"] == "</RESP>" and r["answer_tokens"] == 0 for r in records)
     assert [r["reference"] for r in records] == ["Ankara", "Mustafa Kemal", "İstanbul", "Bir cevap metni.", "Ankara'dır."]

@@ -29,9 +29,11 @@ Two things llama.cpp does its own way, both measured on every export and reporte
   our logits equal llama.cpp's to 1e-3).
 
 Architectures: ``ARCHITECTURES`` maps a llama.cpp architecture name to its writer; ``architecture_of`` picks
-one for a model config, and refuses, in one line, a model whose config has a field this module does not know
-(a block llama.cpp's ``gpt2`` cannot compute). A ``llama`` writer (RoPE, RMSNorm, gated MLP, no biases) is one
-more function there once GPTConfig can describe such a block.
+one for a model config: ``gpt2`` for the guide's block, ``llama`` for the default block (RoPE, RMSNorm, SwiGLU,
+no biases: the Hugging Face Llama export's tensors, ``interop/llama.py``, with W_Q and W_K rows permuted to the
+rotary pairing llama.cpp's graph uses). The llama graph computes SiLU exactly, so the GELU caveat above is the
+gpt2 architecture's alone. What neither can compute (a QK-norm, a logit cap, an LM-head bias beside RMSNorm) is
+refused in one line.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ Q8_BLOCK = 32  # a q8_0 row is stored in blocks of 32 values
 # architecture_of. attention / init / dropout change how a model is computed or trained, not what it computes.
 GPT2_FIELDS = frozenset({"vocab_size", "block_size", "n_embd", "n_head", "n_layer", "dropout", "bias", "lm_head_bias",
                          "attention", "tie_weights", "init"})
+GPT2_BLOCK = {"position": "learned", "norm": "layernorm", "mlp": "gelu", "qk_norm": False, "logit_softcap": 0.0}
 
 
 @dataclass
@@ -228,13 +231,20 @@ def add_tokenizer(writer, tokenizer, template, pre: str, vocab_size: int) -> lis
 # ------------------------------------------------------------------------------------------------ architectures
 def architecture_of(config) -> str:
     """The llama.cpp architecture that computes ``GPT(config)``, or a UserError naming what none can."""
-    unknown = sorted(set(config.to_dict()) - GPT2_FIELDS)
-    if unknown:
-        name = unknown[0]
-        raise UserError(f"its model config has {name}={getattr(config, name)!r}, which the GGUF export does not know how "
-                       "to write for llama.cpp (it writes the gpt2 block: learned positions, LayerNorm, GELU); export "
-                        "it with `sifirdan export hf`, or teach sifirdan/interop/gguf.py that block")
-    return "gpt2"
+    from sifirdan.interop import llama
+
+    if llama.is_llama_block(config):
+        return "llama"
+    if config.gpt2_block:
+        return "gpt2"
+    # name the fields that differ from the nearer of the two blocks llama.cpp has
+    llama_block = {"position": "rope", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False, "logit_softcap": 0.0}
+    near = llama_block if config.position == "rope" else GPT2_BLOCK
+    off = [k for k, v in near.items() if getattr(config, k) != v]
+    name = ", ".join(f"{k}={getattr(config, k)!r}" for k in off)
+    raise UserError(f"its model config has {name}: llama.cpp's gpt2 architecture computes the "
+                    "guide's block (learned positions, LayerNorm, GELU) and its llama architecture the default one "
+                    "(RoPE, RMSNorm, SwiGLU); train with one of them, or export with `sifirdan export hf`")
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -293,7 +303,56 @@ def write_gpt2(writer, model, dtype: str, notes: set[str]) -> None:
         _add_weight(writer, name, _to_numpy(writer_tensor), dtype, notes)
 
 
-ARCHITECTURES = {"gpt2": write_gpt2}
+def _permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Rows of W_Q / W_K from the half-split rotary layout (channel i pairs with i + d/2, as model/rope.py and
+    Hugging Face's Llama rotate) to the interleaved one (channel 2i pairs with 2i + 1) that llama.cpp's ``llama``
+    graph rotates (its rope type NORM): within each head, row i -> 2i and row i + d/2 -> 2i + 1."""
+    out_features, n_in = w.shape
+    d = out_features // n_head
+    return w.reshape(n_head, 2, d // 2, n_in).transpose(1, 2).reshape(out_features, n_in)
+
+
+def write_llama(writer, model, dtype: str, notes: set[str]) -> None:
+    """llama.cpp's ``llama`` architecture (RoPE, RMSNorm, SwiGLU, no biases): hyperparameters and tensors
+    (llama.llama_tensors, Hugging Face's Llama names, turned into llama.cpp's; W_Q and W_K rows permuted to
+    the rotary pairing llama.cpp uses)."""
+    import gguf
+
+    from sifirdan.interop import llama
+
+    config = model.config
+    tensors = llama.llama_tensors(model)
+    writer.add_context_length(config.block_size)
+    writer.add_embedding_length(config.n_embd)
+    writer.add_feed_forward_length(tensors["model.layers.0.mlp.gate_proj.weight"].shape[0])
+    writer.add_block_count(config.n_layer)
+    writer.add_head_count(config.n_head)
+    writer.add_head_count_kv(config.n_head)
+    writer.add_layer_norm_rms_eps(llama.RMS_NORM_EPS)
+    writer.add_rope_freq_base(float(config.rope_theta))
+    writer.add_rope_dimension_count(config.head_size)
+    writer.add_vocab_size(config.vocab_size)
+
+    names = gguf.TENSOR_NAMES
+    T = gguf.MODEL_TENSOR
+    top = {"model.embed_tokens.weight": names[T.TOKEN_EMBD], "model.norm.weight": names[T.OUTPUT_NORM],
+           "lm_head.weight": names[T.OUTPUT]}
+    block = {"input_layernorm": T.ATTN_NORM, "self_attn.q_proj": T.ATTN_Q, "self_attn.k_proj": T.ATTN_K,
+             "self_attn.v_proj": T.ATTN_V, "self_attn.o_proj": T.ATTN_OUT, "post_attention_layernorm": T.FFN_NORM,
+             "mlp.gate_proj": T.FFN_GATE, "mlp.up_proj": T.FFN_UP, "mlp.down_proj": T.FFN_DOWN}
+    for theirs, t in tensors.items():
+        if theirs.endswith((".q_proj.weight", ".k_proj.weight")):
+            t = _permute_rope(t, config.n_head)
+        stem = theirs[: -len(".weight")]
+        if stem + ".weight" in top:
+            name = top[stem + ".weight"]
+        else:  # model.layers.{i}.{module}
+            _, _, i, module = stem.split(".", 3)
+            name = names[block[module]].format(bid=int(i))
+        _add_weight(writer, name + ".weight", _to_numpy(t), dtype, notes)
+
+
+ARCHITECTURES = {"gpt2": write_gpt2, "llama": write_llama}
 FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
 
 
@@ -409,9 +468,14 @@ def export_gguf(model_dir, out_path, dtype: str = "f32", measure_text: list[str]
     model.eval()
     config = model.config
     arch = architecture_of(config)
-    folded = gpt2.has_head_bias(model)
+    folded = arch == "gpt2" and gpt2.has_head_bias(model)
     fold = gpt2.fold_error(model) if folded else None
-    problem = gpt2.export_problem(model, fold)
+    if arch == "gpt2":
+        problem = gpt2.export_problem(model, fold)
+    else:
+        from sifirdan.interop import llama
+
+        problem = llama.export_problem(model)
     if problem:
         raise UserError(f"cannot export {directory} for llama.cpp: {problem}")
     if template is not None:
@@ -452,7 +516,7 @@ def export_gguf(model_dir, out_path, dtype: str = "f32", measure_text: list[str]
                 "`sifirdan tokenizer train --pre-tokenizer llama.cpp`")
     probe = tokenizer.encode_ordinary("\n".join(lines[:40]))
     gelu = None
-    if probe:
+    if probe and arch == "gpt2":
         gelu = gelu_logit_diff(model, probe)
         notes.append(f"GELU: llama.cpp's gpt2 graph uses the tanh approximation through a float16 table, sifirdan "
                      f"the exact GELU: on {len(probe[: config.block_size])} tokens of "

@@ -269,7 +269,8 @@ def sifirdan_config(hf: dict, record: dict | None = None) -> tuple[GPTConfig, bo
     sifirdan model config an export wrote beside it; its ``RECORD_FIELDS`` are taken when it describes this very
     shape and is a valid config (the caller still checks that ``bias=False`` finds only zero biases)."""
     fields = shape_fields(hf)
-    plain = GPTConfig.from_dict({**fields, "bias": True, "lm_head_bias": False, "dropout": 0.0})
+    # GPT-2's block, whatever GPTConfig's defaults are: learned positions, LayerNorm, GELU, biases
+    plain = GPTConfig.from_dict({**fields, **GUIDE_BLOCK, "bias": True, "lm_head_bias": False, "dropout": 0.0, "init": "guide"})
     if not isinstance(record, dict) or any(record.get(k) != v for k, v in fields.items()):
         return plain, False
     try:

@@ -27,17 +27,18 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embeddings need an even head_size, got {head_size}")
         self.head_size = head_size
         self.theta = float(theta)
-        # inverse frequencies theta^(-2i/d), i = 0 .. d/2-1: computed in float64, stored float32 (not saved:
-        # they follow from the config, so checkpoints carry no rotary tensors)
-        inv_freq = self.theta ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        # inverse frequencies theta^(-2i/d), i = 0 .. d/2-1, in float64; the cos/sin tables built from them are
+        # plain attributes, not buffers: they follow from the config, so checkpoints carry no rotary tensors and
+        # the model holds no buffer that grows with block_size
+        # (on the CPU even inside ``with torch.device("meta")``, where checkpoints compute shapes without memory)
+        self.inv_freq = self.theta ** (-torch.arange(0, head_size, 2, dtype=torch.float64, device="cpu") / head_size)
         self._cos = self._sin = None
         self._cached_len = 0
         self._build(block_size)
 
     def _build(self, length: int) -> None:
-        t = torch.arange(length, dtype=torch.float64)
-        freqs = torch.outer(t, self.inv_freq.double())  # (length, head_size/2)
+        t = torch.arange(length, dtype=torch.float64, device="cpu")
+        freqs = torch.outer(t, self.inv_freq)  # (length, head_size/2)
         self._cos = freqs.cos().float()
         self._sin = freqs.sin().float()
         self._cached_len = length
