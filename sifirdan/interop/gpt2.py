@@ -46,6 +46,7 @@ import torch
 from sifirdan.configs import is_int
 from sifirdan.errors import UserError
 from sifirdan.model import GPTConfig
+from sifirdan.model.config import GUIDE_BLOCK
 
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, which every LayerNorm in sifirdan's model uses
 
