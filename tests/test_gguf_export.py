@@ -85,6 +85,17 @@ def _llama_logits(llm, ids):
     return torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
 
 
+def _llama_greedy(llm, prompt, n):
+    """n greedy tokens after ``prompt``, llama.cpp's own argmax one token at a time."""
+    llm.reset()
+    llm.eval(prompt)
+    out = []
+    for _ in range(n):
+        out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([out[-1]])
+    return out
+
+
 def _our_logits(model, ids, llama_gelu=False):
     with torch.no_grad():
         if llama_gelu:
@@ -347,14 +358,7 @@ def test_64_greedy_tokens_are_equal(exported, toks, kind):
     prompt = tokenizer.encode("Türk milleti Ankara'da")
     ours = Engine(model, tokenizer).generate_ids(prompt, GenerationConfig(max_new_tokens=64, temperature=0,
                                                                           stop_token_ids=()))
-    llm = _llama(paths["f32"])
-    llm.reset()
-    llm.eval(prompt)
-    theirs = []
-    for _ in range(64):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        theirs.append(t)
-        llm.eval([t])
+    theirs = _llama_greedy(_llama(paths["f32"]), prompt, 64)
     assert len(ours.token_ids) == 64 and theirs == ours.token_ids
 
 
@@ -502,14 +506,7 @@ def test_the_default_block_runs_in_llama_cpp_as_llama(toks, tmp_path):
     assert diff <= 1e-3
     prompt = tok.encode("Türk milleti Ankara'da")
     ours = Engine(model, tok).generate_ids(prompt, GenerationConfig(max_new_tokens=64, temperature=0, stop_token_ids=()))
-    llm.reset()
-    llm.eval(prompt)
-    theirs = []
-    for _ in range(64):
-        t = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        theirs.append(t)
-        llm.eval([t])
-    assert theirs == ours.token_ids
+    assert _llama_greedy(llm, prompt, 64) == ours.token_ids
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     eos, bos = llm.token_eos(), llm.token_bos()

@@ -194,10 +194,15 @@ def gpt2_config(config: GPTConfig, *, bos_id: int | None, eos_id: int | None, pa
         "use_cache": True,
         "torch_dtype": dtype,
     }
+    return with_token_ids(out, bos_id, eos_id, pad_id)
+
+
+def with_token_ids(config: dict, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
+    """A transformers ``config.json`` with the bos / eos / pad ids that are set (GPT-2's and Llama's alike)."""
     for key, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
         if value is not None:
-            out[key] = value
-    return out
+            config[key] = value
+    return config
 
 
 def gpt2_tensors(model) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from sifirdan.interop.gpt2 import with_token_ids
+
 RMS_NORM_EPS = 1e-5  # model/norms.py: RMSNorm's default, which every RMSNorm of the model uses
 
 
@@ -78,10 +80,7 @@ def llama_config(config, *, bos_id, eos_id, pad_id, dtype: str, intermediate_siz
         "use_cache": True,
         "torch_dtype": dtype,
     }
-    for key, value in (("bos_token_id", bos_id), ("eos_token_id", eos_id), ("pad_token_id", pad_id)):
-        if value is not None:
-            out[key] = value
-    return out
+    return with_token_ids(out, bos_id, eos_id, pad_id)
 
 
 def llama_tensors(model) -> dict[str, torch.Tensor]:
