@@ -13,6 +13,17 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SIFIRDAN_CACHE", str(tmp_path_factory.getbasetemp() / "sifirdan-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _denormals_back_on():
+    """The trainer turns on flush-to-zero for denormal floats (TrainConfig.flush_denormal), a processor flag
+    that outlives the test: later tests (hypothesis's subnormal floats, sampling at 1e-320) would see it. Every
+    test starts from the process default."""
+    yield
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture
 def nutuk_path(tmp_path_factory) -> Path:
     """Nutuk as a file: the copy bundled with sifirdan (tests/test_catalog.py holds it equal to the guide's)."""

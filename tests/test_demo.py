@@ -151,7 +151,8 @@ def test_fresh_starts_over_and_reruns_reuse(tmp_path, monkeypatch, capsys):
         def run(demo, profile):
             calls.append(stage)
             (demo.path / f"{stage}.out").write_text("x")
-            return {"path": str(demo.path / f"{stage}.out")}
+            checked = {"logits_max_abs_diff": 0.0} if stage == "export" else {}  # the export's reload check ran
+            return {"path": str(demo.path / f"{stage}.out"), **checked}
         return run
 
     monkeypatch.setattr(demo_cli, "STAGE_FUNCS", {s: fake(s) for s in demo_cli.STAGES})
@@ -164,4 +165,25 @@ def test_fresh_starts_over_and_reruns_reuse(tmp_path, monkeypatch, capsys):
     (out / "pretrain" / "run.json").write_text("{}")
     assert main(["demo", "--tiny", "--out", str(out), "--fresh"]) == 0
     assert calls == 2 * list(demo_cli.STAGES) and not (out / "pretrain").exists()
+    capsys.readouterr()
+
+
+def test_a_rerun_runs_an_export_check_skipped_before_transformers_was_installed(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fake(stage):
+        def run(demo, profile):
+            calls.append(stage)
+            return {"path": str(demo.path)}  # no logits_max_abs_diff: the reload check was skipped
+        return run
+
+    monkeypatch.setattr(demo_cli, "STAGE_FUNCS", {s: fake(s) for s in demo_cli.STAGES})
+    monkeypatch.setattr(demo_cli, "has_transformers", lambda: False)
+    out = tmp_path / "d"
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert calls == list(demo_cli.STAGES)  # still no transformers: nothing ran again
+    monkeypatch.setattr(demo_cli, "has_transformers", lambda: True)
+    assert main(["demo", "--tiny", "--out", str(out)]) == 0
+    assert calls == list(demo_cli.STAGES) + ["export"]  # transformers now there: the skipped check runs
     capsys.readouterr()
