@@ -3,7 +3,6 @@ what sifirdan computes (logits within 1e-4 on unseen text, greedy tokens equal, 
 render_prompt's); `import hf` of it and export of what Llama cannot compute are refused in one line."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -23,25 +22,8 @@ except ImportError:  # pragma: no cover - the test extra installs it
 
 needs_transformers = pytest.mark.skipif(transformers is None, reason="transformers is not installed")
 
-WORDS = ("Türk milleti Ankara'da toplanan Büyük Millet Meclisi ile egemenliğini kazandı ; istiklal cumhuriyet "
-         "ordu halk vatan için çok büyük bir gün 1919'da Samsun'a çıktı . İzmir ılık ışık ğ ü ş ö ç").split()
-
-
-def _text(seed: int, lines: int) -> str:
-    rng = random.Random(seed)
-    return "".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 14))) + rng.choice([".\n", "!\n", "?\n\n"])
-                   for _ in range(lines))
-
-
-TRAIN = _text(0, 600)
-HELD_OUT = "Türkiye'nin başkenti Ankara'dır; 23 Nisan 1920'de Meclis açıldı.\nİstiklal Marşı: \"Korkma!\" ışığı ÇĞİÖŞÜ\t" + _text(99, 20)
-SYSTEM = {"role": "system", "content": "Sen Türkçe konuşan, kısa cevap veren bir yardımcısın."}
-CONVERSATIONS = [
-    [{"role": "user", "content": "Ankara'nın başkent oluşu ne zaman?"}],
-    [SYSTEM, {"role": "user", "content": "Merhaba!"}],
-    [SYSTEM, {"role": "user", "content": "Meclis ne zaman açıldı?"}, {"role": "assistant", "content": "23 Nisan 1920'de."},
-     {"role": "user", "content": "Peki İzmir ne zaman kurtuldu?\nKısaca söyle."}],
-]
+# the same training text, held-out text and conversations as the GPT-2 export's tests
+from test_hf_interop import CONVERSATIONS, HELD_OUT, TRAIN  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +110,7 @@ def test_llama_greedy_generation_is_the_same_token_for_token(exported, tok, tied
 
 
 @needs_transformers
-@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["user", "system", "multi-turn"])
+@pytest.mark.parametrize("conversation", CONVERSATIONS, ids=["user", "system", "multi-turn", "empty-user"])
 def test_llama_export_chat_template_gives_the_ids_of_render_prompt(exported, tok, conversation):
     hf_tok = transformers.AutoTokenizer.from_pretrained(exported[True][1], local_files_only=True)
     want = DEFAULT_TEMPLATE.render_prompt(conversation, tok)
