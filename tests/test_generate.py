@@ -363,3 +363,57 @@ def test_repetition_penalty_outside_its_finite_range_is_refused(value):
     logits = torch.tensor([[30.0, -30.0, 0.5]])
     for penalty in (1e-3, 1e3):
         assert apply_repetition_penalty(logits, torch.tensor([[True, True, False]]), penalty).isfinite().all()
+
+
+# ------------------------------------------------------------------------------------------ no-repeat n-grams (issue 21)
+def _ngrams(ids, n):
+    return [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+
+
+def test_ngram_ban_table():
+    from sifirdan.generate.sampling import NgramBan
+
+    ban = NgramBan(3)
+    for t in (5, 6, 7, 5, 6):
+        ban.push(t)
+    assert ban.banned() == [7]  # "5 6" was followed by 7 once: 5 6 7 may not come again
+    ban.push(8)
+    assert ban.banned() == []  # "6 8" is new
+    one = NgramBan(1)
+    for t in (3, 1, 3):
+        one.push(t)
+    assert one.banned() == [1, 3]  # n = 1: no token twice
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_repeat_ngram_on_every_sampler_path(tok, trained, n):
+    """No n-gram twice in the generated tokens, greedy and sampled, on the Engine's batch Sampler and on
+    continuous batching's sample_rows, and the two paths give the same tokens. The prompt does not count."""
+    from sifirdan.generate.continuous import ContinuousBatcher, Row
+
+    engine = Engine(trained, tok)
+    prompt = "Türkiye Türkiye Türkiye"
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=60, **GREEDY)).token_ids
+    assert len(set(_ngrams(plain, 1))) < 60  # without the ban, tokens repeat
+    for extra in (GREEDY, dict(temperature=1.0, seed=3, stop_token_ids=())):
+        cfg = GenerationConfig(max_new_tokens=60, no_repeat_ngram_size=n, **extra)
+        ids = engine.generate(prompt, cfg).token_ids
+        assert len(ids) == 60 and len(set(_ngrams(ids, n))) == len(_ngrams(ids, n)), (n, ids)
+        if extra is GREEDY and len(set(_ngrams(plain, n))) < len(_ngrams(plain, n)):
+            assert ids != plain
+        batch = engine.generate([prompt, "Ankara"], cfg)
+        assert batch[0].token_ids == ids
+        batcher = ContinuousBatcher(engine, max_batch=3)
+        rows = [Row(tok.encode(prompt), cfg), Row(tok.encode("Ankara"), GenerationConfig(max_new_tokens=30, **GREEDY))]
+        for r in rows:
+            batcher.add(r)
+        while batcher.busy:
+            batcher.step()
+        assert rows[0].result().token_ids == ids
+
+
+@pytest.mark.parametrize("value", [-1, 65, 2.5, True, "3"])
+def test_no_repeat_ngram_size_is_checked(value):
+    with pytest.raises(UserError, match="no_repeat_ngram_size must be an integer from 0") as e:
+        GenerationConfig(no_repeat_ngram_size=value).validate()
+    assert "\n" not in str(e.value)

@@ -211,7 +211,8 @@ def test_batcher_rows_join_and_leave_and_match_engine_alone(tok):
     prompts = [tok.encode(TEXT[rng.randrange(200):][: rng.randrange(1, 60)]) or [0] for _ in range(16)]
     cfgs = [GenerationConfig(max_new_tokens=rng.randrange(5, 70), temperature=rng.choice([0, 0.8, 1.2]),
                              top_k=rng.choice([0, 5]), top_p=rng.choice([1.0, 0.9]),
-                             repetition_penalty=rng.choice([1.0, 1.3]), seed=i, stop_token_ids=(),
+                             repetition_penalty=rng.choice([1.0, 1.3]), no_repeat_ngram_size=rng.choice([0, 0, 3]),
+                             seed=i, stop_token_ids=(),
                              stop=rng.choice([(), ("a",)])) for i in range(16)]
     alone = [engine.generate_ids(p, c) for p, c in zip(prompts, cfgs)]
     batcher = ContinuousBatcher(engine, max_batch=6)
@@ -446,6 +447,8 @@ def test_bad_chat_fields_are_400_naming_the_field(chat_server, body, param):
     ({}, "prompt"), ({"prompt": 5}, "prompt"), ({"prompt": []}, "prompt"), ({"prompt": [1, "a"]}, "prompt"),
     ({"prompt": [[1, 2], []]}, "prompt"), ({"prompt": [10**9]}, None), ({"prompt": "x", "top_k": -2}, "top_k"),
     ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"), ({"prompt": "x", "ignore_eos": "no"}, "ignore_eos"),
+    ({"prompt": "x", "no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+    ({"prompt": "x", "no_repeat_ngram_size": 65}, "no_repeat_ngram_size"),
 ])
 def test_bad_completion_fields_are_400(chat_server, body, param):
     url, _ = chat_server

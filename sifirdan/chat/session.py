@@ -39,11 +39,12 @@ DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.9
 DEFAULT_TOP_K = 0
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_NO_REPEAT_NGRAM = 0  # chosen by the held-out measurement (bench/RESULTS.md, issue 21)
 
 
 def default_config() -> GenerationConfig:
     return GenerationConfig(max_new_tokens=DEFAULT_MAX_TOKENS, temperature=DEFAULT_TEMPERATURE,
-                            top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K)
+                            top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K, no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ SETTINGS = {
     "/top-p": _Setting("top_p", float, "a number in (0, 1] (1 = off)"),
     "/top-k": _Setting("top_k", int, "an integer >= 0 (0 = off)"),
     "/max-tokens": _Setting("max_new_tokens", int, "an integer from 1 to 32768"),
+    "/no-repeat-ngram": _Setting("no_repeat_ngram_size", int, "an integer from 0 (off) to 64"),
 }
 EXIT_COMMANDS = ("/exit", "/quit")
 
@@ -68,6 +70,7 @@ HELP = """\
 /top-p P          sample only from the most likely tokens that together reach probability P (1 = off)
 /top-k K          sample only from the K most likely tokens (0 = off)
 /max-tokens N     longest reply, in tokens
+/no-repeat-ngram N  never repeat the same N tokens within a reply (0 = off)
 /exit             quit (also /quit, Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C while the model writes stops the reply; what it wrote so far stays in the conversation as its answer.
 Start a message with // to send text that begins with /."""

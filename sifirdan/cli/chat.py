@@ -16,7 +16,7 @@ FINETUNE_HINT = "sifirdan finetune --model DIR --data FILE --out RUN"
 
 
 def register(subparsers) -> None:
-    from sifirdan.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+    from sifirdan.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TOP_K, DEFAULT_TOP_P
     from sifirdan.cli import options
 
     p = subparsers.add_parser(
@@ -43,6 +43,7 @@ def register(subparsers) -> None:
                 default=str(DEFAULT_MAX_TOKENS), note=f"{DEFAULT_MAX_TOKENS}; room for a reply this long, up to half "
                 "the context, is kept free when fitting the conversation")
     options.add(p, "--repetition-penalty", default="1.0")
+    options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
     options.add(p, "--seed", note="random; reply k uses SEED + k, so the same messages give the same chat")
     options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_chat)
@@ -58,6 +59,7 @@ def cmd_chat(args) -> int:
         top_k=parse_number(args.top_k, "top-k", int),
         top_p=parse_number(args.top_p, "top-p", float),
         repetition_penalty=parse_number(args.repetition_penalty, "repetition-penalty", float),
+        no_repeat_ngram_size=parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
         seed=parse_number(args.seed, "seed", int),
     ).validate()  # before loading the model: a bad flag fails fast
     if args.prompt is not None and not args.prompt.strip():

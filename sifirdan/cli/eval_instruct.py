@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     options.add(p, "--top-p", default="1")
     options.add(p, "--top-k", default="0")
     options.add(p, "--repetition-penalty", default="1")
+    options.add(p, "--no-repeat-ngram", default="0")
     options.add(p, "--seed", note="none")
     p.set_defaults(func=cmd_eval_instruct)
 
@@ -127,6 +128,7 @@ def _sampling(args) -> dict:
                 "top_p": options.parse_number(args.top_p, "top-p", float),
                 "top_k": options.parse_number(args.top_k, "top-k", int),
                 "repetition_penalty": options.parse_number(args.repetition_penalty, "repetition-penalty", float),
+                "no_repeat_ngram_size": options.parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
                 "seed": options.parse_number(args.seed, "seed", int)}
     GenerationConfig(**sampling).validate()
     return sampling

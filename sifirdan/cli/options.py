@@ -138,6 +138,8 @@ def _data_flags(encoding_errors) -> dict[str, dict]:
                         "0 < P <= 1; 1 = off"),
         "--repetition-penalty": dict(metavar="R", help="> 1 makes tokens already in the text less likely; 1 = off; "
                                      "0.001 to 1000"),
+        "--no-repeat-ngram": dict(metavar="N", dest="no_repeat_ngram", help="never generate the same N tokens twice in "
+                                  "one answer (the prompt does not count); 0 = off"),
     }
 
 

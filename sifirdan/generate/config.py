@@ -26,6 +26,7 @@ MAX_SEED = 2**63 - 1 - 1024  # torch.Generator.manual_seed takes 64-bit seeds, a
 # it stays finite. top_p needs no floor: the most likely token is always kept (see sampling.top_p_filter).
 MIN_TEMPERATURE = 1e-4
 MAX_REPETITION_PENALTY = 1e3
+MAX_NO_REPEAT_NGRAM = 64  # an n-gram ban longer than this bans nothing a loop would repeat soon enough to matter
 
 
 @dataclass
@@ -35,6 +36,7 @@ class GenerationConfig:
     top_k: int = 0  # keep only the k most likely tokens; 0 = off
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
     repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
+    no_repeat_ngram_size: int = 0  # n > 0: never generate the same n tokens twice in one answer (sampling.NgramBan); 0 = off
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
     stop_token_ids: tuple[int, ...] | None = None  # None = <|endoftext|> if the tokenizer has it; () = none
@@ -64,6 +66,10 @@ class GenerationConfig:
         if not is_number(r) or not lo <= r <= hi:
             raise UserError(f"repetition_penalty must be a number from {lo:g} to {hi:g} (1 = off), got {r!r}; "
                             "pass e.g. --repetition-penalty 1.2")
+        n = self.no_repeat_ngram_size
+        if not is_int(n) or not 0 <= n <= MAX_NO_REPEAT_NGRAM:
+            raise UserError(f"no_repeat_ngram_size must be an integer from 0 (off) to {MAX_NO_REPEAT_NGRAM}, got {n!r}; "
+                            "pass e.g. --no-repeat-ngram 4")
         if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             # row i of a batch uses seed + i: room is left for the rows
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")

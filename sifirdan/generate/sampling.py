@@ -1,4 +1,4 @@
-"""From logits to the next token: repetition penalty -> temperature -> top-k -> top-p -> sample.
+"""From logits to the next token: repetition penalty -> n-gram ban -> temperature -> top-k -> top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -21,6 +21,41 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     """
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+class NgramBan:
+    """``no_repeat_ngram_size`` for one row: a token that would complete an n-gram the answer already holds
+    gets probability 0 (as transformers' ``no_repeat_ngram_size``, but over the generated tokens only: an answer
+    may restate its question's words, and the prompt's template tokens are not the answer's).
+
+    Keeps a table (n-1 previous tokens) -> tokens that followed them, updated one token at a time, so a step
+    costs O(1) whatever the answer's length. Greedy decoding with it still takes the most likely token that is
+    allowed; a small model's loops ("milli hareketin milli hareketin ...") cannot start.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self.tokens: list[int] = []
+        self.followers: dict[tuple[int, ...], set[int]] = {}
+
+    def push(self, token: int) -> None:
+        self.tokens.append(token)
+        if len(self.tokens) >= self.n:
+            key = tuple(self.tokens[-self.n : -1])
+            self.followers.setdefault(key, set()).add(token)
+
+    def banned(self) -> list[int]:
+        if len(self.tokens) < self.n - 1:
+            return []
+        key = tuple(self.tokens[len(self.tokens) - self.n + 1 :]) if self.n > 1 else ()
+        return sorted(self.followers.get(key, ()))
+
+
+def apply_ngram_ban(logits: torch.Tensor, row: int, ban: NgramBan) -> None:
+    """Set the banned tokens of ``row`` to -inf in place, unless that would leave the row no token at all."""
+    banned = [t for t in ban.banned() if t < logits.shape[-1]]
+    if banned and len(banned) < logits.shape[-1]:
+        logits[row, banned] = float("-inf")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,6 +104,8 @@ class Sampler:
         self.seen: torch.Tensor | None = None  # (B, V) bool, only when a repetition penalty is on
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
+        n = config.no_repeat_ngram_size
+        self.bans: list[NgramBan] | None = [NgramBan(n) for _ in range(batch_size)] if n else None
 
     def mark_seen(self, row: int, ids: list[int]) -> None:
         if self.seen is not None and ids:
@@ -80,6 +117,8 @@ class Sampler:
             self.generators = [self.generators[r] for r in rows]
         if self.seen is not None:
             self.seen = self.seen.index_select(0, rows_t)
+        if self.bans is not None:
+            self.bans = [self.bans[r] for r in rows]
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, V) -> next token ids (B,)."""
@@ -87,6 +126,10 @@ class Sampler:
         logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
+        if self.bans is not None:
+            logits = logits.clone()
+            for i, ban in enumerate(self.bans):
+                apply_ngram_ban(logits, i, ban)
         if cfg.greedy:
             nxt = logits.argmax(dim=-1)
         else:
@@ -98,6 +141,9 @@ class Sampler:
             nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
         if self.seen is not None:
             self.seen.scatter_(1, nxt[:, None], True)
+        if self.bans is not None:
+            for ban, t in zip(self.bans, nxt.tolist()):
+                ban.push(t)
         return nxt
 
 
@@ -124,6 +170,8 @@ class RowSampler:
         if config.repetition_penalty != 1.0:
             self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=device)
             self.mark_seen(prompt_ids)
+        n = config.no_repeat_ngram_size
+        self.ban: NgramBan | None = NgramBan(n) if n else None  # over the generated tokens only
 
     def mark_seen(self, ids) -> None:
         if self.seen is not None and len(ids):
@@ -139,10 +187,13 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     V = rows[0].vocab_size
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
-    if pen:
+    banning = [i for i, r in enumerate(rows) if r.ban is not None]
+    if pen or banning:
         logits = logits.clone()
         for i in pen:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
+        for i in banning:
+            apply_ngram_ban(logits, i, rows[i].ban)
     nxt = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.config.greedy]
     if sampled:
@@ -181,4 +232,8 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
             nxt[torch.tensor(sampled, device=nxt.device)] = draws
     for i in pen:
         rows[i].seen[nxt[i]] = True
+    if banning:
+        picked = nxt.tolist()
+        for i in banning:
+            rows[i].ban.push(picked[i])
     return nxt

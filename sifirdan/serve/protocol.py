@@ -15,6 +15,7 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
     n                    1 .. 16 choices
     top_k                extra: integer >= 0 (0 or -1 = off)
     repetition_penalty   extra: 0.001 .. 1000 (1 = off); outside, a logit times it is no longer a finite float32
+    no_repeat_ngram_size extra (transformers' name): 0 .. 64; n > 0 = no n tokens twice in one completion (0 = off)
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sifirdan.configs import is_int, is_number
-from sifirdan.generate.config import MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig
+from sifirdan.generate.config import MAX_NO_REPEAT_NGRAM, MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig
 from sifirdan.serve.errors import bad_request
 
 MAX_N = 16
@@ -81,6 +82,7 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
     top_k = max(top_k, 0)
     rep = _number(body, "repetition_penalty", 1.0, lo=1 / MAX_REPETITION_PENALTY, hi=MAX_REPETITION_PENALTY,
                   what=f"a number from {1 / MAX_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g} (1 = off)")
+    no_repeat = _int(body, "no_repeat_ngram_size", 0, 0, MAX_NO_REPEAT_NGRAM, f"an integer from 0 (off) to {MAX_NO_REPEAT_NGRAM}")
     names = ("max_completion_tokens", "max_tokens") if kind == "chat" else ("max_tokens",)
     max_tokens = None
     for name in names:
@@ -113,7 +115,7 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
         include_usage = _bool(opts, "include_usage")
     ignore_eos = _bool(body, "ignore_eos")
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=rep, seed=seed, stop=stop,
+                              repetition_penalty=rep, no_repeat_ngram_size=no_repeat, seed=seed, stop=stop,
                               stop_token_ids=() if ignore_eos else None).validate()
     return Sampling(config, n, stream, include_usage and stream, ignore_eos)
 
