@@ -2,6 +2,7 @@
 
     python bench/levers.py --pretrain ROW [ROW ...] [--steps 1500]     val bits/char (every val token) per row
     python bench/levers.py --finetune BASE_DIR --folds 0 1 [--flags ...] held-out F1 / loops / ended per fold
+    python bench/levers.py --finetune BASE_DIR --folds 0 1 2 3 4 --decodings greedy plain-greedy chat chat-noban
 
 --pretrain: each row trains in its own process with one thread (run two at a time on two cores), the
 Trainer's own step on the standard split of the bundled Nutuk (dedup, last 10 % of characters = val), seed
@@ -10,9 +11,10 @@ block, AdamW lr 3e-3 cosine, weight decay 1.0, vocab 4096, batch 16 x block 128)
 
 --finetune: the held-out protocol. The 300 Nutuk QA pairs are shuffled once (seed 7) into 5 folds of 60; fold k
 fine-tunes (`sifirdan finetune`, the given flags) on the other 240 and answers fold k's 60 questions it never
-saw (`sifirdan eval-instruct`, greedy, at most 320 new tokens). Reported per fold: token F1, the share of
-looping answers, ended, leaked, beside copying the nearest training answer and one constant answer (the
-training answer with the best mean F1 on the training answers) on the same fold.
+saw (`sifirdan eval-instruct`, at most 320 new tokens, once per --decodings entry: DECODINGS below). Reported
+per fold: token F1, the share of looping answers, ended, leaked, beside copying the nearest training answer and
+one constant answer (the training answer with the best mean F1 on the training answers) on the same fold, and
+for more than one fold their mean.
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ ROWS = {
     "llama-block+dropout0.1": ({**LLAMA, "dropout": 0.1}, {"batch_size": 16}, 4096),
     "llama-block+vocab2048": (LLAMA, {"batch_size": 16}, 2048),
     "llama-block+block256": ({**LLAMA, "block_size": 256}, {"batch_size": 8}, 4096),
+}
+
+
+# --decodings: eval-instruct's flags for each way of answering
+DECODINGS = {
+    "greedy": [],  # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice)
+    "plain-greedy": ["--no-repeat-ngram", "0"],
+    "chat": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0"],  # `sifirdan chat`'s default, seeded
+    "chat-noban": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0", "--no-repeat-ngram", "0"],
+    "greedy-ban4": ["--no-repeat-ngram", "4"],
+    "greedy-rep1.1": ["--no-repeat-ngram", "0", "--repetition-penalty", "1.1"],
 }
 
 
@@ -81,7 +94,7 @@ def folds(out: Path, k: int = 5, seed: int = 7) -> None:
         (out / f"train{f}.jsonl").write_text("".join(rows[i] for i in range(len(rows)) if i not in test), encoding="utf-8")
 
 
-def finetune_fold(base: str, fold: int, flags: list[str], work: Path) -> dict:
+def finetune_fold(base: str, fold: int, flags: list[str], work: Path, decodings: list[str]) -> list[dict]:
     from sifirdan.chat.baselines import best_constant_answer, nearest_answers
     from sifirdan.chat.evaluate import token_f1
 
@@ -89,16 +102,21 @@ def finetune_fold(base: str, fold: int, flags: list[str], work: Path) -> dict:
     py = [sys.executable, "-m", "sifirdan"]
     subprocess.run(py + ["finetune", "--model", base, "--data", str(work / f"train{fold}.jsonl"), "--out", str(out),
                          "--overwrite", "--threads", "1", *flags], check=True, stdout=subprocess.DEVNULL)
-    res = subprocess.run(py + ["eval-instruct", "--model", str(out), "--data", str(work / f"test{fold}.jsonl"),
-                               "--max-new-tokens", "320", "--threads", "1", "--json"], check=True, capture_output=True, text=True)
-    summary = json.loads(res.stdout.strip().splitlines()[-1])
     tr = [json.loads(x) for x in (work / f"train{fold}.jsonl").read_text(encoding="utf-8").splitlines()]
     te = [json.loads(x) for x in (work / f"test{fold}.jsonl").read_text(encoding="utf-8").splitlines()]
     copied = nearest_answers([r["instruction"] for r in tr], [r["output"] for r in tr], [r["instruction"] for r in te])
     const = best_constant_answer([r["output"] for r in tr])
-    summary["f1_copy"] = sum(token_f1(a, r["output"]) for a, r in zip(copied, te)) / len(te)
-    summary["f1_constant"] = sum(token_f1(const, r["output"]) for r in te) / len(te)
-    return summary
+    f1_copy = sum(token_f1(a, r["output"]) for a, r in zip(copied, te)) / len(te)
+    f1_constant = sum(token_f1(const, r["output"]) for r in te) / len(te)
+    out_rows = []
+    for name in decodings:
+        res = subprocess.run(py + ["eval-instruct", "--model", str(out), "--data", str(work / f"test{fold}.jsonl"),
+                                   "--max-new-tokens", "320", "--threads", "1", "--json", *DECODINGS[name],
+                                   "--answers", str(out / f"answers-{name}.jsonl")],
+                             check=True, capture_output=True, text=True)
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+        out_rows.append({"fold": fold, "decoding": name, **summary, "f1_copy": f1_copy, "f1_constant": f1_constant})
+    return out_rows
 
 
 def main() -> None:
@@ -108,6 +126,7 @@ def main() -> None:
     p.add_argument("--finetune", metavar="BASE_DIR")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--work", default="/tmp/sifirdan-levers")
+    p.add_argument("--decodings", nargs="+", choices=list(DECODINGS), default=["greedy"])
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="finetune flags (last on the line)")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
@@ -121,13 +140,20 @@ def main() -> None:
     elif args.finetune:
         work = Path(args.work)
         folds(work)
-        rows = []
+        results = []
         for f in args.folds:
-            s = finetune_fold(args.finetune, f, args.flags, work)
-            print(json.dumps(s), flush=True)
-            rows.append([f, s["n"], f"{s['f1']:.3f}", f"{s['loop_rate']:.0%}", f"{s['ended_rate']:.0%}", f"{s['leak_rate']:.0%}",
-                         f"{s['f1_copy']:.3f}", f"{s['f1_constant']:.3f}"])
-        table = md_table(["fold", "questions", "F1", "looped", "ended", "leaked", "F1 copy", "F1 constant"], rows)
+            for s in finetune_fold(args.finetune, f, args.flags, work, args.decodings):
+                print(json.dumps(s), flush=True)
+                results.append(s)
+        keys = ("f1", "loop_rate", "ended_rate", "leak_rate", "f1_copy", "f1_constant")
+        if len(args.folds) > 1:  # the mean over the folds, per decoding (equal folds: the mean over every question)
+            for name in args.decodings:
+                mine = [s for s in results if s["decoding"] == name]
+                results.append({"fold": "mean", "decoding": name, "n": sum(s["n"] for s in mine),
+                                **{k: sum(s[k] for s in mine) / len(mine) for k in keys}})
+        rows = [[s["fold"], s["decoding"], s["n"], f"{s['f1']:.3f}", f"{s['loop_rate']:.0%}", f"{s['ended_rate']:.0%}",
+                 f"{s['leak_rate']:.0%}", f"{s['f1_copy']:.3f}", f"{s['f1_constant']:.3f}"] for s in results]
+        table = md_table(["fold", "decoding", "questions", "F1", "looped", "ended", "leaked", "F1 copy", "F1 constant"], rows)
     else:
         p.error("give --pretrain ROWS or --finetune BASE_DIR")
     print(table)

@@ -263,8 +263,11 @@ def test_real_engine_reply_streams_whole_characters_and_matches_generate(tok, di
     r = s.ask("Başkent neresi?")
     pieces = list(r)
     expected = engine.generate_ids(DEFAULT_TEMPLATE.render_prompt([user("Başkent neresi?")], t),
-                                   dataclasses.replace(cfg, stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t)))
+                                   dataclasses.replace(cfg, stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t),
+                                                       suppress_token_ids=DEFAULT_TEMPLATE.suppressed_ids(t)))
     assert "".join(pieces) == expected.text and r.finish_reason == expected.finish_reason
+    assert "<INST>" not in expected.text  # this model's greedy text had <INST> in it before the template's
+    # other tokens were suppressed
     assert all(p.encode("utf-8").decode("utf-8") == p for p in pieces)
 
 
@@ -281,8 +284,11 @@ def _env():
 
 
 def chat_p(model_dir, *extra):
-    return subprocess.run([sys.executable, "-m", "sifirdan", "chat", "--model", str(model_dir), *extra],
-                          capture_output=True, text=True, encoding="utf-8", timeout=TIMEOUT, env=_env(), cwd=REPO)
+    p = subprocess.run([sys.executable, "-m", "sifirdan", "chat", "--model", str(model_dir), *extra],
+                       capture_output=True, timeout=TIMEOUT, env=_env(), cwd=REPO)
+    # decoded by hand: text=True would turn a "\r" the random test model writes into "\n"
+    p.stdout, p.stderr = p.stdout.decode("utf-8"), p.stderr.decode("utf-8")
+    return p
 
 
 def test_prompt_flag_answers_once_on_stdout(dirs, tok):
@@ -291,9 +297,13 @@ def test_prompt_flag_answers_once_on_stdout(dirs, tok):
     from sifirdan.checkpoint import load_model
     model, t = load_model(dirs["ft"])
     ids = DEFAULT_TEMPLATE.render_prompt([{"role": "system", "content": "Kısa yaz."}, user("Başkent neresi?")], t)
+    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
+
     expected = Engine(model, t).generate_ids(ids, GenerationConfig(max_new_tokens=30, temperature=0.0,
-                                                                   stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t)))
-    assert p.stdout == expected.text + "\n"
+                                                                   no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM,
+                                                                   stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t),
+                                                                   suppress_token_ids=DEFAULT_TEMPLATE.suppressed_ids(t)))
+    assert p.stdout == expected.text + "\n"  # chat's n-gram ban applies by default
 
 
 def test_prompt_flag_on_a_pretrained_model_says_so_and_completes(dirs):
@@ -331,7 +341,8 @@ def test_generate_instruction_on_a_fine_tuned_model(dirs, capsys):
     model, t = load_model(dirs["ft"])
     ids = DEFAULT_TEMPLATE.render_prompt([user("Başkent neresi?")], t)
     expected = Engine(model, t).generate_ids(ids, GenerationConfig(max_new_tokens=30, temperature=0.0,
-                                                                   stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t)))
+                                                                   stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t),
+                                                                   suppress_token_ids=DEFAULT_TEMPLATE.suppressed_ids(t)))
     assert out == expected.text + "\n"  # the answer only: no instruction, no tags
     # the template's stop ids end the answer: a model that always says </RESP> answers nothing, while plain
     # --prompt (which stops only at <|endoftext|>) prints the tag as text

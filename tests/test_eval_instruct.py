@@ -131,16 +131,16 @@ def test_resp_close_wins_every_answer_ends(tok):
     assert records[4]["instruction"] == "Başkent?"  # the last user turn of a multi-turn conversation
 
 
-def test_inst_wins_every_answer_leaks(tok):
-    summary, records = evaluate(tok, tiny_model(tok, tok.special_tokens["<INST>"]), max_new_tokens=6)
-    assert summary["ended_rate"] == 0.0 and summary["leak_rate"] == 1.0
-    assert summary["mean_answer_chars"] == 6 * len("<INST>")
-    assert all(r["answer"] == "<INST>" * 6 and r["finish"] == "length" and r["answer_tokens"] == 6 for r in records)
-
-
-def test_pad_leaks_too(tok):
-    summary, _ = evaluate(tok, tiny_model(tok, tok.special_tokens["<PAD>"]), max_new_tokens=3)
-    assert summary["leak_rate"] == 1.0 and summary["ended_rate"] == 0.0
+@pytest.mark.parametrize("name", ["<INST>", "</INST>", "<RESP>", "<PAD>"])
+def test_template_tokens_are_never_generated(tok, name):
+    """A model whose most likely token is a template token that does not end the answer never writes it:
+    generation suppresses it (ChatTemplate.suppressed_ids), so nothing leaks, and the answer takes the next
+    most likely token instead (the bias makes every other token tie: the lowest id wins the argmax)."""
+    summary, records = evaluate(tok, tiny_model(tok, tok.special_tokens[name]), max_new_tokens=6)
+    assert summary["leak_rate"] == 0.0
+    specials = set(tok.special_tokens.values()) - set(DEFAULT_TEMPLATE.stop_ids(tok))
+    assert DEFAULT_TEMPLATE.suppressed_ids(tok) == tuple(sorted(specials))
+    assert all(not r["leaked"] and name not in r["answer"] and r["answer_tokens"] > 0 for r in records)
 
 
 def test_endoftext_stops_but_is_not_a_proper_end(tok):
@@ -237,15 +237,15 @@ def test_cli_json_and_answers_end_to_end(tmp_path, tok):
 
 
 def test_cli_readable_report(tmp_path, tok, capsys):
-    model_dir = save(tmp_path, tok, tiny_model(tok, tok.special_tokens["<INST>"]))
+    model_dir = save(tmp_path, tok, tiny_model(tok, tok.encode(" ı")[0]))
     data = write_pairs(tmp_path / "val.jsonl")
     code, out, err = run(capsys, "eval-instruct", "--model", model_dir, "--data", data, "--max-new-tokens", "2",
                          "--batch-size", "2", "--device", "cpu", "--threads", "1")
     assert code == 0, err
-    assert "5 instruction pair(s)" in out and "leaked a special token  100.0%" in out
-    assert "(5 hit the 2-token limit)" in out and "(hit the limit, leaked; F1 0.00)" in out
+    assert "5 instruction pair(s)" in out and "leaked a special token    0.0%" in out
+    assert "(5 hit the 2-token limit)" in out and "(hit the limit; F1 0.00)" in out
     assert "ended with </RESP>" in out and "0.0%" in out and "token F1" in out
-    assert "[1] instruction: Türkiye'nin başkenti neresi?" in out and "answer:      <INST><INST>" in out
+    assert "[1] instruction: Türkiye'nin başkenti neresi?" in out and "answer:       ı ı" in out
     assert "[4]" not in out  # a few examples, not all
 
 
@@ -344,3 +344,25 @@ def test_answers_line_and_report_survive_a_lone_surrogate():
     assert json.loads(line) == rec
     assert "Şehir" in _answer_line(dict(rec, answer="ok"))  # no escapes when none are needed
     assert _short("a\ud800\nb\x1b") == "a\\ud800\\nb\\x1b"
+
+
+def test_cli_default_decoding_is_greedy_with_chats_ngram_ban(tmp_path, tok, capsys):
+    """eval-instruct answers as chat does by default against loops: never the same 3 tokens twice in an answer;
+    --no-repeat-ngram 0 is plain greedy (a model that always wants " ı" says it 4 times)."""
+    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
+
+    assert DEFAULT_NO_REPEAT_NGRAM == 3
+    ids = tok.encode(" ı")
+    model_dir = save(tmp_path, tok, tiny_model(tok, ids[0]))
+    data = write_pairs(tmp_path / "val.jsonl")
+    answers = {}
+    for n in ("default", "0"):
+        path = tmp_path / f"answers-{n}.jsonl"
+        flags = [] if n == "default" else ["--no-repeat-ngram", n]
+        code, _, err = run(capsys, "eval-instruct", "--model", model_dir, "--data", data, "--max-new-tokens", 4,
+                           "--answers", path, "--device", "cpu", *flags)
+        assert code == 0, err
+        answers[n] = [json.loads(x)["answer"] for x in path.read_text(encoding="utf-8").splitlines()]
+    assert answers["0"] == [" ı" * 4] * 5
+    for a in answers["default"]:
+        assert a.startswith(" ı" * 3) and not a.startswith(" ı" * 4)  # a 4th " ı" would repeat the 3-gram ı ı ı

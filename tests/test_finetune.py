@@ -246,6 +246,7 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     assert main(ft_args(pretrained, data, tmp_path / "full")) == 0
     meta = read_config(tmp_path / "full" / "last")
     assert meta["chat_template"] == DEFAULT_TEMPLATE.to_dict() and meta["finetune"]["examples"]["val"] == 4
+    assert meta["train"]["neftune_alpha"] == 5.0  # the default recipe's embedding noise: the resume below covers it
     captured = capsys.readouterr()
     assert "answer @ 3" in captured.err and "(answers only)" in captured.out
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -399,3 +400,46 @@ def test_a_non_string_input_or_system_is_refused(tmp_path, value):
         to_conversations(read_records(f))
     stats = ReadStats()
     assert to_conversations(read_records(f), skip_bad=True, stats=stats) == [] and stats.skipped_bad == 1
+
+
+# ------------------------------------------------------------------------------------------------ NEFTune
+def test_neftune_noise_is_bounded_random_and_only_in_training():
+    from sifirdan.train.neftune import add_embedding_noise
+
+    torch.manual_seed(0)
+    model = tiny_gpt(64)
+    idx = torch.randint(0, 64, (3, 10))
+    plain = model.embeddings(idx)
+    handle = add_embedding_noise(model, alpha=5.0)
+    assert torch.equal(model.embeddings(idx), plain)  # eval(): untouched (generation and evaluation)
+    model.train()
+    a, b = model.embeddings(idx), model.embeddings(idx)
+    bound = 5.0 / (10 * 32) ** 0.5  # alpha / sqrt(T * n_embd)
+    assert not torch.equal(a, b) and not torch.equal(a, plain)  # fresh noise each forward
+    assert (a - plain).abs().max() <= bound + 1e-6 and (a - plain).abs().max() > 0.9 * bound  # uniform on [-m, m]
+    assert abs((a - plain).pow(2).mean().item() - bound**2 / 3) < 0.2 * bound**2 / 3  # the variance of U(-m, m)
+    handle.remove()
+    assert torch.equal(model.embeddings(idx), plain)
+
+
+def test_neftune_alpha_is_checked():
+    from sifirdan.train import TrainConfig
+
+    for bad in (-1.0, float("nan"), float("inf"), 1001.0):
+        with pytest.raises(UserError, match="neftune_alpha"):
+            TrainConfig(neftune_alpha=bad)
+    assert TrainConfig().neftune_alpha == 0.0  # pre-training: off
+    # a run saved before the field resumes as it was trained: without noise
+    assert TrainConfig.upgrade_saved({"optimizer": "adamw"})["neftune_alpha"] == 0.0
+
+
+def test_neftune_flag_reaches_the_trainer(pretrained, tmp_path, capsys):
+    from sifirdan.checkpoint import read_config
+
+    data = write_pairs(tmp_path / "qa.jsonl")
+    assert main(ft_args(pretrained, data, tmp_path / "off", "--neftune-alpha", "0")) == 0
+    assert read_config(tmp_path / "off" / "last")["train"]["neftune_alpha"] == 0.0
+    capsys.readouterr()
+    assert main(ft_args(pretrained, data, tmp_path / "bad", "--neftune-alpha", "-2")) != 0
+    err = capsys.readouterr().err
+    assert "neftune_alpha must be a number from 0" in err and "Traceback" not in err and not (tmp_path / "bad").exists()

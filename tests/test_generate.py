@@ -417,3 +417,37 @@ def test_no_repeat_ngram_size_is_checked(value):
     with pytest.raises(UserError, match="no_repeat_ngram_size must be an integer from 0") as e:
         GenerationConfig(no_repeat_ngram_size=value).validate()
     assert "\n" not in str(e.value)
+
+
+def test_suppressed_ids_are_never_generated_on_every_sampler_path(tok, trained):
+    """suppress_token_ids (transformers' suppress_tokens): the ids the plain run generates most never appear,
+    greedy and sampled, on the batch Sampler and on continuous batching's sample_rows, and both paths agree."""
+    from collections import Counter
+
+    from sifirdan.generate.continuous import ContinuousBatcher, Row
+
+    engine = Engine(trained, tok)
+    prompt = "Türkiye"
+    for extra in (GREEDY, dict(temperature=1.0, seed=5, stop_token_ids=())):
+        plain = engine.generate(prompt, GenerationConfig(max_new_tokens=40, **extra)).token_ids
+        banned = tuple(t for t, _ in Counter(plain).most_common(3))
+        cfg = GenerationConfig(max_new_tokens=40, suppress_token_ids=banned, **extra)
+        ids = engine.generate(prompt, cfg).token_ids
+        assert ids and not set(ids) & set(banned) and ids != plain
+        batcher = ContinuousBatcher(engine, max_batch=2)
+        rows = [Row(tok.encode(prompt), cfg), Row(tok.encode("Ankara"), GenerationConfig(max_new_tokens=20, **GREEDY))]
+        for r in rows:
+            batcher.add(r)
+        while batcher.busy:
+            batcher.step()
+        assert rows[0].result().token_ids == ids
+        assert rows[1].result().token_ids == engine.generate("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids
+    # suppressing every id would leave nothing to pick: then nothing is suppressed (no NaN, no crash)
+    every = tuple(range(tok.vocab_size))
+    assert len(engine.generate(prompt, GenerationConfig(max_new_tokens=5, suppress_token_ids=every, **GREEDY)).token_ids) == 5
+
+
+@pytest.mark.parametrize("value", [(-1,), (2.5,), ("3",), (True,)])
+def test_suppress_token_ids_are_checked(value):
+    with pytest.raises(UserError, match="suppress_token_ids must be token ids"):
+        GenerationConfig(suppress_token_ids=value).validate()

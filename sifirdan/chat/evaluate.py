@@ -163,7 +163,8 @@ def evaluate_answers(model, tokenizer, template, conversations: Sequence[Sequenc
     if unknown:
         raise UserError(f"unknown sampling setting(s) {', '.join(unknown)}; use {', '.join(SAMPLING_KEYS)}")
     config = GenerationConfig(**{"temperature": 0.0, **sampling}, max_new_tokens=max_new_tokens,
-                              stop_token_ids=template.stop_ids(tokenizer)).validate()
+                              stop_token_ids=template.stop_ids(tokenizer),
+                              suppress_token_ids=template.suppressed_ids(tokenizer)).validate()
     end_id = tokenizer.special_tokens[template.resp_close]  # present: stop_ids() checked the template's tokens
     stop_ids = frozenset(config.stop_token_ids)
     specials = dict(tokenizer.special_tokens)

@@ -71,6 +71,12 @@ class ChatTemplate:
             ids.append(tokenizer.eot_id)
         return tuple(ids)
 
+    def suppressed_ids(self, tokenizer) -> tuple[int, ...]:
+        """Ids an answer never contains: every special token of the tokenizer except those that end the answer
+        (``stop_ids``). A sampled ``</INST>`` mid-answer is a leak; generation suppresses these instead."""
+        stop = set(self.stop_ids(tokenizer))
+        return tuple(sorted(i for i in tokenizer.special_tokens.values() if i not in stop))
+
     # ------------------------------------------------------------------------------------------------ render
     def render(self, conversation: Sequence[Mapping], tokenizer) -> tuple[list[int], list[int]]:
         """A whole conversation (ending with an assistant turn) -> ``(ids, loss_mask)``, equal lengths."""

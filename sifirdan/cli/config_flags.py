@@ -57,6 +57,8 @@ FIELD_HELP: dict[str, dict[str, tuple[str | None, str]]] = {
         "beta1": ("B1", "AdamW's beta1 (momentum), 0 <= B1 < 1"),
         "beta2": ("B2", "AdamW's beta2 (decay of the squared gradients' average), 0 <= B2 < 1"),
         "grad_clip": ("NORM", "clip the global gradient norm to NORM; 0 = no clipping"),
+        "neftune_alpha": ("ALPHA", "NEFTune: uniform noise of size ALPHA / sqrt(tokens x n_embd) on the token "
+                          "embeddings while training (train/neftune.py); 0 = off, 0..1000"),
         "eval_interval": ("STEPS", "estimate the train and val loss every STEPS optimizer steps (and at step 0 and "
                           "at the end)"),
         "eval_iters": ("BATCHES", "batches per split in each loss estimate, the same fixed batches every time (at "

@@ -11,7 +11,7 @@ by hand):
   2. pretrain   ``sifirdan.train.pretrain`` (``sifirdan pretrain``) on Nutuk (guide §7-8), its final pass
                 scoring every val token
   3. finetune   ``sifirdan.train.finetune`` (``sifirdan finetune``) on the Nutuk QA pairs, 90 % of them (guide §9)
-  4. answers    the fine-tuned model answers the 10 % of questions it never saw (greedy; ended / leaks / F1)
+  4. answers    the fine-tuned model answers the 10 % of questions it never saw (greedy and chat's sampling; ended / leaks / loops / F1)
   5. export     ``sifirdan.interop.export_hf`` (``sifirdan export hf``), then (with ``transformers``) reload it
                 and compare the logits; a rerun after ``pip install transformers`` runs that check
 Then a summary table and the commands to try next.
@@ -73,10 +73,10 @@ PROFILES = {
         "default", 4096,
         dict(train=dict(max_iters=1750, eval_interval=250, log_interval=50)),
         {},
-        320, "val bits/char near 1.74 (the guide's recipe: 2.26; PPMd 1.674: not beaten yet); with chat's sampling "
-        "every held-out answer ends, none loops or leaks, token F1 near 0.13 (measured 0.127), still below one constant "
-        "answer (0.137) and copying the nearest training answer (0.169): the model does not answer yet; greedy, most "
-        "answers loop", 400,
+        320, "val bits/char near 1.73 (the guide's recipe: 2.26; PPMd 1.674: not beaten yet); greedy and with chat's "
+        "sampling (both with its n-gram ban) every held-out answer ends, none loops or leaks; token F1 near 0.10 "
+        "(measured 0.101 / 0.102), below one constant answer (0.137) and copying the nearest training answer (0.169): "
+        "the model does not answer yet; about 8 minutes on a quiet 2-core CPU (measured 7.8)", 400,
     ),
     "full": Profile(
         "full", 500,
@@ -262,10 +262,20 @@ def _baselines(split) -> dict:
 
 
 def _chat_decoding() -> dict:
-    """What `sifirdan chat` samples with by default (temperature, top-p, top-k), seeded so a rerun repeats it."""
-    from sifirdan.chat.session import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+    """What `sifirdan chat` samples with by default (temperature, top-p, top-k, n-gram ban), seeded so a rerun
+    repeats it."""
+    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
-    return {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "top_k": DEFAULT_TOP_K, "seed": 0}
+    return {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "top_k": DEFAULT_TOP_K,
+            "no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM, "seed": 0}
+
+
+def _greedy_decoding() -> dict:
+    """Greedy, as `sifirdan eval-instruct` answers by default: with chat's n-gram ban (without it most answers of
+    a model this small loop; `eval-instruct --no-repeat-ngram 0` measures that)."""
+    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
+
+    return {"no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM}
 
 
 def stage_answers(demo: DemoDir, profile: Profile) -> dict:
@@ -281,10 +291,12 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
     split = run_split(meta["finetune"], meta["train"]["seed"])
     held_out = split.val
     model, tokenizer = ckpt.load_model(directory)
-    print(f"answering the {len(held_out)} held-out questions (greedy, at most {profile.max_new_tokens} new tokens) ...",
-          flush=True)
+    ban = _greedy_decoding()["no_repeat_ngram_size"]
+    print(f"answering the {len(held_out)} held-out questions (greedy, never the same {ban} tokens twice, at most "
+          f"{profile.max_new_tokens} new tokens) ...", flush=True)
     summary, records = evaluate_answers(model, tokenizer, template_of(meta), held_out,
-                                        max_new_tokens=profile.max_new_tokens, progress=True)
+                                        max_new_tokens=profile.max_new_tokens, progress=True,
+                                        sampling=_greedy_decoding())
     atomic_write_text(demo.path / "answers.jsonl", "".join(answer_line(r) for r in records))
     for k, r in enumerate(records[:N_SHOWN], start=1):
         print(f"\n[{k}] soru:     {one_line(r['instruction'], 200)}")
@@ -311,7 +323,8 @@ def stage_export(demo: DemoDir, profile: Profile) -> dict:
               "pip install transformers==4.57.1 (then run the demo again)", flush=True)
         return result
     result["logits_max_abs_diff"] = reload_check(demo.path / "finetune", out)
-    print(f"reloaded {out} with transformers (GPT2LMHeadModel): max |logit difference| "
+    hf_class = (json.loads((out / "config.json").read_text(encoding="utf-8")).get("architectures") or ["?"])[0]
+    print(f"reloaded {out} with transformers ({hf_class}): max |logit difference| "
           f"{result['logits_max_abs_diff']:.2e} on a held-out passage", flush=True)
     return result
 
@@ -378,7 +391,7 @@ def summary_rows(state: dict) -> list[tuple[str, str]]:
     rows += [
         ("    PPMd order 8, having read the train split", f"{PPMD_BPC:.3f}"),
         ("fine-tuning", f"{ft.get('steps')} steps; val loss on answers {_f(ft.get('final_val_loss'), '.3f')}"),
-        ("held-out answers, greedy", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
+        ("held-out answers, greedy (chat's n-gram ban)", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
                                      f"{_f(ans.get('leak_rate'), '.0%')}, looped {_f(ans.get('loop_rate'), '.0%')}, "
                                      f"token F1 {_f(ans.get('f1'), '.3f')}"),
         ("  with chat's sampling", f"ended {_f(chat.get('ended_rate'), '.0%')}, leaked {_f(chat.get('leak_rate'), '.0%')}, "

@@ -5,8 +5,9 @@
 
 Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a special token (leak_rate), how
 many loop (loop_rate), their mean length in characters and their token F1 against the references (definitions:
-``sifirdan/chat/evaluate.py``). Greedy decoding by default, so the numbers are reproducible; the decoding flags
-(--temperature, --top-p, --top-k, --repetition-penalty, --seed) measure another one, e.g. ``sifirdan chat``'s.
+``sifirdan/chat/evaluate.py``). Greedy decoding by default, so the numbers are reproducible, with ``sifirdan chat``'s
+n-gram ban (--no-repeat-ngram 3: never the same 3 tokens twice in one answer; 0 = plain greedy); the decoding flags
+(--temperature, --top-p, --top-k, --repetition-penalty, --no-repeat-ngram, --seed) measure another one, e.g. chat's.
 """
 
 from __future__ import annotations
@@ -22,18 +23,19 @@ N_EXAMPLES = 3  # example answers the readable report shows
 
 def register(subparsers) -> None:
     from sifirdan.chat.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
     from sifirdan.cli import options
 
     p = subparsers.add_parser(
         "eval-instruct",
         help="score a fine-tuned model's answers to instruction pairs",
         description=(
-            "Answer every instruction of a data file with a fine-tuned model (greedy, or with the decoding "
-            "flags) and report ended_rate (answers that end with </RESP>), leak_rate (answers holding a special "
+            "Answer every instruction of a data file with a fine-tuned model (greedy with chat's n-gram ban, or "
+            "with the decoding flags) and report ended_rate (answers that end with </RESP>), leak_rate (answers holding a special "
             "token), loop_rate (answers with fewer than half their words distinct), the mean answer length and "
             "token F1 against the reference answers. --json prints them as one line: n, ended_rate, leak_rate, "
             "loop_rate, mean_answer_chars, f1. `--temperature 0.7 --top-p 0.9 --seed 0` measures what "
-            "`sifirdan chat` samples by default."
+            "`sifirdan chat` samples by default; `--no-repeat-ngram 0` is plain greedy."
         ),
     )
     options.add(p, "--model", required=True)
@@ -48,12 +50,12 @@ def register(subparsers) -> None:
     options.add(p, "--skip-bad")
     options.add(p, "--device", default="auto")
     options.add(p, "--threads", default=0)
-    # decoding: greedy unless one is given; `--temperature 0.7 --top-p 0.9 --seed 0` measures chat's default
+    # decoding: greedy with chat's n-gram ban unless one is given; `--temperature 0.7 --top-p 0.9 --seed 0` = chat's
     options.add(p, "--temperature", default="0")
     options.add(p, "--top-p", default="1")
     options.add(p, "--top-k", default="0")
     options.add(p, "--repetition-penalty", default="1")
-    options.add(p, "--no-repeat-ngram", default="0")
+    options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
     options.add(p, "--seed", note="none")
     p.set_defaults(func=cmd_eval_instruct)
 

@@ -122,7 +122,8 @@ def cmd_generate(args) -> int:
     engine = Engine(model, tokenizer)
     if template is not None:
         ids = _instruction_ids(template, args.instruction, tokenizer, engine.block_size)
-        config = dataclasses.replace(config, stop_token_ids=template.stop_ids(tokenizer))
+        config = dataclasses.replace(config, stop_token_ids=template.stop_ids(tokenizer),
+                                     suppress_token_ids=template.suppressed_ids(tokenizer))
         prefix = ""  # the answer only
     else:
         ids = engine.encode_prompt(prompt)

@@ -40,6 +40,9 @@ class GenerationConfig:
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
     stop_token_ids: tuple[int, ...] | None = None  # None = <|endoftext|> if the tokenizer has it; () = none
+    # ids never generated (transformers' suppress_tokens): a chat answer suppresses the template's tokens that do
+    # not end it (<INST>, </INST>, <RESP>, <PAD>: ChatTemplate.suppressed_ids), which sampling could otherwise draw
+    suppress_token_ids: tuple[int, ...] = ()
     use_cache: bool = True  # False: recompute the whole context every step (the guide's way; same tokens, slower)
 
     def __post_init__(self):
@@ -48,6 +51,7 @@ class GenerationConfig:
         self.stop = tuple(self.stop)
         if self.stop_token_ids is not None:
             self.stop_token_ids = tuple(self.stop_token_ids)
+        self.suppress_token_ids = tuple(self.suppress_token_ids)
 
     def validate(self) -> "GenerationConfig":
         n = self.max_new_tokens
@@ -76,9 +80,10 @@ class GenerationConfig:
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise UserError(f"stop strings must be non-empty strings, got {s!r}")
-        for i in self.stop_token_ids or ():
-            if not is_int(i) or i < 0:
-                raise UserError(f"stop_token_ids must be token ids (integers >= 0), got {i!r}")
+        for name in ("stop_token_ids", "suppress_token_ids"):
+            for i in getattr(self, name) or ():
+                if not is_int(i) or i < 0:
+                    raise UserError(f"{name} must be token ids (integers >= 0), got {i!r}")
         return self
 
     @property

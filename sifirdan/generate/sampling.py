@@ -1,4 +1,5 @@
-"""From logits to the next token: repetition penalty -> n-gram ban -> temperature -> top-k -> top-p -> sample.
+"""From logits to the next token: suppressed ids -> repetition penalty -> n-gram ban -> temperature -> top-k ->
+top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -58,6 +59,15 @@ def apply_ngram_ban(logits: torch.Tensor, row: int, ban: NgramBan) -> None:
         logits[row, banned] = float("-inf")
 
 
+def suppress(logits: torch.Tensor, ids: list[int], rows=None) -> None:
+    """``ids`` (already < V) get -inf in place, on every row or on ``rows``, unless that would leave no token."""
+    if ids and len(ids) < logits.shape[-1]:
+        if rows is None:
+            logits[:, ids] = float("-inf")
+        else:
+            logits[torch.tensor(rows, device=logits.device)[:, None], torch.tensor(ids, device=logits.device)] = float("-inf")
+
+
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the k largest logits of each row (ties with the k-th are kept too); the rest become -inf."""
     if k <= 0 or k >= logits.shape[-1]:
@@ -106,6 +116,7 @@ class Sampler:
             self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
         n = config.no_repeat_ngram_size
         self.bans: list[NgramBan] | None = [NgramBan(n) for _ in range(batch_size)] if n else None
+        self.suppressed = sorted({i for i in config.suppress_token_ids if i < vocab_size})
 
     def mark_seen(self, row: int, ids: list[int]) -> None:
         if self.seen is not None and ids:
@@ -124,6 +135,9 @@ class Sampler:
         """logits (B, V) -> next token ids (B,)."""
         cfg = self.config
         logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
+        if self.suppressed:
+            logits = logits.clone()
+            suppress(logits, self.suppressed)
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
         if self.bans is not None:
@@ -150,7 +164,7 @@ class Sampler:
 class RowSampler:
     """One row's sampling state when every row of a batch has its own settings (continuous batching).
 
-    The same steps as ``Sampler`` -- repetition penalty -> temperature -> top-k -> top-p -> one draw from the
+    The same steps as ``Sampler`` -- suppressed ids -> repetition penalty -> n-gram ban -> temperature -> top-k -> top-p -> one draw from the
     row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
     caller adds a choice index itself), so a row samples what ``Sampler`` samples for row 0 of a batch.
     ``sample_rows`` runs the rows of a batch together.
@@ -172,6 +186,7 @@ class RowSampler:
             self.mark_seen(prompt_ids)
         n = config.no_repeat_ngram_size
         self.ban: NgramBan | None = NgramBan(n) if n else None  # over the generated tokens only
+        self.suppressed = sorted({i for i in config.suppress_token_ids if i < vocab_size})
 
     def mark_seen(self, ids) -> None:
         if self.seen is not None and len(ids):
@@ -188,8 +203,11 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
     banning = [i for i, r in enumerate(rows) if r.ban is not None]
-    if pen or banning:
+    suppressing = [i for i, r in enumerate(rows) if r.suppressed]
+    if pen or banning or suppressing:
         logits = logits.clone()
+        for i in suppressing:
+            suppress(logits, rows[i].suppressed, [i])
         for i in pen:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
         for i in banning:

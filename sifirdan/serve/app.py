@@ -119,6 +119,7 @@ class _State:
                 raise UserError(f"the model's chat template needs the special token(s) {', '.join(missing)} but its "
                                 "tokenizer has none; fine-tune it again with `sifirdan finetune`")
             self.chat_stop_ids = tuple(self.template.stop_ids(tokenizer))
+            self.chat_suppressed_ids = self.template.suppressed_ids(tokenizer)
         # no token is longer than this many bytes: a text of more than block_size * this bytes cannot fit,
         # and is refused before it costs a tokenization
         self.max_token_bytes = max([len(b) for b in tokenizer.vocab.values()] + [1])
@@ -415,6 +416,8 @@ async def chat_completions(request: Request) -> Response:
     if len(ids) >= s.block_size:
         raise _too_long(s, len(ids), "messages")
     stop_ids = () if sampling.ignore_eos else s.chat_stop_ids
+    if not sampling.ignore_eos:  # the template's other tokens never appear in an answer (ignore_eos: raw output)
+        sampling = replace(sampling, config=replace(sampling.config, suppress_token_ids=s.chat_suppressed_ids))
     ticket = _submit(s, _rows(s, [ids], sampling, stop_ids))
     cid, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), s.config.model_name
 

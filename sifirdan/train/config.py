@@ -28,6 +28,7 @@ CPU_DEFAULT_DTYPE = "fp32"
 
 # Upper bounds on counts that make one object each (a sampler per micro-step, a batch per eval iteration, a
 # thread): a typo such as --grad-accum 1000000000 must be a message, not a hang while they are created.
+MAX_NEFTUNE_ALPHA = 1000.0  # noise far above the embeddings' own size is a typo, not a recipe
 LIMITS = {"grad_accum": 4096, "eval_iters": 10_000, "threads": 1024, "sample_tokens": 32768}
 
 
@@ -59,6 +60,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # NEFTune (train/neftune.py): uniform noise of size alpha / sqrt(T * n_embd) on the token embeddings while
+    # training; 0 = off. Off for pre-training; the default fine-tuning recipe sets 5 (train/finetuning.py).
+    neftune_alpha: float = 0.0
     # --- evaluation, logging, samples, checkpoints (all in optimizer steps)
     eval_interval: int = 100  # estimate train/val loss every this many steps (and at step 0 and the end)
     eval_iters: int = 20  # batches per split in each estimate (the same fixed batches every time)
@@ -111,6 +115,9 @@ class TrainConfig:
         check_device(self.device)  # a config file's typo is found with the other fields, before any work
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise UserError("weight_decay and grad_clip must be >= 0 (grad_clip 0 disables clipping)")
+        if not 0 <= self.neftune_alpha <= MAX_NEFTUNE_ALPHA:
+            raise UserError(f"neftune_alpha must be a number from 0 (off) to {MAX_NEFTUNE_ALPHA:g}, got {self.neftune_alpha}; "
+                            "the NEFTune paper uses 5 to 15")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"beta1/beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
 
@@ -130,6 +137,8 @@ class TrainConfig:
             d = {**d, "decay_embeddings": True}
         if isinstance(d, dict) and "optimizer" not in d:  # AdamW was the only optimizer before the field
             d = {**d, "optimizer": "adamw", "muon_lr_scale": 1.0}
+        if isinstance(d, dict) and "neftune_alpha" not in d:  # no run had embedding noise before the field
+            d = {**d, "neftune_alpha": 0.0}
         return d
 
 

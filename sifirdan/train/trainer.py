@@ -184,6 +184,11 @@ class Trainer:
 
         self.raw_model = ckpt.unwrap_model(model).to(self.device)
         self.raw_model.train()
+        self.neftune = None  # the embedding-noise hook (train/neftune.py), active in train() mode only
+        if cfg.neftune_alpha > 0:
+            from sifirdan.train.neftune import add_embedding_noise
+
+            self.neftune = add_embedding_noise(self.raw_model, cfg.neftune_alpha)
         self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         # The C kernels stand in for GPT.forward where they apply (fp32 on a CPU that runs them fast); the
