@@ -135,7 +135,7 @@ def plot(args) -> None:
         ax2 = axes[1]
         names = list(f1["models"])
         vals = [f1["models"][n] for n in names]
-        ax2.bar(range(len(names)), vals, color=["tab:orange", "tab:green"][: len(names)] + ["tab:blue"] * max(0, len(names) - 2))
+        ax2.bar(range(len(names)), vals, color=["silver" if n.startswith("before") else "tab:green" for n in names])
         ax2.axhline(f1["copy"], color="tab:red", ls="--", label=f"copy the nearest training answer ({f1['copy']:.3f})")
         ax2.axhline(f1["constant"], color="gray", ls=":", label=f"one constant answer ({f1['constant']:.3f})")
         ax2.set_xticks(range(len(names)), names, fontsize=8)
