@@ -385,12 +385,23 @@ def test_ngram_ban_table():
     assert one.banned() == [1, 3]  # n = 1: no token twice
 
 
+def _batched(engine, tok, prompts_and_configs):
+    """Run the prompts as rows of continuous batching (the server's path: sample_rows); return the rows."""
+    from sifirdan.generate.continuous import ContinuousBatcher, Row
+
+    batcher = ContinuousBatcher(engine, max_batch=len(prompts_and_configs))
+    rows = [Row(tok.encode(p), cfg) for p, cfg in prompts_and_configs]
+    for r in rows:
+        batcher.add(r)
+    while batcher.busy:
+        batcher.step()
+    return rows
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_no_repeat_ngram_on_every_sampler_path(tok, trained, n):
     """No n-gram twice in the generated tokens, greedy and sampled, on the Engine's batch Sampler and on
     continuous batching's sample_rows, and the two paths give the same tokens. The prompt does not count."""
-    from sifirdan.generate.continuous import ContinuousBatcher, Row
-
     engine = Engine(trained, tok)
     prompt = "Türkiye Türkiye Türkiye"
     plain = engine.generate(prompt, GenerationConfig(max_new_tokens=60, **GREEDY)).token_ids
@@ -403,12 +414,7 @@ def test_no_repeat_ngram_on_every_sampler_path(tok, trained, n):
             assert ids != plain
         batch = engine.generate([prompt, "Ankara"], cfg)
         assert batch[0].token_ids == ids
-        batcher = ContinuousBatcher(engine, max_batch=3)
-        rows = [Row(tok.encode(prompt), cfg), Row(tok.encode("Ankara"), GenerationConfig(max_new_tokens=30, **GREEDY))]
-        for r in rows:
-            batcher.add(r)
-        while batcher.busy:
-            batcher.step()
+        rows = _batched(engine, tok, [(prompt, cfg), ("Ankara", GenerationConfig(max_new_tokens=30, **GREEDY))])
         assert rows[0].result().token_ids == ids
 
 
@@ -424,8 +430,6 @@ def test_suppressed_ids_are_never_generated_on_every_sampler_path(tok, trained):
     greedy and sampled, on the batch Sampler and on continuous batching's sample_rows, and both paths agree."""
     from collections import Counter
 
-    from sifirdan.generate.continuous import ContinuousBatcher, Row
-
     engine = Engine(trained, tok)
     prompt = "Türkiye"
     for extra in (GREEDY, dict(temperature=1.0, seed=5, stop_token_ids=())):
@@ -434,12 +438,7 @@ def test_suppressed_ids_are_never_generated_on_every_sampler_path(tok, trained):
         cfg = GenerationConfig(max_new_tokens=40, suppress_token_ids=banned, **extra)
         ids = engine.generate(prompt, cfg).token_ids
         assert ids and not set(ids) & set(banned) and ids != plain
-        batcher = ContinuousBatcher(engine, max_batch=2)
-        rows = [Row(tok.encode(prompt), cfg), Row(tok.encode("Ankara"), GenerationConfig(max_new_tokens=20, **GREEDY))]
-        for r in rows:
-            batcher.add(r)
-        while batcher.busy:
-            batcher.step()
+        rows = _batched(engine, tok, [(prompt, cfg), ("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY))])
         assert rows[0].result().token_ids == ids
         assert rows[1].result().token_ids == engine.generate("Ankara", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids
     # suppressing every id would leave nothing to pick: then nothing is suppressed (no NaN, no crash)
