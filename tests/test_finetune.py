@@ -246,7 +246,7 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     assert main(ft_args(pretrained, data, tmp_path / "full")) == 0
     meta = read_config(tmp_path / "full" / "last")
     assert meta["chat_template"] == DEFAULT_TEMPLATE.to_dict() and meta["finetune"]["examples"]["val"] == 4
-    assert meta["train"]["neftune_alpha"] == 5.0  # the default recipe's embedding noise: the resume below covers it
+    assert meta["train"]["neftune_alpha"] == 6.0  # the default recipe's embedding noise: the resume below covers it
     captured = capsys.readouterr()
     assert "answer @ 3" in captured.err and "(answers only)" in captured.out
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]

@@ -74,10 +74,10 @@ PROFILES = {
         dict(train=dict(max_iters=1750, eval_interval=250, log_interval=50)),
         {},
         320, "val bits/char near 1.73 (the guide's recipe: 2.26; PPMd 1.674: not beaten yet); greedy (with chat's "
-        "n-gram ban) and with chat's sampling no held-out answer loops or leaks and most end (measured 90 % / 93 %); "
-        "token F1 near 0.13 / 0.11 (measured 0.134 / 0.111), below one constant answer (0.137) and copying the nearest "
-        "training answer (0.169) on these 30 questions (on 300, five folds: 0.105 / 0.098 against 0.114 and 0.156): "
-        "the model does not answer yet; about 8 minutes on a quiet 2-core CPU (measured 8.2)", 400,
+        "n-gram ban) and with chat's sampling every held-out answer ends, none loops or leaks; token F1 near 0.13 / "
+        "0.11 (measured 0.133 / 0.108), below one constant answer (0.137) and copying the nearest training answer "
+        "(0.169) on these 30 questions (on 300, five folds: 0.109 / 0.102 against 0.114 and 0.156): the model does "
+        "not answer yet; about 8 minutes on a quiet 2-core CPU (measured 8.0)", 400,
     ),
     "full": Profile(
         "full", 500,

@@ -61,7 +61,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     # NEFTune (train/neftune.py): uniform noise of size alpha / sqrt(T * n_embd) on the token embeddings while
-    # training; 0 = off. Off for pre-training; the default fine-tuning recipe sets 5 (train/finetuning.py).
+    # training; 0 = off. Off for pre-training; the default fine-tuning recipe sets 6 (train/finetuning.py).
     neftune_alpha: float = 0.0
     # --- evaluation, logging, samples, checkpoints (all in optimizer steps)
     eval_interval: int = 100  # estimate train/val loss every this many steps (and at step 0 and the end)
