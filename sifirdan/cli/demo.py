@@ -292,12 +292,11 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
     split = run_split(meta["finetune"], meta["train"]["seed"])
     held_out = split.val
     model, tokenizer = ckpt.load_model(directory)
-    ban = _greedy_decoding()["no_repeat_ngram_size"]
-    print(f"answering the {len(held_out)} held-out questions (greedy, never the same {ban} tokens twice, at most "
-          f"{profile.max_new_tokens} new tokens) ...", flush=True)
+    greedy = _greedy_decoding()
+    print(f"answering the {len(held_out)} held-out questions (greedy, never the same {greedy['no_repeat_ngram_size']} "
+          f"tokens twice, at most {profile.max_new_tokens} new tokens) ...", flush=True)
     summary, records = evaluate_answers(model, tokenizer, template_of(meta), held_out,
-                                        max_new_tokens=profile.max_new_tokens, progress=True,
-                                        sampling=_greedy_decoding())
+                                        max_new_tokens=profile.max_new_tokens, progress=True, sampling=greedy)
     atomic_write_text(demo.path / "answers.jsonl", "".join(answer_line(r) for r in records))
     for k, r in enumerate(records[:N_SHOWN], start=1):
         print(f"\n[{k}] soru:     {one_line(r['instruction'], 200)}")

@@ -1,5 +1,5 @@
-"""From logits to the next token: suppressed ids -> repetition penalty -> n-gram ban -> temperature -> top-k ->
-top-p -> sample.
+"""From logits to the next token: repetition penalty -> banned ids (suppressed, n-gram ban) -> temperature ->
+top-k -> top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -52,20 +52,15 @@ class NgramBan:
         return sorted(self.followers.get(key, ()))
 
 
-def apply_ngram_ban(logits: torch.Tensor, row: int, ban: NgramBan) -> None:
-    """Set the banned tokens of ``row`` to -inf in place, unless that would leave the row no token at all."""
-    banned = [t for t in ban.banned() if t < logits.shape[-1]]
-    if banned and len(banned) < logits.shape[-1]:
+def ban_tokens(logits: torch.Tensor, row: int, suppressed: tuple[int, ...], ban: NgramBan | None) -> None:
+    """Set ``row``'s banned tokens to -inf in place: the config's ``suppress_token_ids`` and what the n-gram ban
+    forbids now. All of them at once, so the check that some token is left sees both."""
+    banned = set(suppressed)
+    if ban is not None:
+        banned.update(ban.banned())
+    banned = sorted(t for t in banned if t < logits.shape[-1])
+    if banned and len(banned) < logits.shape[-1]:  # never leave a row no token at all
         logits[row, banned] = float("-inf")
-
-
-def suppress(logits: torch.Tensor, ids: list[int], rows=None) -> None:
-    """``ids`` (already < V) get -inf in place, on every row or on ``rows``, unless that would leave no token."""
-    if ids and len(ids) < logits.shape[-1]:
-        if rows is None:
-            logits[:, ids] = float("-inf")
-        else:
-            logits[torch.tensor(rows, device=logits.device)[:, None], torch.tensor(ids, device=logits.device)] = float("-inf")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -116,7 +111,6 @@ class Sampler:
             self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
         n = config.no_repeat_ngram_size
         self.bans: list[NgramBan] | None = [NgramBan(n) for _ in range(batch_size)] if n else None
-        self.suppressed = sorted({i for i in config.suppress_token_ids if i < vocab_size})
 
     def mark_seen(self, row: int, ids: list[int]) -> None:
         if self.seen is not None and ids:
@@ -135,15 +129,12 @@ class Sampler:
         """logits (B, V) -> next token ids (B,)."""
         cfg = self.config
         logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
-        if self.suppressed:
-            logits = logits.clone()
-            suppress(logits, self.suppressed)
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
-        if self.bans is not None:
+        if self.bans is not None or cfg.suppress_token_ids:
             logits = logits.clone()
-            for i, ban in enumerate(self.bans):
-                apply_ngram_ban(logits, i, ban)
+            for i in range(logits.shape[0]):
+                ban_tokens(logits, i, cfg.suppress_token_ids, self.bans[i] if self.bans is not None else None)
         if cfg.greedy:
             nxt = logits.argmax(dim=-1)
         else:
@@ -164,8 +155,8 @@ class Sampler:
 class RowSampler:
     """One row's sampling state when every row of a batch has its own settings (continuous batching).
 
-    The same steps as ``Sampler`` -- suppressed ids -> repetition penalty -> n-gram ban -> temperature -> top-k -> top-p -> one draw from the
-    row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
+    The same steps as ``Sampler`` -- repetition penalty -> banned ids -> temperature -> top-k -> top-p -> one draw
+    from the row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
     caller adds a choice index itself), so a row samples what ``Sampler`` samples for row 0 of a batch.
     ``sample_rows`` runs the rows of a batch together.
     """
@@ -186,7 +177,6 @@ class RowSampler:
             self.mark_seen(prompt_ids)
         n = config.no_repeat_ngram_size
         self.ban: NgramBan | None = NgramBan(n) if n else None  # over the generated tokens only
-        self.suppressed = sorted({i for i in config.suppress_token_ids if i < vocab_size})
 
     def mark_seen(self, ids) -> None:
         if self.seen is not None and len(ids):
@@ -202,16 +192,13 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     V = rows[0].vocab_size
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
-    banning = [i for i, r in enumerate(rows) if r.ban is not None]
-    suppressing = [i for i, r in enumerate(rows) if r.suppressed]
-    if pen or banning or suppressing:
+    banning = [i for i, r in enumerate(rows) if r.ban is not None or r.config.suppress_token_ids]
+    if pen or banning:
         logits = logits.clone()
-        for i in suppressing:
-            suppress(logits, rows[i].suppressed, [i])
         for i in pen:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
         for i in banning:
-            apply_ngram_ban(logits, i, rows[i].ban)
+            ban_tokens(logits, i, rows[i].config.suppress_token_ids, rows[i].ban)
     nxt = logits.argmax(dim=-1)
     sampled = [i for i, r in enumerate(rows) if not r.config.greedy]
     if sampled:
@@ -250,8 +237,9 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
             nxt[torch.tensor(sampled, device=nxt.device)] = draws
     for i in pen:
         rows[i].seen[nxt[i]] = True
-    if banning:
+    growing = [i for i in banning if rows[i].ban is not None]  # the n-gram tables learn the new token
+    if growing:
         picked = nxt.tolist()
-        for i in banning:
+        for i in growing:
             rows[i].ban.push(picked[i])
     return nxt

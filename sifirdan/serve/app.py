@@ -415,8 +415,10 @@ async def chat_completions(request: Request) -> Response:
     ids = await _tokenize(s, lambda: s.template.render_prompt(messages, s.tokenizer))
     if len(ids) >= s.block_size:
         raise _too_long(s, len(ids), "messages")
-    stop_ids = () if sampling.ignore_eos else s.chat_stop_ids
-    if not sampling.ignore_eos:  # the template's other tokens never appear in an answer (ignore_eos: raw output)
+    if sampling.ignore_eos:  # raw output: no stop ids, nothing suppressed
+        stop_ids = ()
+    else:  # the template's tokens that do not end the answer never appear in it
+        stop_ids = s.chat_stop_ids
         sampling = replace(sampling, config=replace(sampling.config, suppress_token_ids=s.chat_suppressed_ids))
     ticket = _submit(s, _rows(s, [ids], sampling, stop_ids))
     cid, created, name = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), s.config.model_name

@@ -26,9 +26,10 @@ FIELD_CHOICES = {"lr_schedule": SCHEDULES, "dtype": DTYPES, "optimizer": OPTIMIZ
 # native bf16 (AVX512-BF16 / AMX); measurements decide. One place to change it.
 CPU_DEFAULT_DTYPE = "fp32"
 
+MAX_NEFTUNE_ALPHA = 1000.0  # noise far above the embeddings' own size is a typo, not a recipe
+
 # Upper bounds on counts that make one object each (a sampler per micro-step, a batch per eval iteration, a
 # thread): a typo such as --grad-accum 1000000000 must be a message, not a hang while they are created.
-MAX_NEFTUNE_ALPHA = 1000.0  # noise far above the embeddings' own size is a typo, not a recipe
 LIMITS = {"grad_accum": 4096, "eval_iters": 10_000, "threads": 1024, "sample_tokens": 32768}
 
 

@@ -409,15 +409,14 @@ def _answer_sampler(convs, tokenizer, template, block_size: int):
         ids = template.render_prompt(conv[:-1], tokenizer)
         if len(ids) < block_size:
             prompts.append((conv[-2]["content"], ids))
-    stop = template.stop_ids(tokenizer)
+    stop, suppressed = template.stop_ids(tokenizer), template.suppressed_ids(tokenizer)
 
     def sample(model) -> list[dict]:
         if not prompts:
             return []
         engine = Engine(model, tokenizer)
         room = max(1, min(64, block_size - max(len(ids) for _, ids in prompts)))
-        cfg = GenerationConfig(max_new_tokens=room, temperature=0, stop_token_ids=stop,
-                               suppress_token_ids=template.suppressed_ids(tokenizer))
+        cfg = GenerationConfig(max_new_tokens=room, temperature=0, stop_token_ids=stop, suppress_token_ids=suppressed)
         results = engine.generate_ids([ids for _, ids in prompts], cfg)
         return [{"prompt": q, "text": r.text} for (q, _), r in zip(prompts, results)]
 
