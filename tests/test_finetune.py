@@ -247,8 +247,10 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     meta = read_config(tmp_path / "full" / "last")
     assert meta["chat_template"] == DEFAULT_TEMPLATE.to_dict() and meta["finetune"]["examples"]["val"] == 4
     assert meta["train"]["neftune_alpha"] == 6.0  # the default recipe's embedding noise: the resume below covers it
+    # the default recipe keeps no best/: the run's model is its last step (its answers score higher held out)
+    assert meta["train"]["save_best"] is False and not (tmp_path / "full" / "best").exists()
     captured = capsys.readouterr()
-    assert "answer @ 3" in captured.err and "(answers only)" in captured.out
+    assert "answer @ 3" in captured.err and "(answers only)" in captured.out and "(last/)" in captured.out
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "sample" and "prompt" in r for r in records)
     assert any(r["kind"] == "eval" and r.get("val_bits_per_byte") for r in records)
@@ -259,9 +261,10 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     assert main(half) == 0
     assert main(["finetune", "--resume", str(tmp_path / "half"), "--max-iters", "6"]) == 0
     # a resumed run keeps its own data settings without repeating them; a different one is refused
-    other = ft_args(pretrained, data, tmp_path / "other", "--val-fraction", "0.25")
+    other = ft_args(pretrained, data, tmp_path / "other", "--val-fraction", "0.25", "--save-best")
     other[other.index("--max-iters") + 1] = "3"
     assert main(other) == 0
+    assert (tmp_path / "other" / "best").is_dir() and "(best/)" in capsys.readouterr().out
     assert main(["finetune", "--resume", str(tmp_path / "other"), "--max-iters", "4"]) == 0
     assert read_config(tmp_path / "other" / "last")["finetune"]["val_fraction"] == 0.25
     capsys.readouterr()
@@ -431,6 +434,7 @@ def test_neftune_alpha_is_checked():
     assert TrainConfig().neftune_alpha == 0.0  # pre-training: off
     # a run saved before the field resumes as it was trained: without noise
     assert TrainConfig.upgrade_saved({"optimizer": "adamw"})["neftune_alpha"] == 0.0
+    assert TrainConfig.upgrade_saved({"optimizer": "adamw"})["save_best"] is True  # older runs all kept best/
 
 
 def test_neftune_flag_reaches_the_trainer(pretrained, tmp_path, capsys):

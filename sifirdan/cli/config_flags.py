@@ -69,6 +69,8 @@ FIELD_HELP: dict[str, dict[str, tuple[str | None, str]]] = {
         "sample_prompt": ("TEXT", "the text each sample continues"),
         "sample_tokens": ("TOKENS", "tokens generated for each sample (at most 32768)"),
         "checkpoint_interval": ("STEPS", "save last/ every STEPS optimizer steps (and at the end); 0 = only at the end"),
+        "save_best": (None, "keep best/, the checkpoint of the lowest val loss seen, which a run directory given as "
+                      "--model loads; --no-save-best: the run's model is its last/"),
         "final_eval": (None, "at the end, score every token of the validation split once (non-overlapping windows)"),
         "compile": (None, "torch.compile the model (a slower start, needs a C compiler; turns the C kernels off)"),
         "cpu_kernels": (None, "sifirdan's C kernels for fp32 CPU training where this CPU runs them fast (AVX2, "

@@ -72,6 +72,10 @@ class TrainConfig:
     sample_prompt: str = "Türk milleti"
     sample_tokens: int = 50
     checkpoint_interval: int = 500  # save last/ every this many steps (and at the end); 0 = only at the end
+    # keep best/, the weights of the lowest val loss seen; a run directory given as a model loads best/, else
+    # last/. Off in the default fine-tuning recipe: there the last model's answers score higher on held-out
+    # questions than those of the lowest-val-loss one (train/finetuning.py).
+    save_best: bool = True
     final_eval: bool = True  # a full, non-overlapping pass over the validation split at the end
     # --- runtime
     seed: int = 1337
@@ -140,6 +144,8 @@ class TrainConfig:
             d = {**d, "optimizer": "adamw", "muon_lr_scale": 1.0}
         if isinstance(d, dict) and "neftune_alpha" not in d:  # no run had embedding noise before the field
             d = {**d, "neftune_alpha": 0.0}
+        if isinstance(d, dict) and "save_best" not in d:  # every run kept best/ before the field
+            d = {**d, "save_best": True}
         return d
 
 

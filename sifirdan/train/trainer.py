@@ -381,7 +381,7 @@ class Trainer:
         self.log(f"step {self.step}: " + ", ".join(parts))  # the guide's §8 line
         if val_l is not None and math.isfinite(val_l) and (self.best_val_loss is None or val_l < self.best_val_loss):
             self.best_val_loss = val_l
-            if self.out_dir is not None and self.step > 0:
+            if self.out_dir is not None and self.step > 0 and self.cfg.save_best:
                 ckpt.save_checkpoint(self.out_dir / "best", self._saved_model(), self.tokenizer, self._config_record(val_l))
         if self.data.samples is not None and self.cfg.sample_interval and self.step > 0:
             with self._eval_mode():
