@@ -51,8 +51,10 @@ ROWS = {
 DECODINGS = {
     "greedy": [],  # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice)
     "plain-greedy": ["--no-repeat-ngram", "0"],
-    "chat": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0"],  # `sifirdan chat`'s default, seeded
-    "chat-noban": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0", "--no-repeat-ngram", "0"],
+    "chat": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0"],  # `sifirdan chat`'s default, seeded
+    "chat-t0.5": ["--temperature", "0.5", "--top-p", "0.9", "--seed", "0"],
+    "chat-t0.7": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0"],  # chat's default before 0.3
+    "chat-noban": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--no-repeat-ngram", "0"],
     "greedy-ban4": ["--no-repeat-ngram", "4"],
     "greedy-rep1.1": ["--no-repeat-ngram", "0", "--repetition-penalty", "1.1"],
 }

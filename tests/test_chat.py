@@ -174,7 +174,7 @@ def test_a_message_that_cannot_fit_is_refused_and_changes_nothing(tok):
 
 def test_commands_change_settings_and_bad_arguments_are_one_line(tok):
     s = ChatSession(ScriptedEngine(tok, ["x"]), DEFAULT_TEMPLATE)
-    assert s.config.temperature == 0.7 and s.config.top_p == 0.9 and s.config.max_new_tokens == 256
+    assert s.config.temperature == 0.3 and s.config.top_p == 0.9 and s.config.max_new_tokens == 256
     assert s.command("/temperature 0.5").message == "(temperature = 0.5)" and s.config.temperature == 0.5
     assert s.command("/top-p 0.8").message == "(top-p = 0.8)" and s.config.top_p == 0.8
     assert s.command("/top-k 40").message == "(top-k = 40)" and s.config.top_k == 40

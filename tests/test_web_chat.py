@@ -292,7 +292,10 @@ def test_page_against_stand_in_server(browser):
         assert page.is_hidden("#error")
 
         # settings are sent with each request; the API key only as a Bearer header
-        page.fill("#temperature", "0.3")
+        from sifirdan.chat.session import DEFAULT_TEMPERATURE
+
+        assert float(page.input_value("#temperature")) == DEFAULT_TEMPERATURE  # the page starts at chat's default
+        page.fill("#temperature", "0.5")
         page.fill("#max-tokens", "77")
 
         # turn 1: the Turkish message, a reply that streams in (split mid-line and mid-character)
@@ -308,7 +311,7 @@ def test_page_against_stand_in_server(browser):
         assert req["authorization"] == "Bearer gizli-anahtar"
         assert req["body"]["messages"] == [{"role": "user", "content": TURKISH}]
         assert req["body"]["stream"] is True and req["body"]["model"] == "sahte-model"
-        assert req["body"]["temperature"] == 0.3 and req["body"]["max_tokens"] == 77
+        assert req["body"]["temperature"] == 0.5 and req["body"]["max_tokens"] == 77
         # chat's anti-loop defaults ride along (without the n-gram ban a small model's answers loop)
         from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TOP_P
 

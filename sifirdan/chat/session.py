@@ -34,8 +34,10 @@ from dataclasses import dataclass
 from sifirdan.errors import UserError
 from sifirdan.generate.config import MAX_SEED, GenerationConfig
 
-# defaults of `sifirdan chat` (its --help repeats them)
-DEFAULT_TEMPERATURE = 0.7
+# defaults of `sifirdan chat` (its --help repeats them). Temperature 0.3: on five held-out folds of Nutuk questions
+# (bench/RESULTS.md, "fine-tuning levers and decoding") the default model's sampled answers scored token F1 0.119
+# at 0.3, 0.117 at 0.5 and 0.103 at 0.7 (greedy: 0.122); a small model's less likely tokens are mostly wrong ones
+DEFAULT_TEMPERATURE = 0.3
 DEFAULT_TOP_P = 0.9
 DEFAULT_TOP_K = 0
 DEFAULT_MAX_TOKENS = 256

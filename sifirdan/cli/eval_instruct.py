@@ -34,7 +34,7 @@ def register(subparsers) -> None:
             "with the decoding flags) and report ended_rate (answers that end with </RESP>), leak_rate (answers holding a special "
             "token), loop_rate (answers with fewer than half their words distinct), the mean answer length and "
             "token F1 against the reference answers. --json prints them as one line: n, ended_rate, leak_rate, "
-            "loop_rate, mean_answer_chars, f1. `--temperature 0.7 --top-p 0.9 --seed 0` measures what "
+            "loop_rate, mean_answer_chars, f1. `--temperature 0.3 --top-p 0.9 --seed 0` measures what "
             "`sifirdan chat` samples by default; `--no-repeat-ngram 0` is plain greedy."
         ),
     )
@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     options.add(p, "--skip-bad")
     options.add(p, "--device", default="auto")
     options.add(p, "--threads", default=0)
-    # decoding: greedy with chat's n-gram ban unless one is given; `--temperature 0.7 --top-p 0.9 --seed 0` = chat's
+    # decoding: greedy with chat's n-gram ban unless one is given; `--temperature 0.3 --top-p 0.9 --seed 0` = chat's
     options.add(p, "--temperature", default="0")
     options.add(p, "--top-p", default="1")
     options.add(p, "--top-k", default="0")
