@@ -94,6 +94,5 @@ def run(args) -> int:
     settings = FinetuneSettings(train=runs.explicit_flags(args)["train"], **{n: getattr(args, n) for n in names})
     result = finetune(settings, runs.run_settings(args), log=runs.say)
     out = result.run_dir
-    which = "best/" if (out / "best").is_dir() else "last/"  # --no-save-best (the default recipe): the last model
-    return runs.finish_run(result, "best val loss {best} (answers only); " + f"model in {out} ({which}) "
+    return runs.finish_run(result, "best val loss {best} (answers only); " + f"model in {out} " + "({checkpoint}) "
                            f"(try: sifirdan chat --model {out} / sifirdan eval-instruct --model {out} --data FILE)")

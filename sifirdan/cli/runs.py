@@ -33,7 +33,8 @@ def say(msg: str) -> None:
 
 def finish_run(result, done_line: str) -> int:
     """The exit code of a training run (a ``StageResult``), and its last line: ``done_line`` with ``{best}``
-    filled in. Only the main process of a torchrun job prints it."""
+    filled in, and ``{checkpoint}`` with the checkpoint a command given the run directory loads (``best/``, else
+    ``last/``: the loader's own rule). Only the main process of a torchrun job prints it."""
     from sifirdan.train.distributed import env_dist_info
 
     if result.status == "diverged":
@@ -43,5 +44,10 @@ def finish_run(result, done_line: str) -> int:
         return 143 if result.signal_name == "SIGTERM" else 130
     if env_dist_info().is_main:
         best = f"{result.best_val_loss:.4f}" if result.best_val_loss is not None else "n/a"
-        print(f"done: {result.step} steps, " + done_line.replace("{best}", best))  # not .format: paths may hold braces
+        line = done_line.replace("{best}", best)  # not .format: paths may hold braces
+        if "{checkpoint}" in line:
+            from sifirdan.checkpoint import resolve_checkpoint_dir
+
+            line = line.replace("{checkpoint}", resolve_checkpoint_dir(result.run_dir).name + "/")
+        print(f"done: {result.step} steps, " + line)
     return 0
