@@ -3,7 +3,7 @@
 ``pip install -e .`` compiles
   * ``sifirdan/tokenizer/_fastbpe.c`` -- the BPE trainer/encoder core (else: pure Python), and
   * ``sifirdan/kernels/_kernels.c`` -- CPU kernels for a training step (attention, bias+GELU, loss, dropout,
-    residual add + LayerNorm; else: PyTorch's ops),
+    residual add + LayerNorm or RMSNorm, SwiGLU's gate, rotary positions; else: PyTorch's ops),
     with OpenMP threads where the compiler has them (GCC, Clang with libomp), single-threaded otherwise.
 If no C compiler is available both are skipped (``optional=True``) and everything still works, slower.
 """

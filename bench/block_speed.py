@@ -45,7 +45,8 @@ VARIANTS = {
     # key: (label, model overrides, TrainConfig overrides)
     "old": ("old default: guide block (learned positions, LayerNorm, GELU, biases, head bias), C kernels", "old", {}),
     "old-torch": ("old default block, PyTorch's ops only (--no-cpu-kernels)", "old", {"cpu_kernels": False}),
-    "new": ("new default: RoPE, RMSNorm, SwiGLU, no biases (attention and loss on the C kernels; RoPE, RMSNorm and SwiGLU in PyTorch's ops)", "new", {}),
+    "new": ("new default: RoPE, RMSNorm, SwiGLU, no biases, C kernels (RoPE, add + RMSNorm, SwiGLU's gate, attention, loss)", "new", {}),
+    "new-torch": ("new default block, PyTorch's ops only (--no-cpu-kernels)", "new", {"cpu_kernels": False}),
 }
 
 

@@ -169,6 +169,105 @@ def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
     close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("M,N,with_bias", [(64, 128, False), (37, 40, True), (5, 7, False)])
+def test_add_rmsnorm_matches_pytorch(M, N, with_bias):
+    """x + y (+ b) and sifirdan's RMSNorm of it (F.rms_norm), with gradients through both outputs."""
+    from sifirdan.model.norms import RMSNorm
+
+    g = torch.Generator().manual_seed(M * N)
+    x, y = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64) * 3 + 1
+    b = torch.randn(N, generator=g, dtype=torch.float64)
+    weight = torch.randn(N, generator=g, dtype=torch.float64)
+    norm = RMSNorm(N)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+    wr = weight.clone().requires_grad_()
+    xr, yr, br = (t.clone().requires_grad_() for t in (x, y, b))
+    xf, yf, bf = (t.float().requires_grad_() for t in (x, y, b))
+    out_ref = xr + yr + br if with_bias else xr + yr
+    h_ref = F.rms_norm(out_ref, (N,), wr, norm.eps)
+    out, h = kernels.add_rmsnorm(xf, yf, bf if with_bias else None, norm)
+    g1, g2 = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
+    ((out_ref * g1).sum() + (h_ref * g2).sum()).backward()
+    ((out * g1.float()).sum() + (h * g2.float()).sum()).backward()
+    close = torch.testing.assert_close
+    close(out.double(), out_ref, atol=1e-5, rtol=1e-5)
+    close(h.double(), h_ref, atol=1e-5, rtol=1e-5)
+    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
+    close(yf.grad.double(), yr.grad, atol=1e-4, rtol=1e-4)
+    close(norm.weight.grad.double(), wr.grad, atol=1e-3, rtol=1e-4)
+    if with_bias:
+        close(bf.grad.double(), br.grad, atol=1e-3, rtol=1e-4)
+    # only h used: the residual gradient is absent, and the input gradient is RMSNorm's alone
+    xf.grad, xr.grad = None, None
+    kernels.add_rmsnorm(xf, yf, None, norm)[1].sum().backward()
+    F.rms_norm(xr + yr, (N,), wr, norm.eps).sum().backward()
+    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 352), (3, 7, 5), (1, 1, 1), (4, 33)])
+def test_silu_mul_matches_pytorch(shape):
+    """silu(g) * u and both gradients; sizes that leave a partial vector at the end of a thread's range."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    gate, up = torch.randn(shape, generator=gen, dtype=torch.float64) * 4, torch.randn(shape, generator=gen, dtype=torch.float64)
+    gr, ur = gate.clone().requires_grad_(), up.clone().requires_grad_()
+    gf, uf = gate.float().requires_grad_(), up.float().requires_grad_()
+    ref = F.silu(gr) * ur
+    out = kernels.silu_mul(gf, uf)
+    d = torch.randn(shape, generator=gen, dtype=torch.float64)
+    ref.backward(d)
+    out.backward(d.float())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gf.grad.double(), gr.grad, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(uf.grad.double(), ur.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_silu_mul_edge_values():
+    """Saturated gates (exp overflows or underflows), zeros, infinities and NaN, as PyTorch gives them."""
+    gate = torch.tensor([-1000.0, -100.0, -88.5, -20.0, 0.0, 20.0, 100.0, 1000.0, float("inf"), float("-inf"), float("nan")] * 2)
+    up = torch.linspace(-2, 2, gate.numel())
+    out = kernels.silu_mul(gate, up)
+    ref = F.silu(gate) * up
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("B,T,H,D", [(2, 40, 3, 16), (1, 7, 2, 6), (3, 1, 1, 2), (2, 128, 4, 32)])
+def test_rope_qkv_matches_apply_rotary(B, T, H, D):
+    """Rotary positions on packed q|k|v equal model/rope.py's apply_rotary per head (v untouched), and the
+    gradient rotates back."""
+    from sifirdan.model.rope import RotaryEmbedding, apply_rotary
+
+    gen = torch.Generator().manual_seed(B * T + D)
+    C = H * D
+    qkv = torch.randn(B, T, 3 * C, generator=gen, dtype=torch.float64)
+    rotary = RotaryEmbedding(D, max(T, 4))
+    cos, sin = rotary.tables(torch.arange(T), T, "cpu", torch.float32)  # (T, D/2)
+    ref_in = qkv.clone().requires_grad_()
+    q, k, v = ref_in.split(C, dim=2)
+    c64, s64 = cos.double()[:, None], sin.double()[:, None]
+    q, k = (apply_rotary(t.view(B, T, H, D), c64, s64).reshape(B, T, C) for t in (q, k))
+    ref = torch.cat([q, k, v], dim=2)
+    xf = qkv.float().requires_grad_()
+    out = kernels.rope_qkv(xf, cos, sin, H)
+    d = torch.randn(B, T, 3 * C, generator=gen, dtype=torch.float64)
+    ref.backward(d)
+    out.backward(d.float())
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(out[..., 2 * C:], xf[..., 2 * C:])
+    torch.testing.assert_close(xf.grad.double(), ref_in.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_the_new_ops_refuse_what_they_cannot_read():
+    with pytest.raises(TypeError, match="float32"):
+        kernels.silu_mul(torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape"):
+        kernels.silu_mul(torch.zeros(4), torch.zeros(5))
+    with pytest.raises(ValueError, match="even size"):
+        kernels.rope_qkv(torch.zeros(1, 2, 9), torch.zeros(2, 1), torch.zeros(2, 1), 1)
+    with pytest.raises(ValueError, match="tables"):
+        kernels.rope_qkv(torch.zeros(1, 2, 12), torch.zeros(3, 2), torch.zeros(3, 2), 1)
+
+
 def _model(**kw) -> GPT:
     torch.manual_seed(0)
     return GPT(GPTConfig(**{**dict(vocab_size=97, block_size=40, n_embd=48, n_head=3, n_layer=2), **GUIDE, **kw}))
@@ -219,7 +318,8 @@ def test_fused_training_with_dropout_is_finite_and_uses_the_dropout_kernel(force
     assert calls["dropout"] == 2  # one per block (n_layer 2)
 
 
-KERNEL_OPS = ("causal_attention", "bias_gelu", "add_layernorm", "cross_entropy", "dropout")
+KERNEL_OPS = ("causal_attention", "bias_gelu", "add_layernorm", "cross_entropy", "dropout", "add_rmsnorm", "silu_mul",
+              "rope_qkv")
 
 
 def _count_calls(monkeypatch) -> dict[str, int]:
@@ -243,11 +343,50 @@ def test_every_kernel_that_should_run_runs(force_kernels, monkeypatch):
     model = _model(n_layer=3).eval()
     idx = torch.randint(0, 97, (2, 40))
     _, loss = kernels.FusedGPT(model)(idx, idx)
-    assert calls == {"causal_attention": 3, "bias_gelu": 3, "add_layernorm": 6, "cross_entropy": 1, "dropout": 0}
+    assert calls == {"causal_attention": 3, "bias_gelu": 3, "add_layernorm": 6, "cross_entropy": 1, "dropout": 0,
+                     "add_rmsnorm": 0, "silu_mul": 0, "rope_qkv": 0}
     assert "CrossEntropy" in type(loss.grad_fn).__name__  # ops.CrossEntropy's node, not NllLossBackward
     calls.update(dict.fromkeys(calls, 0))
     model(idx, idx)  # GPT.forward itself never calls them
     assert sum(calls.values()) == 0
+
+
+# the beyond-the-guide default block (model/rope.py, norms.py, mlp_variants.py)
+MODERN = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, lm_head_bias=False, init="scaled")
+
+
+def test_every_kernel_of_the_new_block_runs(force_kernels, monkeypatch):
+    """The default block's fused pass: rotary positions, attention, SwiGLU's gate and add + RMSNorm on the
+    kernels, each once per block (add + RMSNorm twice), and the same outputs and gradients as GPT.forward."""
+    calls = _count_calls(monkeypatch)
+    model = _model(n_layer=3, **MODERN).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    _, loss = kernels.FusedGPT(model)(idx, idx)
+    assert calls == {"causal_attention": 3, "bias_gelu": 0, "add_layernorm": 0, "cross_entropy": 1, "dropout": 0,
+                     "add_rmsnorm": 6, "silu_mul": 3, "rope_qkv": 3}
+    _assert_same(*_both_paths(model, idx, idx))
+
+
+@pytest.mark.parametrize("kw", [{"bias": True}, {"tie_weights": False}, {"mlp": "relu2"}, {"mlp": "gelu"},
+                                {"norm": "layernorm"}, {"position": "learned"}, {"qk_norm": True, "logit_softcap": 15.0}])
+def test_fused_forward_of_the_new_block_equals_gpt_forward(force_kernels, kw):
+    """Each piece of the new block switched on its own: the fused pass follows, with the same outputs and
+    gradients (the qkv bias before the rotation, the guide's MLP or LayerNorm inside a rotary block, ...)."""
+    model = _model(**{**MODERN, **kw}).eval()
+    assert kernels.why_not(model) is None
+    idx = torch.randint(0, 97, (3, 40))
+    _assert_same(*_both_paths(model, idx, idx))
+    _assert_same(*_both_paths(model, idx[:, :17]))
+
+
+def test_new_block_training_with_dropout_uses_the_dropout_kernel(force_kernels, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    model = _model(dropout=0.2, **MODERN).train()
+    idx = torch.randint(0, 97, (3, 40))
+    _, loss = kernels.FusedGPT(model)(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert calls["dropout"] == 2 and calls["silu_mul"] == 2
 
 
 def test_the_trainer_runs_the_kernels_only_when_asked(force_kernels, monkeypatch):
@@ -295,6 +434,34 @@ def test_adapters_change_the_fused_path_exactly_as_the_pytorch_path(force_kernel
     assert (torch_path[0] - plain).abs().max() > 1e-3  # the adapters do change the output
     _assert_same(torch_path, fused_path)
     assert fused_path[2]["blocks.0.attention.qkv.A"].abs().sum() > 0  # adapter weights get gradients
+
+
+def test_adapters_on_the_new_block_change_the_fused_path_exactly_as_the_pytorch_path(force_kernels):
+    model = _model(**MODERN).eval()
+    idx = torch.randint(0, 97, (3, 40))
+    plain = model(idx, idx)[0].detach()
+    for block in model.blocks:
+        for parent, name in ((block.attention, "qkv"), (block.attention, "proj"), (block.feed_forward, "gate"),
+                             (block.feed_forward, "up"), (block.feed_forward, "proj")):
+            setattr(parent, name, LowRank(getattr(parent, name)))
+    assert kernels.why_not(model) is None
+    torch_path, fused_path = _both_paths(model, idx, idx)
+    assert (torch_path[0] - plain).abs().max() > 1e-3
+    _assert_same(torch_path, fused_path)
+    assert fused_path[2]["blocks.1.feed_forward.gate.A"].abs().sum() > 0
+
+
+def test_hooks_on_the_new_block_apply_on_the_fused_path(force_kernels, monkeypatch):
+    calls = _count_calls(monkeypatch)
+    model = _model(**MODERN).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    plain = model(idx)[0].detach()
+    model.blocks[1].feed_forward.register_forward_hook(lambda m, inp, out: out * 0.5)
+    model.blocks[0].ln2.register_forward_pre_hook(lambda m, inp: (inp[0] + 1.0,))
+    a, b = _both_paths(model, idx, idx)
+    assert (a[0] - plain).abs().max() > 1e-3
+    _assert_same(a, b)
+    assert calls["silu_mul"] == 1  # the hooked feed-forward network was called as a module
 
 
 def test_hooks_apply_on_the_fused_path(force_kernels):
@@ -477,6 +644,17 @@ t = torch.randint(0, 100, (5,), generator=g)
 assert abs(kernels.cross_entropy(h, t).item() - F.cross_entropy(h, t).item()) < 1e-5
 y = kernels.dropout(h + 10, 0.5)
 assert ((y == 0) | ((y - (h + 10) * 2).abs() < 1e-4)).all() and 0 < (y == 0).sum() < 500
+from sifirdan.model.norms import RMSNorm
+rn = RMSNorm(72)
+xo, hn = kernels.add_rmsnorm(r0, r1, None, rn)
+assert (hn - rn(r0 + r1)).abs().max() < 1e-5
+gt, ut = torch.randn(3, 37, generator=g) * 5, torch.randn(3, 37, generator=g)
+assert (kernels.silu_mul(gt, ut) - F.silu(gt) * ut).abs().max() < 1e-5
+from sifirdan.model.rope import RotaryEmbedding, apply_rotary
+qkv = torch.randn(2, 9, 3 * 2 * 8, generator=g)
+cos, sin = RotaryEmbedding(8, 9).tables(torch.arange(9), 9, "cpu", torch.float32)
+q = apply_rotary(qkv[..., :16].view(2, 9, 2, 8), cos[:, None], sin[:, None]).reshape(2, 9, 16)
+assert (kernels.rope_qkv(qkv, cos, sin, 2)[..., :16] - q).abs().max() < 1e-5
 print("ok")
 """
 

@@ -7,7 +7,8 @@ fast kernels in other files:
   * ``_kernels.c`` / ``_kernels_impl.h`` -- the C code, compiled by ``pip install -e .`` once per instruction set
     (AVX-512, AVX2, generic; the widest this CPU runs is picked at import);
   * ``ops.py`` -- each kernel as an autograd function (``causal_attention``, ``bias_gelu``, ``add_layernorm``,
-    ``cross_entropy``, ``dropout``), tested against the PyTorch code it replaces, and ``available()`` /
+    ``add_rmsnorm``, ``silu_mul``, ``rope_qkv``, ``cross_entropy``, ``dropout``), tested against the PyTorch code
+    it replaces, and ``available()`` /
     ``describe()``: whether this machine should use them;
   * ``fused.py`` -- ``fused_forward(model, idx, targets)``: ``GPT.forward`` again, written with the kernels.
 
@@ -32,6 +33,7 @@ from sifirdan.kernels.fused import FusedGPT, accelerate, fused_forward, why_not
 from sifirdan.kernels.ops import (
     FAST_ISAS,
     add_layernorm,
+    add_rmsnorm,
     applies,
     available,
     bias_gelu,
@@ -39,6 +41,8 @@ from sifirdan.kernels.ops import (
     cross_entropy,
     describe,
     dropout,
+    rope_qkv,
+    silu_mul,
 )
 
 __all__ = [
@@ -46,6 +50,7 @@ __all__ = [
     "FusedGPT",
     "accelerate",
     "add_layernorm",
+    "add_rmsnorm",
     "applies",
     "available",
     "bias_gelu",
@@ -54,5 +59,7 @@ __all__ = [
     "describe",
     "dropout",
     "fused_forward",
+    "rope_qkv",
+    "silu_mul",
     "why_not",
 ]

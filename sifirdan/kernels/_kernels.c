@@ -2,7 +2,7 @@
  *
  * Why: at the guide's shape (batch 32 x block 128, n_embd 128, 4 heads of 32) a CPU training step is
  * mostly matrix multiplies that already run near the chip's peak; what is left is memory traffic and
- * PyTorch's general-purpose kernels for small operations. Five of them are done here, each the same math
+ * PyTorch's general-purpose kernels for small operations. Seven of them are done here, each the same math
  * as PyTorch's (tests hold them to it; only float rounding differs):
  *   - causal attention. torch's CPU flash kernel works in 128-key blocks, so at T = 128 it computes the
  *     whole T x T score matrix although half of it is masked, and the (B, T, 3C) -> (B, H, T, D) layout
@@ -18,7 +18,13 @@
  *   - residual add + LayerNorm: a pre-LN block's "x + sublayer(...)" is followed by the LayerNorm of the next
  *     sub-layer; PyTorch broadcasts the sub-layer's output bias (addmm), adds, normalises, and in backward
  *     runs the LayerNorm backward, accumulates the residual gradient and sums the bias gradient, each a
- *     pass over the (B*T, n_embd) activations. Here forward and backward are one pass each.
+ *     pass over the (B*T, n_embd) activations. Here forward and backward are one pass each. The same kernel
+ *     does RMSNorm (the default block's norm): the mean is taken as zero.
+ *   - SwiGLU's gate silu(g) * u: PyTorch runs silu, a multiply, and in backward two multiplies and a silu
+ *     backward, each a pass over the hidden activations; here one pass each way.
+ *   - rotary positions: PyTorch rotates q and k per head with four multiplies and a concatenation each, and
+ *     the attention kernel then needs q | k | v re-packed; here one pass rotates them in the packed layout
+ *     (backward: the same pass rotating back).
  * Everything is float32, row-major and contiguous; the Python side (ops.py) checks that.
  *
  * Portable C: GCC/Clang vector extensions, compiled once per instruction set (_kernels_impl.h) with that
@@ -100,9 +106,12 @@ typedef void (*dropout_fn)(const float *, float *, int64_t, int64_t, uint32_t, f
 typedef void (*gelu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t, int);
 typedef void (*gelu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t, int);
 typedef void (*addln_fwd_fn)(const float *, const float *, const float *, const float *, const float *, float *, float *,
-                             float *, float *, float, int64_t, int64_t, int);
+                             float *, float *, float, int, int64_t, int64_t, int);
 typedef void (*addln_bwd_fn)(const float *, const float *, const float *, const float *, const float *, const float *,
-                             float *, float *, float *, float *, int64_t, int64_t, int);
+                             float *, float *, float *, float *, int, int64_t, int64_t, int);
+typedef void (*silu_fwd_fn)(const float *, const float *, float *, int64_t, int64_t);
+typedef void (*silu_bwd_fn)(const float *, const float *, const float *, float *, float *, int64_t, int64_t);
+typedef void (*rope_fn)(const float *, const float *, const float *, float *, float, int64_t, int64_t, int, int, int);
 
 #define SFX(name) name##_generic
 #define VW 16 /* the compiler splits these for the baseline ISA (this copy is a fallback, not a fast path) */
@@ -153,6 +162,9 @@ static gelu_fwd_fn bias_gelu_rows;
 static gelu_bwd_fn bias_gelu_backward_rows;
 static addln_fwd_fn add_layernorm_rows;
 static addln_bwd_fn add_layernorm_backward_rows;
+static silu_fwd_fn silu_mul_range;
+static silu_bwd_fn silu_mul_backward_range;
+static rope_fn rope_rows;
 static const char *isa;
 
 #define USE_ISA(sfx)                                              \
@@ -165,6 +177,9 @@ static const char *isa;
         bias_gelu_backward_rows = bias_gelu_backward_rows_##sfx;  \
         add_layernorm_rows = add_layernorm_rows_##sfx;            \
         add_layernorm_backward_rows = add_layernorm_backward_rows_##sfx; \
+        silu_mul_range = silu_mul_range_##sfx;                    \
+        silu_mul_backward_range = silu_mul_backward_range_##sfx;  \
+        rope_rows = rope_rows_##sfx;                              \
         isa = #sfx;                                               \
     } while (0)
 
@@ -285,10 +300,10 @@ static int bias_gelu(const float *g, const float *h, const float *b, float *out,
 /* ------------------------------------------------------------------------------ residual add + LayerNorm
  * Forward (dh NULL): xo = x + y (+ b), h = LayerNorm(xo), mean / rstd per row. Backward: dx = dxo (may be
  * NULL) + LayerNorm's input gradient, and the column sums dgamma, dbeta, db (each may be NULL) -- per-thread
- * partial sums added in thread order, as in bias_gelu. */
+ * partial sums added in thread order, as in bias_gelu. rms: RMSNorm instead of LayerNorm (no mean). */
 static int add_layernorm(const float *x, const float *y, const float *b, const float *gamma, const float *beta,
                          float *xo, float *h, float *mean, float *rstd, float eps, const float *dh, const float *dxo,
-                         float *dx, float *dgamma, float *dbeta, float *db, int64_t M, int N) {
+                         float *dx, float *dgamma, float *dbeta, float *db, int rms, int64_t M, int N) {
     int nt = max_threads();
     size_t Np = rup(N, W);
     float *partial = NULL;
@@ -304,9 +319,9 @@ static int add_layernorm(const float *x, const float *y, const float *b, const f
             if (dh) {
                 float *mine = partial + (size_t)t * 3 * Np;
                 add_layernorm_backward_rows(dh, dxo, xo, mean, rstd, gamma, dx, dgamma ? mine : NULL,
-                                            dbeta ? mine + Np : NULL, db ? mine + 2 * Np : NULL, r0, r1, N);
+                                            dbeta ? mine + Np : NULL, db ? mine + 2 * Np : NULL, rms, r0, r1, N);
             } else
-                add_layernorm_rows(x, y, b, gamma, beta, xo, h, mean, rstd, eps, r0, r1, N);
+                add_layernorm_rows(x, y, b, gamma, beta, xo, h, mean, rstd, eps, rms, r0, r1, N);
         }
     }
     if (partial) {
@@ -322,6 +337,31 @@ static int add_layernorm(const float *x, const float *y, const float *b, const f
         free(partial);
     }
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------- SwiGLU gate, RoPE
+ * Elementwise (silu_mul) and row-wise (rope) passes: each thread takes one contiguous range, nothing is
+ * summed across threads, so the results do not depend on the thread count. */
+static void silu_mul(const float *d, const float *g, const float *u, float *out, float *dg, float *du, int64_t n) {
+#pragma omp parallel
+    {
+        int64_t i0, i1;
+        thread_range(n, W, &i0, &i1);
+        if (i0 < i1) {
+            if (d) silu_mul_backward_range(d, g, u, dg, du, i0, i1);
+            else silu_mul_range(g, u, out, i0, i1);
+        }
+    }
+}
+
+static void rope(const float *src, const float *cos_t, const float *sin_t, float *dst, float sign, int64_t rows, int T,
+                 int H, int D) {
+#pragma omp parallel
+    {
+        int64_t r0, r1;
+        thread_range(rows, 1, &r0, &r1);
+        if (r0 < r1) rope_rows(src, cos_t, sin_t, dst, sign, r0, r1, T, H, D);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ cross-entropy
@@ -428,13 +468,13 @@ static PyObject *py_bias_gelu_backward(PyObject *self, PyObject *args) {
 static PyObject *py_add_layernorm_forward(PyObject *self, PyObject *args) {
     unsigned long long x, y, b, gamma, beta, xo, h, mean, rstd;
     long long M;
-    int N, rc;
+    int N, rms, rc;
     float eps;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKfLi", &x, &y, &b, &gamma, &beta, &xo, &h, &mean, &rstd, &eps, &M, &N))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKfLip", &x, &y, &b, &gamma, &beta, &xo, &h, &mean, &rstd, &eps, &M, &N, &rms))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     rc = add_layernorm(PTR(x), PTR(y), b ? PTR(b) : NULL, PTR(gamma), beta ? PTR(beta) : NULL, PTR(xo), PTR(h),
-                       PTR(mean), PTR(rstd), eps, NULL, NULL, NULL, NULL, NULL, NULL, M, N);
+                       PTR(mean), PTR(rstd), eps, NULL, NULL, NULL, NULL, NULL, NULL, rms, M, N);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -443,13 +483,14 @@ static PyObject *py_add_layernorm_forward(PyObject *self, PyObject *args) {
 static PyObject *py_add_layernorm_backward(PyObject *self, PyObject *args) {
     unsigned long long dh, dxo, xo, mean, rstd, gamma, dx, dgamma, dbeta, db;
     long long M;
-    int N, rc;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKLi", &dh, &dxo, &xo, &mean, &rstd, &gamma, &dx, &dgamma, &dbeta, &db, &M, &N))
+    int N, rms, rc;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKLip", &dh, &dxo, &xo, &mean, &rstd, &gamma, &dx, &dgamma, &dbeta, &db, &M, &N,
+                          &rms))
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     rc = add_layernorm(NULL, NULL, NULL, PTR(gamma), NULL, PTR(xo), NULL, PTR(mean), PTR(rstd), 0.f, PTR(dh),
                        dxo ? PTR(dxo) : NULL, PTR(dx), dgamma ? PTR(dgamma) : NULL, dbeta ? PTR(dbeta) : NULL,
-                       db ? PTR(db) : NULL, M, N);
+                       db ? PTR(db) : NULL, rms, M, N);
     Py_END_ALLOW_THREADS
     if (rc) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -481,6 +522,38 @@ static PyObject *py_dropout(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_silu_mul_forward(PyObject *self, PyObject *args) {
+    unsigned long long g, u, out;
+    long long n;
+    if (!PyArg_ParseTuple(args, "KKKL", &g, &u, &out, &n)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    silu_mul(NULL, PTR(g), PTR(u), PTR(out), NULL, NULL, n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_silu_mul_backward(PyObject *self, PyObject *args) {
+    unsigned long long d, g, u, dg, du;
+    long long n;
+    if (!PyArg_ParseTuple(args, "KKKKKL", &d, &g, &u, &dg, &du, &n)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    silu_mul(PTR(d), PTR(g), PTR(u), NULL, PTR(dg), PTR(du), n);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_rope(PyObject *self, PyObject *args) {
+    unsigned long long src, cos_t, sin_t, dst;
+    float sign;
+    long long rows;
+    int T, H, D;
+    if (!PyArg_ParseTuple(args, "KKKKfLiii", &src, &cos_t, &sin_t, &dst, &sign, &rows, &T, &H, &D)) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rope(PTR(src), PTR(cos_t), PTR(sin_t), PTR(dst), sign, rows, T, H, D);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"attention_forward", py_attention_forward, METH_VARARGS, "causal attention from packed qkv (see ops.py)"},
     {"attention_backward", py_attention_backward, METH_VARARGS, "its gradient with respect to qkv"},
@@ -490,6 +563,9 @@ static PyMethodDef methods[] = {
     {"bias_gelu_backward", py_bias_gelu_backward, METH_VARARGS, "d/dh and d/db of GELU(h + b)"},
     {"add_layernorm_forward", py_add_layernorm_forward, METH_VARARGS, "x + y (+ b), then LayerNorm (see ops.py)"},
     {"add_layernorm_backward", py_add_layernorm_backward, METH_VARARGS, "its gradients"},
+    {"silu_mul_forward", py_silu_mul_forward, METH_VARARGS, "silu(g) * u (see ops.py)"},
+    {"silu_mul_backward", py_silu_mul_backward, METH_VARARGS, "its gradients with respect to g and u"},
+    {"rope", py_rope, METH_VARARGS, "rotary positions on packed qkv (sign -1: backward) (see ops.py)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -46,6 +46,10 @@ typedef uint32_t vu __attribute__((vector_size(VW * 4)));
 #define bias_gelu_backward_rows SFX(bias_gelu_backward_rows)
 #define add_layernorm_rows SFX(add_layernorm_rows)
 #define add_layernorm_backward_rows SFX(add_layernorm_backward_rows)
+#define silu_mul_range SFX(silu_mul_range)
+#define silu_mul_backward_range SFX(silu_mul_backward_range)
+#define rope_rows SFX(rope_rows)
+#define vsigmoid SFX(vsigmoid)
 
 static inline vf ld(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void st(float *p, vf v) { memcpy(p, &v, sizeof v); }
@@ -222,10 +226,11 @@ static void bias_gelu_backward_rows(const float *g, const float *h, const float 
 
 /* Residual add + LayerNorm, rows row0..row1-1 of (M, N):
  *   xo = x + y (+ b);  h = (xo - mean) * rstd * gamma (+ beta),  rstd = 1 / sqrt(var + eps)
- * mean and var over the row, var biased (as nn.LayerNorm). mean and rstd are saved for backward. */
+ * mean and var over the row, var biased (as nn.LayerNorm). mean and rstd are saved for backward.
+ * With rms set it is RMSNorm instead (F.rms_norm): mean is taken as 0, so var is the mean square. */
 static void add_layernorm_rows(const float *x, const float *y, const float *b, const float *gamma, const float *beta,
-                               float *xo, float *h, float *mean, float *rstd, float eps, int64_t row0, int64_t row1,
-                               int N) {
+                               float *xo, float *h, float *mean, float *rstd, float eps, int rms, int64_t row0,
+                               int64_t row1, int N) {
     for (int64_t i = row0; i < row1; i++) {
         const float *xr = x + i * N, *yr = y + i * N;
         float *o = xo + i * N, *hr = h + i * N;
@@ -242,7 +247,7 @@ static void add_layernorm_rows(const float *x, const float *y, const float *b, c
             o[j] = xr[j] + yr[j] + (b ? b[j] : 0.f);
             sum += o[j];
         }
-        float m = sum / (float)N;
+        float m = rms ? 0.f : sum / (float)N;
         vf mv = bc(m), qv = bc(0.f); /* second pass for the variance: no cancellation in E[x^2] - m^2 */
         for (j = 0; j + VW <= N; j += VW) {
             vf d = ld(o + j) - mv;
@@ -267,10 +272,11 @@ static void add_layernorm_rows(const float *x, const float *y, const float *b, c
  * residual stream), may be NULL. dx = dxo + LayerNorm's input gradient -- the gradient of x, of y, and of b
  * (summed over rows). Per-thread column sums go to dgamma, dbeta and db (each N, padded to 16; NULL = not
  * wanted). With xhat = (xo - mean) rstd and g = dh gamma:
- *   d(LN input) = rstd (g - mean(g) - xhat mean(g xhat)),  dgamma = sum dh xhat,  dbeta = sum dh. */
+ *   d(LN input) = rstd (g - mean(g) - xhat mean(g xhat)),  dgamma = sum dh xhat,  dbeta = sum dh.
+ * RMSNorm (rms set, mean 0) has no mean to subtract, so its input gradient drops the mean(g) term. */
 static void add_layernorm_backward_rows(const float *dh, const float *dxo, const float *xo, const float *mean,
                                         const float *rstd, const float *gamma, float *dx, float *dgamma,
-                                        float *dbeta, float *db, int64_t row0, int64_t row1, int N) {
+                                        float *dbeta, float *db, int rms, int64_t row0, int64_t row1, int N) {
     for (int64_t i = row0; i < row1; i++) {
         const float *dr = dh + i * N, *o = xo + i * N, *gr = dxo ? dxo + i * N : NULL;
         float *out = dx + i * N;
@@ -293,7 +299,7 @@ static void add_layernorm_backward_rows(const float *dh, const float *dxo, const
             if (dgamma) dgamma[k] += d * xh;
             if (dbeta) dbeta[k] += d;
         }
-        const float a = sg / (float)N, c = sgx / (float)N;
+        const float a = rms ? 0.f : sg / (float)N, c = sgx / (float)N;
         const vf av = bc(a), cv = bc(c);
         for (j = 0; j + VW <= N; j += VW) {
             vf xh = (ld(o + j) - mv) * rv;
@@ -308,6 +314,75 @@ static void add_layernorm_backward_rows(const float *dh, const float *dxo, const
             out[j] = v;
             if (db) db[j] += v;
         }
+    }
+}
+
+/* sigmoid(x) = 1 / (1 + exp(-x)) from e = exp(-|x|), which never overflows (vexp is only good up to ~88):
+ * 1 / (1 + e) for x >= 0, e / (1 + e) below. Saturates to exactly 0 and 1; NaN stays NaN. */
+static inline vf vsigmoid(vf x) {
+    vi neg = x < bc(0.f);
+    vf e = vexp(-sel(neg, -x, x)), r = 1.f / (1.f + e);
+    return sel(neg, e * r, r);
+}
+
+/* SwiGLU's gate, elementwise over [i0, i1) (whole vectors except at the very end, i1 = n):
+ *   out = silu(g) * u = g * sigmoid(g) * u */
+static void silu_mul_range(const float *g, const float *u, float *out, int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + VW <= i1; i += VW) {
+        vf x = ld(g + i);
+        st(out + i, x * vsigmoid(x) * ld(u + i));
+    }
+    if (i < i1) {
+        float gt[VW] = {0}, ut[VW] = {0};
+        for (int l = 0; i + l < i1; l++) gt[l] = g[i + l], ut[l] = u[i + l];
+        vf x = ld(gt);
+        st_n(out + i, x * vsigmoid(x) * ld(ut), (int)(i1 - i));
+    }
+}
+
+/* Its backward: with s = sigmoid(g),
+ *   du = d * silu(g) = d * g * s,   dg = d * u * silu'(g) = d * u * s * (1 + g * (1 - s)). */
+static void silu_mul_backward_range(const float *d, const float *g, const float *u, float *dg, float *du,
+                                    int64_t i0, int64_t i1) {
+    int64_t i = i0;
+    for (; i + VW <= i1; i += VW) {
+        vf x = ld(g + i), dd = ld(d + i), s = vsigmoid(x);
+        st(du + i, dd * x * s);
+        st(dg + i, dd * ld(u + i) * s * (1.f + x * (1.f - s)));
+    }
+    if (i < i1) {
+        float gt[VW] = {0}, ut[VW] = {0}, dt[VW] = {0};
+        for (int l = 0; i + l < i1; l++) gt[l] = g[i + l], ut[l] = u[i + l], dt[l] = d[i + l];
+        vf x = ld(gt), dd = ld(dt), s = vsigmoid(x);
+        st_n(du + i, dd * x * s, (int)(i1 - i));
+        st_n(dg + i, dd * ld(ut) * s * (1.f + x * (1.f - s)), (int)(i1 - i));
+    }
+}
+
+/* Rotary positions on packed q | k | v rows (B*T rows of 3 * H * D), rows row0..row1-1; row r is position
+ * r % T. Each head's channel pairs (i, i + D/2) of q and of k are rotated by the angle whose cos / sin are
+ * row t of the (T, D/2) tables; v is copied. sign = -1 rotates back by the same angle: the backward pass
+ * (a rotation's transpose is its inverse), which takes d(out) to d(qkv).
+ *   out_i = x_i c - x_{i+D/2} s,   out_{i+D/2} = x_{i+D/2} c + x_i s            (s = sign * sin) */
+static void rope_rows(const float *src, const float *cos_t, const float *sin_t, float *dst, float sign,
+                      int64_t row0, int64_t row1, int T, int H, int D) {
+    const int half = D / 2;
+    const size_t C = (size_t)H * D;
+    for (int64_t r = row0; r < row1; r++) {
+        const float *cr = cos_t + (size_t)(r % T) * half, *sr = sin_t + (size_t)(r % T) * half;
+        const float *x = src + (size_t)r * 3 * C;
+        float *o = dst + (size_t)r * 3 * C;
+        for (int h = 0; h < 2 * H; h++) { /* q's heads, then k's */
+            const float *x1 = x + (size_t)h * D, *x2 = x1 + half;
+            float *o1 = o + (size_t)h * D, *o2 = o1 + half;
+            for (int i = 0; i < half; i++) {
+                float c = cr[i], s = sign * sr[i];
+                o1[i] = x1[i] * c - x2[i] * s;
+                o2[i] = x2[i] * c + x1[i] * s;
+            }
+        }
+        memcpy(o + 2 * C, x + 2 * C, C * sizeof(float));
     }
 }
 
@@ -716,6 +791,10 @@ static void dropout_range(const float *x, float *out, int64_t i0, int64_t i1, ui
 #undef bias_gelu_backward_rows
 #undef add_layernorm_rows
 #undef add_layernorm_backward_rows
+#undef silu_mul_range
+#undef silu_mul_backward_range
+#undef rope_rows
+#undef vsigmoid
 #undef cross_entropy_rows
 #undef gather_rows
 #undef add_row_bias

@@ -15,10 +15,20 @@ loss, the same gradients (tests hold it to within float rounding) -- in fewer pa
     logits = lm_head(h);  loss = ops.cross_entropy(logits, targets)
 
 The beyond-the-guide block (rotary positions, RMSNorm, a SwiGLU or squared-ReLU MLP, QK-norm, a logit cap:
-``GPTConfig.gpt2_block`` is False) takes ``_modern_forward``: its modules are called as ``GPT.forward`` calls
-them, and two kernels stand in where they apply -- attention (queries and keys rotated first, then
-``ops.causal_attention`` on the re-packed q | k | v) and the loss (``ops.cross_entropy``). Those two were where
-PyTorch's path lost most of its time to the kernels (bench/block_speed.py).
+``GPTConfig.gpt2_block`` is False; the default) takes ``_modern_forward``, laid out the same way:
+
+    x = embeddings(idx);  h = ln1(x)
+    per block:
+        qkv = h W_qkv (+ b)                    PyTorch's matmul; the bias added before the rotation
+        qkv = rotate q and k                   ops.rope_qkv, in the packed layout (QK-norm: PyTorch per head)
+        y   = causal_attention(qkv)
+        x, h = x + y W_O, ln2(...)             ops.add_rmsnorm (ops.add_layernorm for a LayerNorm)
+        f   = (silu(h W_gate) * h W_up) W_2    ops.silu_mul for SwiGLU; another MLP is called as a module
+        x, h = x + f, next_norm(...)           ops.add_rmsnorm again
+    logits = lm_head(h) (soft-capped if asked);  loss = ops.cross_entropy(logits, targets)
+
+With RoPE, RMSNorm and SwiGLU in PyTorch's ops this block trained at 0.88x the guide block's tokens/s on the
+kernels; with them on the kernels, at 1.01x (bench/block_speed.py, same run).
 
 Wrappers stay in force. A layer is read directly (its ``weight`` and ``bias``) only when it is exactly the
 PyTorch class ``GPT`` builds it as (``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU``, ``nn.Dropout``) with no hooks;
@@ -41,6 +51,8 @@ from sifirdan.model.attention import MultiHeadAttention
 from sifirdan.model.block import TransformerBlock
 from sifirdan.model.feedforward import FeedForward
 from sifirdan.model.gpt import GPT, IGNORE_INDEX
+from sifirdan.model.mlp_variants import SwiGLUFeedForward
+from sifirdan.model.norms import RMSNorm
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -99,9 +111,12 @@ def _linear_parts(linear: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 def _add_norm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, norm: nn.Module):
-    """``x + y (+ bias)`` and ``norm`` of it: one C pass for a plain nn.LayerNorm, PyTorch ops otherwise."""
+    """``x + y (+ bias)`` and ``norm`` of it: one C pass for a plain nn.LayerNorm or RMSNorm, PyTorch ops
+    otherwise."""
     if _plain(norm, nn.LayerNorm) and len(norm.normalized_shape) == 1 and norm.weight is not None:
         return ops.add_layernorm(x, y, bias, norm)
+    if _plain(norm, RMSNorm):
+        return ops.add_rmsnorm(x, y, bias, norm)
     x = x + y if bias is None else x + (y + bias)
     return x, norm(x)
 
@@ -123,30 +138,63 @@ def _feed_forward(ffn: FeedForward, h: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 # ------------------------------------------------------------------------------------------------ forward
-def _modern_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor | None):
-    """``GPT.forward`` for the beyond-the-guide block: modules called as it calls them, attention and the loss
-    on the kernels (see the module docstring)."""
+def _modern_attention(a: MultiHeadAttention, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Attention(h) before W_O for the beyond-the-guide block: (B, T, n_embd), heads concatenated."""
     from sifirdan.model.rope import apply_rotary
 
+    B, T, C = h.shape
+    H = a.n_head
+    qkv, qkv_bias = _linear_parts(a.qkv, h)  # (B, T, 3 * n_embd)
+    if a.q_norm is None:
+        if a.rotary is None:
+            return ops.causal_attention(qkv, H, qkv_bias)  # the bias rides along the kernel's reads
+        if qkv_bias is not None:
+            qkv = qkv + qkv_bias  # rotation comes after the bias
+        cos, sin = a.rotary.tables(positions, T, h.device, h.dtype)  # (T, head_size / 2)
+        return ops.causal_attention(ops.rope_qkv(qkv, cos, sin, H), H)
+    # QK-norm: normalise and rotate per head in PyTorch, in the (B, T, H, head_size) layout the kernel reads
+    if qkv_bias is not None:
+        qkv = qkv + qkv_bias
+    q, k, v = qkv.split(C, dim=2)
+    q, k = a.q_norm(q.view(B, T, H, C // H)), a.k_norm(k.view(B, T, H, C // H))
+    if a.rotary is not None:
+        cos, sin = a.rotary.tables(positions, T, h.device, h.dtype)
+        q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
+    return ops.causal_attention(torch.cat([q.reshape(B, T, C), k.reshape(B, T, C), v], dim=2), H)
+
+
+def _modern_feed_forward(ffn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """FFN(h), returning ``(output, bias still to add)``: SwiGLU's gate on the kernel, the guide's GELU MLP as in
+    the guide's block, any other MLP (squared ReLU, a wrapper) called as a module."""
+    if type(ffn) is FeedForward:
+        return _feed_forward(ffn, h)
+    if type(ffn) is not SwiGLUFeedForward or _hooked(ffn):
+        return ffn(h), None
+    hidden = ops.silu_mul(ffn.gate(h), ffn.up(h))  # (B, T, hidden): silu(h W_gate) * (h W_up)
+    drop = ffn.dropout
+    if not _plain(drop, nn.Dropout):
+        return drop(ffn.proj(hidden)), None
+    if ffn.training and drop.p > 0:
+        return ops.dropout(ffn.proj(hidden), drop.p), None
+    return _linear_parts(ffn.proj, hidden)
+
+
+def _modern_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor | None):
+    """``GPT.forward`` for the beyond-the-guide block, laid out as ``fused_forward`` lays out the guide's: the
+    residual add and the next RMSNorm in one kernel, rotary positions on the packed qkv, attention, SwiGLU's
+    gate and the loss on the kernels (see the module docstring)."""
     B, T = idx.shape
+    blocks = model.blocks
     x = model.embeddings(idx)  # (B, T, n_embd); adds the position table when the model has one
-    C = x.shape[-1]
     positions = torch.arange(T, device=idx.device)
-    for block in model.blocks:
-        a = block.attention
-        H = a.n_head
-        q, k, v = a.qkv(block.ln1(x)).split(C, dim=2)  # each (B, T, n_embd)
-        # rotate / normalise per head in the (B, T, H, head_size) layout the kernel reads: no transposes
-        q, k = q.view(B, T, H, C // H), k.view(B, T, H, C // H)
-        if a.q_norm is not None:
-            q, k = a.q_norm(q), a.k_norm(k)
-        if a.rotary is not None:
-            cos, sin = a.rotary.tables(positions, T, x.device, x.dtype)  # (T, head_size / 2)
-            q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
-        y = ops.causal_attention(torch.cat([q.reshape(B, T, C), k.reshape(B, T, C), v], dim=2), H)
-        x = x + a.proj(y)
-        x = x + block.feed_forward(block.ln2(x))
-    logits = model.lm_head(model.ln_f(x))  # (B, T, vocab_size)
+    h = blocks[0].ln1(x)
+    for i, block in enumerate(blocks):
+        next_norm = blocks[i + 1].ln1 if i + 1 < len(blocks) else model.ln_f
+        y, out_bias = _linear_parts(block.attention.proj, _modern_attention(block.attention, h, positions))
+        x, h = _add_norm(x, y, out_bias, block.ln2)  # x = x + Attention(ln1(x)); h = ln2(x)
+        f, f_bias = _modern_feed_forward(block.feed_forward, h)
+        x, h = _add_norm(x, f, f_bias, next_norm)  # x = x + FFN(ln2(x)); h = next_norm(x)
+    logits = model.lm_head(h)  # h is ln_f(x) after the last block: (B, T, vocab_size)
     if model.config.logit_softcap > 0:
         cap = model.config.logit_softcap
         logits = cap * torch.tanh(logits / cap)

@@ -1,6 +1,6 @@
 """The kernels of ``_kernels.c`` as autograd functions, and whether this machine should use them.
 
-Five steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
+Seven steps of a small GPT's CPU training step, each the same function as the PyTorch code it replaces
 (tests hold outputs and gradients to it), faster because they move less memory (see the top of
 ``_kernels.c``):
 
@@ -10,7 +10,12 @@ Five steps of a small GPT's CPU training step, each the same function as the PyT
   * ``cross_entropy(logits, targets)`` -- mean loss and its gradient in one pass over the logits;
   * ``dropout(x, p)`` -- inverted dropout whose mask is regenerated from a seed, never stored;
   * ``add_layernorm(x, y, bias, norm)`` -- the residual add (with the sub-layer's output bias) and the
-    LayerNorm that reads it next, forward and backward each in one pass.
+    LayerNorm that reads it next, forward and backward each in one pass; ``add_rmsnorm`` the same with RMSNorm;
+  * ``silu_mul(g, u)`` -- SwiGLU's gate silu(g) * u, forward and backward each one pass (PyTorch: silu, mul,
+    and in backward two muls and a silu backward);
+  * ``rope_qkv(qkv, cos, sin, n_head)`` -- rotary positions applied to the queries and keys of the packed
+    (B, T, 3*n_embd) projection, in the packed layout the attention kernel reads (PyTorch: per-head views,
+    four multiplies, a concatenation per tensor, then another to re-pack q | k | v).
 
 Each function reads raw float32 CPU memory and refuses anything else (``_check``). Which of them a model's
 forward pass uses, and when, is decided in ``fused.py``, not here.
@@ -178,7 +183,7 @@ class AddLayerNorm(torch.autograd.Function):
     a LayerNorm and, in backward, a LayerNorm backward, a gradient accumulation and a bias sum."""
 
     @staticmethod
-    def forward(ctx, x, y, bias, weight, ln_bias, eps: float):
+    def forward(ctx, x, y, bias, weight, ln_bias, eps: float, rms: bool = False):
         _check("add_layernorm", x, y, bias, weight, ln_bias)
         x, y = x.contiguous(), y.contiguous()
         N = x.shape[-1]
@@ -189,10 +194,11 @@ class AddLayerNorm(torch.autograd.Function):
         mean, rstd = x.new_empty(M), x.new_empty(M)
         _kernels.add_layernorm_forward(
             x.data_ptr(), y.data_ptr(), _ptr(bias), weight.contiguous().data_ptr(), _ptr(ln_bias), xo.data_ptr(),
-            h.data_ptr(), mean.data_ptr(), rstd.data_ptr(), float(eps), M, N,
+            h.data_ptr(), mean.data_ptr(), rstd.data_ptr(), float(eps), M, N, bool(rms),
         )
         ctx.save_for_backward(xo, mean, rstd, weight)
         ctx.has = (bias is not None, ln_bias is not None)
+        ctx.rms = bool(rms)
         return xo, h
 
     @staticmethod
@@ -210,15 +216,92 @@ class AddLayerNorm(torch.autograd.Function):
         dln_bias = xo.new_empty(N) if ctx.has[1] and need[4] else None
         _kernels.add_layernorm_backward(
             dh.data_ptr(), _ptr(dxo), xo.data_ptr(), mean.data_ptr(), rstd.data_ptr(), weight.contiguous().data_ptr(),
-            dx.data_ptr(), _ptr(dweight), _ptr(dln_bias), _ptr(db), xo.numel() // N, N,
+            dx.data_ptr(), _ptr(dweight), _ptr(dln_bias), _ptr(db), xo.numel() // N, N, ctx.rms,
         )
         # x and y get the same gradient; autograd never adds into a tensor it shares, so one tensor serves both
-        return dx if need[0] else None, dx if need[1] else None, db, dweight, dln_bias, None
+        return dx if need[0] else None, dx if need[1] else None, db, dweight, dln_bias, None, None
 
 
 def add_layernorm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, norm: torch.nn.LayerNorm):
     """``xo = x + y (+ bias)``; returns ``(xo, norm(xo))``. ``norm`` is an nn.LayerNorm over the last dimension."""
     return AddLayerNorm.apply(x, y, bias, norm.weight, norm.bias, norm.eps)
+
+
+def add_rmsnorm(x: torch.Tensor, y: torch.Tensor, bias: torch.Tensor | None, norm: torch.nn.Module):
+    """``xo = x + y (+ bias)``; returns ``(xo, norm(xo))`` for sifirdan's ``RMSNorm`` (a ``weight`` and an ``eps``):
+    ``weight * xo / sqrt(mean(xo^2) + eps)``, as ``F.rms_norm``. The same kernel as ``add_layernorm``, with the
+    mean taken as zero."""
+    return AddLayerNorm.apply(x, y, bias, norm.weight, None, norm.eps, True)
+
+
+class SiluMul(torch.autograd.Function):
+    """``silu(g) * u``, SwiGLU's gate (g and u the gate and up projections, same shape). Saves g and u, not the
+    product: backward recomputes the sigmoid as it writes both gradients in one pass."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        _check("silu_mul", g, u)
+        if g.shape != u.shape:
+            raise ValueError(f"silu_mul: gate {tuple(g.shape)} and up {tuple(u.shape)} differ in shape")
+        g, u = g.contiguous(), u.contiguous()
+        out = torch.empty_like(g)
+        _kernels.silu_mul_forward(g.data_ptr(), u.data_ptr(), out.data_ptr(), g.numel())
+        ctx.save_for_backward(g, u)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d: torch.Tensor):
+        g, u = ctx.saved_tensors
+        _check("silu_mul backward", d)
+        d = d.contiguous()
+        dg, du = torch.empty_like(g), torch.empty_like(u)
+        _kernels.silu_mul_backward(d.data_ptr(), g.data_ptr(), u.data_ptr(), dg.data_ptr(), du.data_ptr(), g.numel())
+        return dg, du
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``F.silu(g) * u`` for two tensors of the same shape."""
+    return SiluMul.apply(g, u)
+
+
+class RopeQKV(torch.autograd.Function):
+    """Rotary positions on packed (B, T, 3*n_embd) q | k | v: each head's channel pairs (i, i + head_size/2)
+    of q and k rotated by row t of the (T, head_size/2) cos / sin tables, v copied. Backward rotates the
+    gradient back (a rotation's transpose is its inverse); nothing is saved but the tables."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
+        _check("rope_qkv", qkv, cos, sin)
+        B, T, C3 = qkv.shape
+        if C3 % (3 * n_head) or (C3 // 3 // n_head) % 2:
+            raise ValueError(f"rope_qkv: qkv {tuple(qkv.shape)} does not fit {n_head} heads of an even size")
+        D = C3 // 3 // n_head
+        if cos.shape != (T, D // 2) or sin.shape != (T, D // 2):
+            raise ValueError(f"rope_qkv: tables {tuple(cos.shape)} / {tuple(sin.shape)} are not ({T}, {D // 2})")
+        qkv, cos, sin = qkv.contiguous(), cos.contiguous(), sin.contiguous()
+        out = torch.empty_like(qkv)
+        _kernels.rope(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), 1.0, B * T, T, n_head, D)
+        ctx.save_for_backward(cos, sin)
+        ctx.shape = (B, T, n_head, D)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        _check("rope_qkv backward", dout)
+        B, T, H, D = ctx.shape
+        dout = dout.contiguous()
+        dqkv = torch.empty_like(dout)
+        _kernels.rope(dout.data_ptr(), cos.data_ptr(), sin.data_ptr(), dqkv.data_ptr(), -1.0, B * T, T, H, D)
+        return dqkv, None, None, None
+
+
+def rope_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, 3*n_embd) packed q|k|v -> the same with q and k rotated (``model/rope.py: apply_rotary`` per head,
+    its "half split" pairs); cos / sin: (T, head_size / 2), row t for position t."""
+    return RopeQKV.apply(qkv, cos, sin, n_head)
 
 
 class CrossEntropy(torch.autograd.Function):
