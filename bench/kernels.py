@@ -6,7 +6,9 @@
 1. Each kernel, forward + backward, against its PyTorch twin on the same inputs, interleaved, median of
    rounds: causal attention (vs sdpa with its head transposes), bias+GELU (vs addmm-style bias add + GELU),
    cross-entropy (vs F.cross_entropy), dropout 0.1 (vs F.dropout), residual add + LayerNorm (vs the output
-   projection's bias broadcast, the add and nn.LayerNorm).
+   projection's bias broadcast, the add and nn.LayerNorm); for the default block, residual add + RMSNorm (vs the
+   add and F.rms_norm), SwiGLU's gate (vs F.silu and a multiply) and rotary positions on packed qkv (vs
+   model/rope.py per head and re-packing q | k | v), at the default model's width.
 2. A guide-shape training step (guide preset, dropout 0, B32 x T128) with the kernels on and off, once per
    instruction-set copy (avx512 / avx2 / generic, forced with SIFIRDAN_KERNELS_ISA in a fresh process): the
    reason the model uses the kernels on AVX-512 CPUs only.
@@ -102,6 +104,44 @@ def ops(rounds: int = 7) -> list[list]:
         xo = xr + torch.nn.functional.linear(y_in, w_out, b_out)
         torch.autograd.backward([xo, norm(xo)], [dy, dh_ln])
 
+    # the default block (RoPE, RMSNorm, SwiGLU) at the default width: n_embd 128, SwiGLU hidden 352
+    from sifirdan.model.mlp_variants import swiglu_hidden
+    from sifirdan.model.norms import RMSNorm
+    from sifirdan.model.rope import RotaryEmbedding, apply_rotary
+
+    rms = RMSNorm(C)
+    y_res = torch.randn(B, T, C, generator=g).requires_grad_()
+
+    def addrms_ours():
+        xo, hn = kernels.add_rmsnorm(xr, y_res, None, rms)
+        torch.autograd.backward([xo, hn], [dy, dh_ln])
+
+    def addrms_torch():
+        xo = xr + y_res
+        torch.autograd.backward([xo, rms(xo)], [dy, dh_ln])
+
+    hidden = swiglu_hidden(C)
+    gate = torch.randn(B * T, hidden, generator=g).requires_grad_()
+    up = torch.randn(B * T, hidden, generator=g).requires_grad_()
+    d_hidden = torch.randn(B * T, hidden, generator=g)
+
+    def silu_ours():
+        kernels.silu_mul(gate, up).backward(d_hidden)
+
+    def silu_torch():
+        (F.silu(gate) * up).backward(d_hidden)
+
+    cos, sin = RotaryEmbedding(D, T).tables(torch.arange(T), T, "cpu", torch.float32)
+    dqkv = torch.randn(B, T, 3 * C, generator=g)
+
+    def rope_ours():
+        kernels.rope_qkv(qkv, cos, sin, H).backward(dqkv)
+
+    def rope_torch():
+        q, k, v = qkv.split(C, dim=2)
+        q, k = (apply_rotary(t.view(B, T, H, D), cos[:, None], sin[:, None]).reshape(B, T, C) for t in (q, k))
+        torch.cat([q, k, v], dim=2).backward(dqkv)
+
     pairs = [
         ("causal attention + qkv bias (B32 T128, 4 heads of 32)", attn_ours, attn_torch, "sdpa + head transposes"),
         ("bias + GELU (4096 x 512)", gelu_ours, gelu_torch, "h + b, F.gelu"),
@@ -109,6 +149,10 @@ def ops(rounds: int = 7) -> list[list]:
         ("dropout 0.1 (4096 x 128)", drop_ours, drop_torch, "F.dropout"),
         ("output projection + residual add + LayerNorm (4096 x 128)", addln_ours, addln_torch,
          "addmm with bias, add, nn.LayerNorm"),
+        ("residual add + RMSNorm (4096 x 128)", addrms_ours, addrms_torch, "add, F.rms_norm"),
+        (f"SwiGLU gate silu(g) * u (4096 x {hidden})", silu_ours, silu_torch, "F.silu, mul"),
+        ("rotary positions on packed qkv (B32 T128, 4 heads of 32)", rope_ours, rope_torch,
+         "apply_rotary on q and k, cat q | k | v"),
     ]
     rows = []
     for name, ours, ref, ref_name in pairs:
@@ -186,7 +230,10 @@ def main() -> None:
     p.add_argument("--baseline-tree", metavar="DIR", help="also run the step table with the sifirdan of another "
                    "checkout (a built git worktree of an earlier commit), rows marked 'before'")
     p.add_argument("--skip-ops", action="store_true", help="only the step table")
+    p.add_argument("--skip-steps", action="store_true", help="only the op table")
     args = p.parse_args()
+    if args.skip_ops and args.skip_steps:
+        p.error("--skip-ops and --skip-steps together leave nothing to measure")
     import torch
 
     from sifirdan import kernels
@@ -196,20 +243,26 @@ def main() -> None:
         sys.exit("sifirdan.kernels._kernels is not built: pip install -e . (needs a C compiler)")
     t1 = "" if args.skip_ops else md_table(["kernel, forward + backward", "sifirdan ms", "PyTorch ms", "speed-up"], ops())
     print(t1, flush=True)
-    rows = steps()
-    if args.baseline_tree:
-        rows += steps(Path(args.baseline_tree).resolve(), " (before)")
-    t2 = md_table(["ISA copy", "step ms, kernels on", "step ms, kernels off", "speed-up", "model default"], rows)
-    print()
-    print(t2)
+    t2 = ""
+    if not args.skip_steps:
+        rows = steps()
+        if args.baseline_tree:
+            rows += steps(Path(args.baseline_tree).resolve(), " (before)")
+        t2 = md_table(["ISA copy", "step ms, kernels on", "step ms, kernels off", "speed-up", "model default"], rows)
+        print()
+        print(t2)
     notes = (
         f"Op table: median of 7 interleaved rounds of 10 calls, {torch.get_num_threads()} threads, build "
-        f"`{kernels.describe()}`. Step table: guide preset (dropout 0), batch 32 x block 128, vocab 500, median of 6 "
-        "rounds of 8 steps, kernels on and off interleaved in one fresh process per copy (SIFIRDAN_KERNELS_ISA); "
-        "the AVX2 and generic copies run here on an AVX-512 machine, as a stand-in for CPUs that have nothing wider."
+        f"`{kernels.describe()}`."
     )
+    if t2:
+        notes += (
+            " Step table: guide preset (dropout 0), batch 32 x block 128, vocab 500, median of 6 rounds of 8 steps, "
+            "kernels on and off interleaved in one fresh process per copy (SIFIRDAN_KERNELS_ISA); the AVX2 and "
+            "generic copies run here on an AVX-512 machine, as a stand-in for CPUs that have nothing wider."
+        )
     if not args.no_append:
-        append_results("CPU kernels vs PyTorch ops", (t1 + "\n\n" if t1 else "") + t2, notes)
+        append_results("CPU kernels vs PyTorch ops", "\n\n".join(t for t in (t1, t2) if t), notes)
 
 
 if __name__ == "__main__":
