@@ -152,7 +152,7 @@ def ops(rounds: int = 7) -> list[list]:
         ("residual add + RMSNorm (4096 x 128)", addrms_ours, addrms_torch, "add, F.rms_norm"),
         (f"SwiGLU gate silu(g) * u (4096 x {hidden})", silu_ours, silu_torch, "F.silu, mul"),
         ("rotary positions on packed qkv (B32 T128, 4 heads of 32)", rope_ours, rope_torch,
-         "apply_rotary on q and k, cat q | k | v"),
+         "apply_rotary on q and k, cat of q, k, v"),
     ]
     rows = []
     for name, ours, ref, ref_name in pairs:
