@@ -128,11 +128,17 @@ def _feed_forward(ffn: FeedForward, h: torch.Tensor) -> tuple[torch.Tensor, torc
         hidden = ops.bias_gelu(hidden, b1)  # the bias rides along GELU's pass (and its gradient along backward's)
     else:
         hidden = ffn.gelu(hidden if b1 is None else hidden + b1)
+    return _project_out(ffn, hidden)
+
+
+def _project_out(ffn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An MLP's last step, ``dropout(hidden W_2 + b_2)``, returning ``(output, bias still to add)``: the bias is
+    left to the add + norm kernel unless a dropout comes after it."""
     drop = ffn.dropout
     if not _plain(drop, nn.Dropout):
         return drop(ffn.proj(hidden)), None
     if ffn.training and drop.p > 0:
-        # the bias comes before the dropout, so it cannot wait for the add + LayerNorm kernel
+        # the bias comes before the dropout, so it cannot wait for the add + norm kernel
         return ops.dropout(ffn.proj(hidden), drop.p), None
     return _linear_parts(ffn.proj, hidden)
 
@@ -171,12 +177,7 @@ def _modern_feed_forward(ffn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor,
     if type(ffn) is not SwiGLUFeedForward or _hooked(ffn):
         return ffn(h), None
     hidden = ops.silu_mul(ffn.gate(h), ffn.up(h))  # (B, T, hidden): silu(h W_gate) * (h W_up)
-    drop = ffn.dropout
-    if not _plain(drop, nn.Dropout):
-        return drop(ffn.proj(hidden)), None
-    if ffn.training and drop.p > 0:
-        return ops.dropout(ffn.proj(hidden), drop.p), None
-    return _linear_parts(ffn.proj, hidden)
+    return _project_out(ffn, hidden)
 
 
 def _modern_forward(model: GPT, idx: torch.Tensor, targets: torch.Tensor | None):
