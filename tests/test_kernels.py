@@ -19,7 +19,7 @@ from sifirdan.kernels import ops
 from sifirdan.model import GPT, GPTConfig
 from sifirdan.model.config import GUIDE_BLOCK
 
-# the kernels cover the guide's (GPT-2's) block only (kernels.why_not names any other): every model here has it
+# the guide's (GPT-2's) block, which most models here have; MODERN (further down) is the default block
 GUIDE = dict(GUIDE_BLOCK, bias=True, lm_head_bias=True, init="guide")
 
 pytestmark = pytest.mark.skipif(

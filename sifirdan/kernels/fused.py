@@ -28,13 +28,16 @@ The beyond-the-guide block (rotary positions, RMSNorm, a SwiGLU or squared-ReLU 
     logits = lm_head(h) (soft-capped if asked);  loss = ops.cross_entropy(logits, targets)
 
 With RoPE, RMSNorm and SwiGLU in PyTorch's ops this block trained at 0.88x the guide block's tokens/s on the
-kernels; with them on the kernels, at 1.01x (bench/block_speed.py, same run).
+kernels; with them on the kernels, at 0.99-1.05x over two runs (1.01x through ``sifirdan pretrain``;
+bench/block_speed.py, both blocks in the same run).
 
 Wrappers stay in force. A layer is read directly (its ``weight`` and ``bias``) only when it is exactly the
-PyTorch class ``GPT`` builds it as (``nn.Linear``, ``nn.LayerNorm``, ``nn.GELU``, ``nn.Dropout``) with no hooks;
+class ``GPT`` builds it as (``nn.Linear``, ``nn.LayerNorm``, ``RMSNorm``, ``nn.GELU``, ``nn.Dropout``, and
+``SwiGLUFeedForward`` for its gate) with no hooks;
 anything else in its place -- a LoRA Linear whose effective weight is ``W + B A``, a quantised Linear, a module
 with a forward hook -- is *called*, and only the steps around it are fused. Where the structure itself differs
-(a block, attention or feed-forward class that is not sifirdan's, hooks on those, global module hooks, the
+(a block or attention class that is not sifirdan's -- in the guide block a feed-forward class too --, hooks on
+those, global module hooks, the
 ``explicit`` guide attention, recorded attention maps) the fused path does not apply and ``FusedGPT`` runs
 ``GPT.forward`` unchanged: ``why_not(model)`` says why.
 """
