@@ -128,24 +128,41 @@ def test_bias_gelu_edge_values():
     assert torch.isnan(y[0, 12])
 
 
-@pytest.mark.parametrize("M,N,with_bias,ln_bias", [(64, 128, True, True), (37, 40, False, True), (5, 7, True, False)])
-def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
-    """x + y (+ b) and its LayerNorm, with gradients for both outputs used (residual stream and next layer)."""
+# the kernel the default block uses (RMSNorm) and the guide block's (LayerNorm), each with and without the output
+# bias and (LayerNorm) the norm's own bias; N not a multiple of the vector width in some
+ADD_NORM_CASES = [("layernorm", 64, 128, True, True), ("layernorm", 37, 40, False, True), ("layernorm", 5, 7, True, False),
+                  ("rmsnorm", 64, 128, False, False), ("rmsnorm", 37, 40, True, False), ("rmsnorm", 5, 7, False, False)]
+
+
+@pytest.mark.parametrize("kind,M,N,with_bias,norm_bias", ADD_NORM_CASES)
+def test_add_norm_matches_pytorch(kind, M, N, with_bias, norm_bias):
+    """x + y (+ b) and the norm of it (nn.LayerNorm / sifirdan's RMSNorm = F.rms_norm), with gradients for both
+    outputs used (residual stream and next layer)."""
+    from sifirdan.model.norms import RMSNorm
+
     g = torch.Generator().manual_seed(M + N)
     x, y = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64) * 3 + 1
     b = torch.randn(N, generator=g, dtype=torch.float64)
-    ref_ln = torch.nn.LayerNorm(N, bias=ln_bias, dtype=torch.float64)
+    params = [torch.randn(N, generator=g, dtype=torch.float64) for _ in range(2 if norm_bias else 1)]  # weight (, bias)
+    if kind == "layernorm":
+        norm, add_norm = torch.nn.LayerNorm(N, bias=norm_bias), kernels.add_layernorm
+
+        def reference(t, *p):
+            return F.layer_norm(t, (N,), *p, eps=norm.eps)
+    else:
+        norm, add_norm = RMSNorm(N), kernels.add_rmsnorm
+
+        def reference(t, weight):
+            return F.rms_norm(t, (N,), weight, norm.eps)
     with torch.no_grad():
-        ref_ln.weight.normal_(generator=g)
-        if ln_bias:
-            ref_ln.bias.normal_(generator=g)
-    ln = torch.nn.LayerNorm(N, bias=ln_bias)
-    ln.load_state_dict({k: v.float() for k, v in ref_ln.state_dict().items()})
+        for mine, value in zip((norm.weight, norm.bias if norm_bias else None), params):
+            mine.copy_(value)
+    pr = [t.clone().requires_grad_() for t in params]
     xr, yr, br = (t.clone().requires_grad_() for t in (x, y, b))
     xf, yf, bf = (t.float().requires_grad_() for t in (x, y, b))
     out_ref = xr + yr + br if with_bias else xr + yr
-    h_ref = ref_ln(out_ref)
-    out, h = kernels.add_layernorm(xf, yf, bf if with_bias else None, ln)
+    h_ref = reference(out_ref, *pr)
+    out, h = add_norm(xf, yf, bf if with_bias else None, norm)
     g1, g2 = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
     ((out_ref * g1).sum() + (h_ref * g2).sum()).backward()
     ((out * g1.float()).sum() + (h * g2.float()).sum()).backward()
@@ -154,54 +171,17 @@ def test_add_layernorm_matches_pytorch(M, N, with_bias, ln_bias):
     close(h.double(), h_ref, atol=1e-5, rtol=1e-5)
     close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
     close(yf.grad.double(), yr.grad, atol=1e-4, rtol=1e-4)
-    close(ln.weight.grad.double(), ref_ln.weight.grad, atol=1e-3, rtol=1e-4)
+    close(norm.weight.grad.double(), pr[0].grad, atol=1e-3, rtol=1e-4)
     if with_bias:
         close(bf.grad.double(), br.grad, atol=1e-3, rtol=1e-4)
     else:
         assert bf.grad is None
-    if ln_bias:
-        close(ln.bias.grad.double(), ref_ln.bias.grad, atol=1e-3, rtol=1e-4)
+    if norm_bias:
+        close(norm.bias.grad.double(), pr[1].grad, atol=1e-3, rtol=1e-4)
     # only h used (the last block's output goes to ln_f alone): the residual gradient is absent, not zero-filled
-    xf.grad = None
-    kernels.add_layernorm(xf, yf, None, ln)[1].sum().backward()
-    xr.grad = None
-    ref_ln(xr + yr).sum().backward()
-    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("M,N,with_bias", [(64, 128, False), (37, 40, True), (5, 7, False)])
-def test_add_rmsnorm_matches_pytorch(M, N, with_bias):
-    """x + y (+ b) and sifirdan's RMSNorm of it (F.rms_norm), with gradients through both outputs."""
-    from sifirdan.model.norms import RMSNorm
-
-    g = torch.Generator().manual_seed(M * N)
-    x, y = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64) * 3 + 1
-    b = torch.randn(N, generator=g, dtype=torch.float64)
-    weight = torch.randn(N, generator=g, dtype=torch.float64)
-    norm = RMSNorm(N)
-    with torch.no_grad():
-        norm.weight.copy_(weight)
-    wr = weight.clone().requires_grad_()
-    xr, yr, br = (t.clone().requires_grad_() for t in (x, y, b))
-    xf, yf, bf = (t.float().requires_grad_() for t in (x, y, b))
-    out_ref = xr + yr + br if with_bias else xr + yr
-    h_ref = F.rms_norm(out_ref, (N,), wr, norm.eps)
-    out, h = kernels.add_rmsnorm(xf, yf, bf if with_bias else None, norm)
-    g1, g2 = torch.randn(M, N, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
-    ((out_ref * g1).sum() + (h_ref * g2).sum()).backward()
-    ((out * g1.float()).sum() + (h * g2.float()).sum()).backward()
-    close = torch.testing.assert_close
-    close(out.double(), out_ref, atol=1e-5, rtol=1e-5)
-    close(h.double(), h_ref, atol=1e-5, rtol=1e-5)
-    close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
-    close(yf.grad.double(), yr.grad, atol=1e-4, rtol=1e-4)
-    close(norm.weight.grad.double(), wr.grad, atol=1e-3, rtol=1e-4)
-    if with_bias:
-        close(bf.grad.double(), br.grad, atol=1e-3, rtol=1e-4)
-    # only h used: the residual gradient is absent, and the input gradient is RMSNorm's alone
     xf.grad, xr.grad = None, None
-    kernels.add_rmsnorm(xf, yf, None, norm)[1].sum().backward()
-    F.rms_norm(xr + yr, (N,), wr, norm.eps).sum().backward()
+    add_norm(xf, yf, None, norm)[1].sum().backward()
+    reference(xr + yr, *pr).sum().backward()
     close(xf.grad.double(), xr.grad, atol=1e-4, rtol=1e-4)
 
 
