@@ -191,6 +191,15 @@ def test_commands_change_settings_and_bad_arguments_are_one_line(tok):
     for name in ["/reset", "/temperature", "/top-p", "/top-k", "/max-tokens", "/exit", "Ctrl-C"]:
         assert name in help_text
     assert "stays in the conversation" in HELP  # the help says what Ctrl-C keeps
+    assert "/length-decay" in help_text and "length-decay 150,1.02" in help_text  # listed, with its value now
+    assert s.command("/length-decay").message.startswith("length-decay is 150,1.02")
+    assert s.command("/length-decay 100,1.05").message == "(length-decay = 100,1.05)"
+    assert s.config.exponential_decay_length_penalty == (100, 1.05)
+    for bad in ["/length-decay 100", "/length-decay 100,0.5", "/length-decay a,b", "/length-decay -1,1.02"]:
+        msg = s.command(bad).message
+        assert msg.count("\n") == 0 and " needs " in msg and "stays 100,1.05" in msg, (bad, msg)
+    assert s.command("/length-decay off").message == "(length-decay = off)"
+    assert s.config.exponential_decay_length_penalty is None
     assert s.is_command("/reset") and not s.is_command("//etc yolu") and s.message_text("//etc yolu") == "/etc yolu"
     with pytest.raises(UserError, match="empty"):
         s.ask("   ")
@@ -297,10 +306,11 @@ def test_prompt_flag_answers_once_on_stdout(dirs, tok):
     from sifirdan.checkpoint import load_model
     model, t = load_model(dirs["ft"])
     ids = DEFAULT_TEMPLATE.render_prompt([{"role": "system", "content": "Kısa yaz."}, user("Başkent neresi?")], t)
-    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
+    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM
 
     expected = Engine(model, t).generate_ids(ids, GenerationConfig(max_new_tokens=30, temperature=0.0,
                                                                    no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM,
+                                                                   exponential_decay_length_penalty=DEFAULT_LENGTH_DECAY,
                                                                    stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t),
                                                                    suppress_token_ids=DEFAULT_TEMPLATE.suppressed_ids(t)))
     assert p.stdout == expected.text + "\n"  # chat's n-gram ban applies by default

@@ -450,3 +450,82 @@ def test_suppressed_ids_are_never_generated_on_every_sampler_path(tok, trained):
 def test_suppress_token_ids_are_checked(value):
     with pytest.raises(UserError, match="suppress_token_ids must be token ids"):
         GenerationConfig(suppress_token_ids=value).validate()
+
+
+# ------------------------------------------------------------------------------------------ length decay (issue 21)
+@pytest.mark.parametrize("value", [(150,), (150, 1.02, 3), (-1, 1.02), (150, 0.99), (150, 11.0), (2.5, 1.02),
+                                   (True, 1.02), (150, "1.02"), (150, float("inf")), (150, float("nan")),
+                                   (MAX_NEW_TOKENS_CAP + 1, 1.02), "150,1.02"])
+def test_length_decay_is_checked(value):
+    with pytest.raises(UserError, match="exponential_decay_length_penalty must be \\(start, factor\\)") as e:
+        GenerationConfig(exponential_decay_length_penalty=value).validate()
+    assert "\n" not in str(e.value)
+
+
+def test_length_decay_values_and_flag_text():
+    from sifirdan.generate.config import parse_length_decay
+
+    assert GenerationConfig(exponential_decay_length_penalty=[150, 1.02]).validate().exponential_decay_length_penalty == (150, 1.02)
+    for ok in [(0, 1.0), (MAX_NEW_TOKENS_CAP, 10.0), None]:
+        GenerationConfig(exponential_decay_length_penalty=ok).validate()
+    assert parse_length_decay("150,1.02") == (150, 1.02)
+    assert parse_length_decay(" 0 , 2 ") == (0, 2.0)
+    assert parse_length_decay("off") is None and parse_length_decay("0") is None
+    for bad in ("150", "150,1.02,3", "a,b", "1.5,1.02", ""):
+        with pytest.raises(UserError, match="--length-decay takes START,FACTOR"):
+            parse_length_decay(bad)
+
+
+def test_length_push_equals_transformers_processor():
+    """push_stop_ids at k tokens past start == transformers' ExponentialDecayLengthPenalty on the same scores, for
+    positive, negative and zero stop logits and two stop ids; before start nothing changes."""
+    lp = pytest.importorskip("transformers.generation.logits_process")
+    from sifirdan.generate.sampling import push_stop_ids
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 11) * 4
+    scores[2, 7] = 0.0
+    stop, start, factor, prompt_len = (7, 9), 5, 1.3, 4
+    hf = lp.ExponentialDecayLengthPenalty((start, factor), list(stop), prompt_len)
+    for k in range(0, 15):  # k new tokens so far: transformers sees prompt_len + k ids
+        ours = push_stop_ids(scores.clone(), stop, k - start, factor)
+        theirs = hf(torch.zeros(3, prompt_len + k, dtype=torch.long), scores.clone())
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert torch.equal(push_stop_ids(scores.clone(), stop, 0, factor), scores)
+
+
+def test_length_push_stays_finite():
+    """Thousands of tokens past start at factor 10: the stop logit is huge but finite, and over the smallest
+    temperature softmax still has no NaN; the other logits are untouched; a stop id past the vocabulary is skipped."""
+    from sifirdan.generate.config import MIN_TEMPERATURE
+    from sifirdan.generate.sampling import push_stop_ids
+
+    logits = torch.tensor([[3.0, -2.0, 500.0, -900.0]])
+    out = push_stop_ids(logits.clone(), (1, 3, 99), 30000, 10.0)
+    assert out.isfinite().all() and out[0, 1] > 1e20 and out[0, 3] > 1e20
+    assert out[0, 0] == 3.0 and out[0, 2] == 500.0
+    assert not torch.softmax(out / MIN_TEMPERATURE, dim=-1).isnan().any()
+
+
+def test_length_decay_ends_answers_on_every_sampler_path(tok, trained):
+    """A stop id the model does not pick: without the decay the text runs to max_new_tokens; with it the tokens up
+    to start are the plain run's and the text ends soon after, greedy and sampled, on the Engine's batch Sampler and
+    on continuous batching's sample_rows alike (the two paths give the same tokens)."""
+    engine = Engine(trained, tok)
+    prompt = "Türkiye"
+    for extra in (dict(temperature=0.0), dict(temperature=1.0, seed=4)):
+        plain_cfg = GenerationConfig(max_new_tokens=60, stop_token_ids=(), **extra)
+        plain = engine.generate(prompt, plain_cfg).token_ids
+        stop = min(set(range(tok.vocab_size)) - set(plain))  # never generated in the plain run
+        base = GenerationConfig(max_new_tokens=60, stop_token_ids=(stop,), **extra)
+        assert engine.generate(prompt, base).finish_reason == "length"
+        cfg = GenerationConfig(max_new_tokens=60, stop_token_ids=(stop,), exponential_decay_length_penalty=(20, 3.0), **extra)
+        res = engine.generate(prompt, cfg)
+        assert res.finish_reason == "stop" and 20 <= len(res.token_ids) < 40, len(res.token_ids)
+        assert res.token_ids == plain[: len(res.token_ids)]  # before the push took hold, the same tokens
+        assert engine.generate([prompt, "Ankara"], cfg)[0].token_ids == res.token_ids
+        rows = _batched(engine, tok, [("Ankara", GenerationConfig(max_new_tokens=30, **GREEDY)), (prompt, cfg)])
+        assert rows[1].result().token_ids == res.token_ids and rows[1].result().finish_reason == "stop"
+    # stop_token_ids=() (the server's ignore_eos): nothing to push, the text runs to the limit
+    off = GenerationConfig(max_new_tokens=60, exponential_decay_length_penalty=(0, 10.0), **GREEDY)
+    assert len(engine.generate(prompt, off).token_ids) == 60

@@ -79,6 +79,8 @@ def test_prompt_from_file_and_empty_prompt(model_dir, tmp_path, capsys):
         (["--seed", "abc"], "--seed must be an integer"),
         (["--seed", "1.5"], "--seed must be an integer"),
         (["--temperature", "hot"], "--temperature must be a number"),
+        (["--length-decay", "150"], "--length-decay takes START,FACTOR"),
+        (["--length-decay", "150,0.5"], "exponential_decay_length_penalty must be (start, factor)"),
         (["--input", "/nonexistent/prompt.txt"], "does not exist"),
     ],
 )

@@ -449,6 +449,12 @@ def test_bad_chat_fields_are_400_naming_the_field(chat_server, body, param):
     ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"), ({"prompt": "x", "ignore_eos": "no"}, "ignore_eos"),
     ({"prompt": "x", "no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
     ({"prompt": "x", "no_repeat_ngram_size": 65}, "no_repeat_ngram_size"),
+    ({"prompt": "x", "exponential_decay_length_penalty": 150}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "exponential_decay_length_penalty": [150]}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "exponential_decay_length_penalty": [150, 0.5]}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "exponential_decay_length_penalty": [-1, 1.02]}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "exponential_decay_length_penalty": [10**12, 1.02]}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "exponential_decay_length_penalty": ["150", 1.02]}, "exponential_decay_length_penalty"),
 ])
 def test_bad_completion_fields_are_400(chat_server, body, param):
     url, _ = chat_server
@@ -530,6 +536,20 @@ def test_stop_strings_and_finish_reason(turkish_server):
     stop = full[10:13]
     r = httpx.post(url + "/v1/completions", json={**body, "stop": stop}, timeout=TIMEOUT).json()
     assert r["choices"][0]["text"] == full[: full.index(stop)] and r["choices"][0]["finish_reason"] == "stop"
+
+
+def test_length_decay_extra_ends_a_chat_answer_early(chat_server):
+    """exponential_decay_length_penalty (transformers' name) reaches the sampler: [0, 10] makes </RESP> the only
+    likely token within a few tokens, where the same greedy request without it runs on; null is off."""
+    url, _ = chat_server
+    body = {"messages": [{"role": "user", "content": "Türkiye'nin başkenti neresidir?"}], "max_tokens": 40,
+            "temperature": 0}
+    post = lambda b: httpx.post(url + "/v1/chat/completions", json=b, timeout=TIMEOUT).json()  # noqa: E731
+    plain, off = post(body), post({**body, "exponential_decay_length_penalty": None})
+    pushed = post({**body, "exponential_decay_length_penalty": [0, 10.0]})
+    assert off["choices"][0]["message"]["content"] == plain["choices"][0]["message"]["content"]
+    assert plain["usage"]["completion_tokens"] > 5, plain
+    assert pushed["choices"][0]["finish_reason"] == "stop" and pushed["usage"]["completion_tokens"] <= 5, pushed
 
 
 # ================================================================================= batching through HTTP

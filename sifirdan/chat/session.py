@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sifirdan.errors import UserError
-from sifirdan.generate.config import MAX_SEED, GenerationConfig
+from sifirdan.generate.config import MAX_SEED, GenerationConfig, parse_length_decay
 
 # defaults of `sifirdan chat` (its --help repeats them). Temperature 0.3: on five held-out folds of Nutuk questions
 # (bench/RESULTS.md, "fine-tuning levers and decoding") the default model's sampled answers scored token F1 0.119
@@ -45,11 +45,25 @@ DEFAULT_MAX_TOKENS = 256
 # "fine-tuning levers and decoding"): without it 30 % of greedy answers loop; with it none do and greedy token F1
 # rises 0.078 -> 0.091; sampled answers (which do not loop anyway) score the same with and without it
 DEFAULT_NO_REPEAT_NGRAM = 3
+# From the 150th token of a reply on, ending gets 2 % likelier per token (transformers' exponential_decay_length_penalty
+# on the stop ids): chosen on the same five folds (bench/RESULTS.md, "the length push"): answers that would run to the
+# token limit end, and token F1 does not move
+DEFAULT_LENGTH_DECAY = (150, 1.02)
 
 
 def default_config() -> GenerationConfig:
     return GenerationConfig(max_new_tokens=DEFAULT_MAX_TOKENS, temperature=DEFAULT_TEMPERATURE,
-                            top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K, no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM)
+                            top_p=DEFAULT_TOP_P, top_k=DEFAULT_TOP_K, no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM,
+                            exponential_decay_length_penalty=DEFAULT_LENGTH_DECAY)
+
+
+def _shown(value) -> str:
+    """A setting as /help and the commands print it: 0.3, 150,1.02, off."""
+    if value is None:
+        return "off"
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" for v in value)
+    return f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +79,8 @@ SETTINGS = {
     "/top-k": _Setting("top_k", int, "an integer >= 0 (0 = off)"),
     "/max-tokens": _Setting("max_new_tokens", int, "an integer from 1 to 32768"),
     "/no-repeat-ngram": _Setting("no_repeat_ngram_size", int, "an integer from 0 (off) to 64"),
+    "/length-decay": _Setting("exponential_decay_length_penalty", tuple,
+                              "START,FACTOR (START 0 to 32768 new tokens, FACTOR 1 to 10) or off"),
 }
 EXIT_COMMANDS = ("/exit", "/quit")
 
@@ -76,6 +92,7 @@ HELP = """\
 /top-k K          sample only from the K most likely tokens (0 = off)
 /max-tokens N     longest reply, in tokens
 /no-repeat-ngram N  never repeat the same N tokens within a reply (0 = off)
+/length-decay S,F   from the S-th token of a reply on, ending gets F times likelier per token (off = never)
 /exit             quit (also /quit, Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C while the model writes stops the reply; what it wrote so far stays in the conversation as its answer.
 Start a message with // to send text that begins with /."""
@@ -261,6 +278,7 @@ class ChatSession:
     def settings_line(self) -> str:
         c = self.config
         return (f"temperature {c.temperature:g}, top-p {c.top_p:g}, top-k {c.top_k}, max-tokens {c.max_new_tokens}, "
+                f"no-repeat-ngram {c.no_repeat_ngram_size}, length-decay {_shown(c.exponential_decay_length_penalty)}, "
                 f"seed {'none' if self.seed is None else self.seed}; {self.mode} mode, "
                 f"{self.turns} turn{'s' if self.turns != 1 else ''} in the conversation")
 
@@ -285,11 +303,15 @@ class ChatSession:
             return CommandResult(f"unknown command {parts[0]}; /help lists the commands (start with // to send text beginning with /)")
         label = name[1:]
         if not arg:
-            return CommandResult(f"{label} is {getattr(self.config, setting.field):g}; {name} VALUE changes it")
+            return CommandResult(f"{label} is {_shown(getattr(self.config, setting.field))}; {name} VALUE changes it")
         try:
-            value = int(arg, 10) if setting.kind is int else float(arg)
+            if setting.kind is tuple:
+                value = parse_length_decay(arg, name)
+            else:
+                value = int(arg, 10) if setting.kind is int else float(arg)
             new = dataclasses.replace(self.config, **{setting.field: value}).validate()
         except (ValueError, UserError):  # UserError is a ValueError too; listed for the reader
-            return CommandResult(f"{name} needs {setting.rule}, got {arg!r}; {label} stays {getattr(self.config, setting.field):g}")
+            return CommandResult(f"{name} needs {setting.rule}, got {arg!r}; {label} stays "
+                                 f"{_shown(getattr(self.config, setting.field))}")
         self.config = new
-        return CommandResult(f"({label} = {value:g})")
+        return CommandResult(f"({label} = {_shown(value)})")

@@ -16,7 +16,8 @@ FINETUNE_HINT = "sifirdan finetune --model DIR --data FILE --out RUN"
 
 
 def register(subparsers) -> None:
-    from sifirdan.chat.session import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TOP_K, DEFAULT_TOP_P
+    from sifirdan.chat.session import (DEFAULT_LENGTH_DECAY, DEFAULT_MAX_TOKENS, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TEMPERATURE,
+                                       DEFAULT_TOP_K, DEFAULT_TOP_P)
     from sifirdan.cli import options
 
     p = subparsers.add_parser(
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
             "given to the model every turn in the template it was fine-tuned with. When the conversation no "
             "longer fits the model's context, the oldest turns are dropped (the system message stays) and a line "
             "says so. Type /help in the chat for its commands (/reset, /temperature, /top-p, /top-k, "
-            "/max-tokens, /exit). Ctrl-C while the model writes stops that reply (what it wrote so far stays in "
+            "/max-tokens, /no-repeat-ngram, /length-decay, /exit). Ctrl-C while the model writes stops that reply (what it wrote so far stays in "
             "the conversation); Ctrl-C at the prompt or Ctrl-D quits. A pre-trained model without a chat "
             f"template is used for plain completion: your text is continued (for a chat model: `{FINETUNE_HINT}`)."
         ),
@@ -44,6 +45,7 @@ def register(subparsers) -> None:
                 "the context, is kept free when fitting the conversation")
     options.add(p, "--repetition-penalty", default="1.0")
     options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
+    options.add(p, "--length-decay", default=",".join(map(str, DEFAULT_LENGTH_DECAY)))
     options.add(p, "--seed", note="random; reply k uses SEED + k, so the same messages give the same chat")
     options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_chat)
@@ -52,6 +54,7 @@ def register(subparsers) -> None:
 def cmd_chat(args) -> int:
     from sifirdan.cli.options import parse_number
     from sifirdan.generate import GenerationConfig
+    from sifirdan.generate.config import parse_length_decay
 
     config = GenerationConfig(
         max_new_tokens=parse_number(args.max_tokens, "max-tokens", int),
@@ -60,6 +63,7 @@ def cmd_chat(args) -> int:
         top_p=parse_number(args.top_p, "top-p", float),
         repetition_penalty=parse_number(args.repetition_penalty, "repetition-penalty", float),
         no_repeat_ngram_size=parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
+        exponential_decay_length_penalty=parse_length_decay(args.length_decay),
         seed=parse_number(args.seed, "seed", int),
     ).validate()  # before loading the model: a bad flag fails fast
     if args.prompt is not None and not args.prompt.strip():

@@ -264,20 +264,21 @@ def _baselines(split) -> dict:
 
 
 def _chat_decoding() -> dict:
-    """What `sifirdan chat` samples with by default (temperature, top-p, top-k, n-gram ban), seeded so a rerun
-    repeats it."""
-    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+    """What `sifirdan chat` samples with by default (temperature, top-p, top-k, n-gram ban, length decay), seeded
+    so a rerun repeats it."""
+    from sifirdan.chat.session import default_config
 
-    return {"temperature": DEFAULT_TEMPERATURE, "top_p": DEFAULT_TOP_P, "top_k": DEFAULT_TOP_K,
-            "no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM, "seed": 0}
+    c = default_config()
+    return {"temperature": c.temperature, "top_p": c.top_p, "top_k": c.top_k, "no_repeat_ngram_size": c.no_repeat_ngram_size,
+            "exponential_decay_length_penalty": c.exponential_decay_length_penalty, "seed": 0}
 
 
 def _greedy_decoding() -> dict:
     """Greedy, as `sifirdan eval-instruct` answers by default: with chat's n-gram ban (without it most answers of
-    a model this small loop; `eval-instruct --no-repeat-ngram 0` measures that)."""
-    from sifirdan.chat.session import DEFAULT_NO_REPEAT_NGRAM
+    a model this small loop; `eval-instruct --no-repeat-ngram 0` measures that) and its length decay."""
+    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM
 
-    return {"no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM}
+    return {"no_repeat_ngram_size": DEFAULT_NO_REPEAT_NGRAM, "exponential_decay_length_penalty": DEFAULT_LENGTH_DECAY}
 
 
 def stage_answers(demo: DemoDir, profile: Profile) -> dict:

@@ -36,6 +36,7 @@ def register(subparsers) -> None:
     options.add(p, "--top-p", default="1.0")
     options.add(p, "--repetition-penalty", default="1.0")
     options.add(p, "--no-repeat-ngram", default="0")
+    options.add(p, "--length-decay", default="off")
     options.add(p, "--seed", note="random; completion k of --num-samples uses SEED + k")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--num-samples", default="1", metavar="N", help="how many completions, generated as one batch (default: 1)")
@@ -96,6 +97,7 @@ def _instruction_ids(template, instruction: str, tokenizer, block_size: int) -> 
 def cmd_generate(args) -> int:
     from sifirdan.cli import options
     from sifirdan.generate import GenerationConfig
+    from sifirdan.generate.config import parse_length_decay
 
     config = GenerationConfig(
         max_new_tokens=options.parse_number(args.max_new_tokens, "max-new-tokens", int),
@@ -104,6 +106,7 @@ def cmd_generate(args) -> int:
         top_p=options.parse_number(args.top_p, "top-p", float),
         repetition_penalty=options.parse_number(args.repetition_penalty, "repetition-penalty", float),
         no_repeat_ngram_size=options.parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
+        exponential_decay_length_penalty=parse_length_decay(args.length_decay),
         seed=options.parse_number(args.seed, "seed", int),
         stop=tuple(args.stop),
         use_cache=not args.no_cache,

@@ -27,6 +27,8 @@ MAX_SEED = 2**63 - 1 - 1024  # torch.Generator.manual_seed takes 64-bit seeds, a
 MIN_TEMPERATURE = 1e-4
 MAX_REPETITION_PENALTY = 1e3
 MAX_NO_REPEAT_NGRAM = 64  # an n-gram ban longer than this bans nothing a loop would repeat soon enough to matter
+# exponential_decay_length_penalty's factor: 1 = no push; 10 already multiplies the push tenfold per token
+MAX_LENGTH_DECAY_FACTOR = 10.0
 
 
 @dataclass
@@ -37,6 +39,9 @@ class GenerationConfig:
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
     repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
     no_repeat_ngram_size: int = 0  # n > 0: never generate the same n tokens twice in one answer (sampling.NgramBan); 0 = off
+    # (start, factor), transformers' name and meaning: from the start-th new token on, each stop id's logit gains
+    # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends (sampling.push_stop_ids); None = off
+    exponential_decay_length_penalty: tuple[int, float] | None = None
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
     stop_token_ids: tuple[int, ...] | None = None  # None = <|endoftext|> if the tokenizer has it; () = none
@@ -52,6 +57,8 @@ class GenerationConfig:
         if self.stop_token_ids is not None:
             self.stop_token_ids = tuple(self.stop_token_ids)
         self.suppress_token_ids = tuple(self.suppress_token_ids)
+        if isinstance(self.exponential_decay_length_penalty, list):  # from JSON
+            self.exponential_decay_length_penalty = tuple(self.exponential_decay_length_penalty)
 
     def validate(self) -> "GenerationConfig":
         n = self.max_new_tokens
@@ -74,6 +81,14 @@ class GenerationConfig:
         if not is_int(n) or not 0 <= n <= MAX_NO_REPEAT_NGRAM:
             raise UserError(f"no_repeat_ngram_size must be an integer from 0 (off) to {MAX_NO_REPEAT_NGRAM}, got {n!r}; "
                             "pass e.g. --no-repeat-ngram 4")
+        d = self.exponential_decay_length_penalty
+        if d is not None:
+            ok = (isinstance(d, tuple) and len(d) == 2 and is_int(d[0]) and 0 <= d[0] <= MAX_NEW_TOKENS_CAP
+                  and is_number(d[1]) and 1 <= d[1] <= MAX_LENGTH_DECAY_FACTOR)
+            if not ok:
+                raise UserError(f"exponential_decay_length_penalty must be (start, factor): start an integer from 0 to "
+                                f"{MAX_NEW_TOKENS_CAP} (new tokens), factor a number from 1 to {MAX_LENGTH_DECAY_FACTOR:g}, "
+                                f"or None (off), got {d!r}; pass e.g. --length-decay 150,1.02")
         if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             # row i of a batch uses seed + i: room is left for the rows
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")
@@ -90,6 +105,22 @@ class GenerationConfig:
     def greedy(self) -> bool:
         """Argmax: temperature 0, or below MIN_TEMPERATURE (which float32 cannot divide by safely)."""
         return self.temperature < MIN_TEMPERATURE
+
+
+def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, float] | None:
+    """'START,FACTOR' (e.g. '150,1.02') -> (150, 1.02); 'off' -> None. The range is checked by ``validate()``."""
+    t = text.strip().lower()
+    if t in ("off", "none", "0"):
+        return None
+    parts = t.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        start, factor = int(parts[0], 10), float(parts[1])
+    except ValueError:
+        raise UserError(f"{name} takes START,FACTOR (e.g. 150,1.02: from the 150th new token on, ending gets 2 % "
+                        f"likelier per token) or off, got {text!r}") from None
+    return (start, factor)
 
 
 @dataclass

@@ -133,7 +133,7 @@ class ContinuousBatcher:
         row.seq = _Sequence(row.prompt_ids, self.engine.tokenizer, row.config.stop)
         if row.stop_ids is None:
             row.stop_ids = self.engine._stop_ids(row.config)
-        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids)
+        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids, row.stop_ids)
         row.seq.fit(self.block_size, self.keep)  # a prompt longer than the context: its last `keep` tokens
         self.waiting.append(row)
 

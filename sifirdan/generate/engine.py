@@ -184,7 +184,7 @@ class Engine:
     def _run(self, seqs: list[_Sequence], cfg: GenerationConfig) -> Iterator[TokenEvent]:
         model, block_size, keep = self.model, self.block_size, self.crop_keep
         stop_ids = self._stop_ids(cfg)
-        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device)
+        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device, stop_ids)
         for i, s in enumerate(seqs):
             sampler.mark_seen(i, s.ids)
             s.fit(block_size, keep)

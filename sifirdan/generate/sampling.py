@@ -1,5 +1,5 @@
-"""From logits to the next token: repetition penalty -> banned ids (suppressed, n-gram ban) -> temperature ->
-top-k -> top-p -> sample.
+"""From logits to the next token: repetition penalty -> the length push on the stop ids -> banned ids (suppressed,
+n-gram ban) -> temperature -> top-k -> top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -7,6 +7,8 @@ other prompts share its batch.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,32 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     """
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+# The push's multiplier is capped at e**60 (1e26): a stop logit of |x| <= 1e3 then gains at most 1e29, and over the
+# smallest temperature (1e-4) that is 1e33, still a finite float32 (an inf logit makes softmax NaN). Far earlier
+# than the cap the stop id is already the only likely token.
+_MAX_PUSH_LOG = 60.0
+_MAX_PUSHED_LOGIT = 1e30
+
+
+def push_stop_ids(logits: torch.Tensor, stop_ids, past_start: int, factor: float) -> torch.Tensor:
+    """transformers' ``exponential_decay_length_penalty`` for rows ``past_start`` tokens past its start: each stop
+    id's logit gains |logit| * (factor**past_start - 1), so ending gets likelier with every token an answer runs on.
+
+    A small model that never learned when to stop writes until ``max_new_tokens``; this ends such answers soon after
+    ``start`` while leaving shorter ones untouched (a positive logit grows, a negative one climbs towards 0 and
+    past it). ``logits`` (B, V) is changed in place; rows whose stop logit is exactly 0 get no push (as transformers).
+    """
+    if past_start <= 0 or factor == 1.0:
+        return logits
+    grow = math.expm1(min(past_start * math.log(factor), _MAX_PUSH_LOG))
+    V = logits.shape[-1]
+    for sid in stop_ids:
+        if sid < V:
+            col = logits[:, sid]
+            logits[:, sid] = (col + col.abs() * grow).clamp(-_MAX_PUSHED_LOGIT, _MAX_PUSHED_LOGIT)
+    return logits
 
 
 class NgramBan:
@@ -94,9 +122,11 @@ def _cut(mass_before: torch.Tensor, p) -> torch.Tensor:
 class Sampler:
     """Picks the next token of every row; holds the per-row generators and the 'seen' table."""
 
-    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device):
+    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device, stop_ids=()):
         self.config = config
         self.vocab_size = vocab_size
+        self.stop_ids = tuple(sorted(stop_ids))  # what the length push (exponential_decay_length_penalty) raises
+        self.step = 0  # tokens sampled so far: every row of a batch starts together, so one count serves all
         self.generators: list[torch.Generator] = []
         if not config.greedy:
             for i in range(batch_size):
@@ -131,6 +161,10 @@ class Sampler:
         logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
+        decay = cfg.exponential_decay_length_penalty
+        if decay is not None and self.stop_ids and self.step > decay[0]:
+            logits = push_stop_ids(logits.clone(), self.stop_ids, self.step - decay[0], decay[1])
+        self.step += 1
         if self.bans is not None or cfg.suppress_token_ids:
             logits = logits.clone()
             for i in range(logits.shape[0]):
@@ -161,9 +195,11 @@ class RowSampler:
     ``sample_rows`` runs the rows of a batch together.
     """
 
-    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = ()):
+    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), stop_ids=()):
         self.config = config
         self.vocab_size = vocab_size
+        self.stop_ids = tuple(sorted(stop_ids))  # what the length push raises
+        self.step = 0  # tokens this row has sampled
         self.generator: torch.Generator | None = None
         if not config.greedy:
             self.generator = torch.Generator(device=device)
@@ -192,11 +228,18 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     V = rows[0].vocab_size
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
+    pushed = [i for i, r in enumerate(rows) if r.stop_ids and r.config.exponential_decay_length_penalty is not None
+              and r.step > r.config.exponential_decay_length_penalty[0]]
     banning = [i for i, r in enumerate(rows) if r.ban is not None or r.config.suppress_token_ids]
-    if pen or banning:
+    for r in rows:
+        r.step += 1
+    if pen or pushed or banning:
         logits = logits.clone()
         for i in pen:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
+        for i in pushed:
+            start, factor = rows[i].config.exponential_decay_length_penalty
+            push_stop_ids(logits[i : i + 1], rows[i].stop_ids, rows[i].step - 1 - start, factor)
         for i in banning:
             ban_tokens(logits, i, rows[i].config.suppress_token_ids, rows[i].ban)
     nxt = logits.argmax(dim=-1)

@@ -16,6 +16,9 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
     top_k                extra: integer >= 0 (0 or -1 = off)
     repetition_penalty   extra: 0.001 .. 1000 (1 = off); outside, a logit times it is no longer a finite float32
     no_repeat_ngram_size extra (transformers' name): 0 .. 64; n > 0 = no n tokens twice in one completion (0 = off)
+    exponential_decay_length_penalty
+                         extra (transformers' name): [start, factor], start 0 .. 32768 new tokens, factor 1 .. 10, or
+                         null (off, the default): past start, each stop token's logit gains |logit| * (factor**k - 1)
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
@@ -24,7 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sifirdan.configs import is_int, is_number
-from sifirdan.generate.config import MAX_NO_REPEAT_NGRAM, MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig
+from sifirdan.generate.config import (MAX_LENGTH_DECAY_FACTOR, MAX_NEW_TOKENS_CAP, MAX_NO_REPEAT_NGRAM,
+                                      MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig)
 from sifirdan.serve.errors import bad_request
 
 MAX_N = 16
@@ -63,6 +67,19 @@ def _int(body, name, default, lo, hi, what):
     return x
 
 
+def _length_decay(body) -> tuple[int, float] | None:
+    name = "exponential_decay_length_penalty"
+    x = body.get(name)
+    if x is None:
+        return None
+    if not (isinstance(x, list) and len(x) == 2 and is_int(x[0]) and 0 <= x[0] <= MAX_NEW_TOKENS_CAP
+            and is_number(x[1]) and 1 <= x[1] <= MAX_LENGTH_DECAY_FACTOR):
+        raise bad_request(f"{name} must be [start, factor] with start an integer from 0 to {MAX_NEW_TOKENS_CAP} and "
+                          f"factor a number from 1 to {MAX_LENGTH_DECAY_FACTOR:g} (e.g. [150, 1.02]), or null, got {_short(x)}",
+                          param=name)
+    return (x[0], float(x[1]))
+
+
 def _bool(body, name, default=False):
     x = body.get(name)
     if x is None:
@@ -83,6 +100,7 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
     rep = _number(body, "repetition_penalty", 1.0, lo=1 / MAX_REPETITION_PENALTY, hi=MAX_REPETITION_PENALTY,
                   what=f"a number from {1 / MAX_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g} (1 = off)")
     no_repeat = _int(body, "no_repeat_ngram_size", 0, 0, MAX_NO_REPEAT_NGRAM, f"an integer from 0 (off) to {MAX_NO_REPEAT_NGRAM}")
+    length_decay = _length_decay(body)
     names = ("max_completion_tokens", "max_tokens") if kind == "chat" else ("max_tokens",)
     max_tokens = None
     for name in names:
@@ -115,7 +133,8 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
         include_usage = _bool(opts, "include_usage")
     ignore_eos = _bool(body, "ignore_eos")
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              repetition_penalty=rep, no_repeat_ngram_size=no_repeat, seed=seed, stop=stop,
+                              repetition_penalty=rep, no_repeat_ngram_size=no_repeat,
+                              exponential_decay_length_penalty=length_decay, seed=seed, stop=stop,
                               stop_token_ids=() if ignore_eos else None).validate()
     return Sampling(config, n, stream, include_usage and stream, ignore_eos)
 
