@@ -478,20 +478,39 @@ def test_length_decay_values_and_flag_text():
 
 def test_length_push_equals_transformers_processor():
     """push_stop_ids at k tokens past start == transformers' ExponentialDecayLengthPenalty on the same scores, for
-    positive, negative and zero stop logits and two stop ids; before start nothing changes."""
+    positive, negative and zero logits and one or two ids; before start nothing changes."""
     lp = pytest.importorskip("transformers.generation.logits_process")
     from sifirdan.generate.sampling import push_stop_ids
 
     torch.manual_seed(0)
-    scores = torch.randn(3, 11) * 4
-    scores[2, 7] = 0.0
-    stop, start, factor, prompt_len = (7, 9), 5, 1.3, 4
-    hf = lp.ExponentialDecayLengthPenalty((start, factor), list(stop), prompt_len)
-    for k in range(0, 15):  # k new tokens so far: transformers sees prompt_len + k ids
-        ours = push_stop_ids(scores.clone(), stop, k - start, factor)
-        theirs = hf(torch.zeros(3, prompt_len + k, dtype=torch.long), scores.clone())
-        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
-    assert torch.equal(push_stop_ids(scores.clone(), stop, 0, factor), scores)
+    scores = torch.randn(4, 11) * 4
+    scores[0, 7], scores[1, 7], scores[2, 7] = 2.5, -3.0, 0.0
+    for stop in ((7,), (7, 9)):
+        start, factor, prompt_len = 5, 1.3, 4
+        hf = lp.ExponentialDecayLengthPenalty((start, factor), list(stop), prompt_len)
+        for k in range(0, 15):  # k new tokens so far: transformers sees prompt_len + k ids
+            ours = push_stop_ids(scores.clone(), stop, k - start, factor)
+            theirs = hf(torch.zeros(4, prompt_len + k, dtype=torch.long), scores.clone())
+            torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+        assert torch.equal(push_stop_ids(scores.clone(), stop, 0, factor), scores)
+
+
+def test_length_decay_pushes_the_first_stop_id_only():
+    """A chat's stop ids are (</RESP>, <|endoftext|>): the decay pushes </RESP> alone (end_id), so a long answer
+    ends in the chat format, even where the model rates <|endoftext|> higher; without stop_token_ids it pushes
+    <|endoftext|>, and with none nothing."""
+    from sifirdan.generate.sampling import RowSampler, Sampler, end_id, sample_rows
+
+    assert end_id(GenerationConfig(stop_token_ids=(5, 2)), 2) == (5,)
+    assert end_id(GenerationConfig(), 2) == (2,) and end_id(GenerationConfig(), None) == ()
+    assert end_id(GenerationConfig(stop_token_ids=()), 2) == ()
+    cfg = GenerationConfig(temperature=0.0, stop_token_ids=(1, 2), exponential_decay_length_penalty=(0, 2.0))
+    logits = torch.tensor([[4.0, -5.0, -1.0, 0.0]])  # </RESP> = 1 is less likely than <|endoftext|> = 2
+    sampler = Sampler(cfg, 1, 4, "cpu", end_id(cfg, 2))
+    row = RowSampler(cfg, 4, "cpu", end_ids=end_id(cfg, 2))
+    picks = [(sampler(logits).item(), sample_rows(logits, [row]).item()) for _ in range(6)]
+    # step k > 0: -5 + 5 (2^k - 1) beats 4 from k = 2 on; id 2 is never pushed
+    assert picks == [(0, 0), (0, 0), (1, 1), (1, 1), (1, 1), (1, 1)], picks
 
 
 def test_length_push_stays_finite():
@@ -501,9 +520,10 @@ def test_length_push_stays_finite():
     from sifirdan.generate.sampling import push_stop_ids
 
     logits = torch.tensor([[3.0, -2.0, 500.0, -900.0]])
-    out = push_stop_ids(logits.clone(), (1, 3, 99), 30000, 10.0)
-    assert out.isfinite().all() and out[0, 1] > 1e20 and out[0, 3] > 1e20
-    assert out[0, 0] == 3.0 and out[0, 2] == 500.0
+    for stop in (1, 3):
+        out = push_stop_ids(logits.clone(), (stop, 99), 30000, 10.0)
+        assert out.isfinite().all() and out[0, stop] > 1e20
+        assert out[0, 0] == 3.0 and out[0, 2] == 500.0
     assert not torch.softmax(out / MIN_TEMPERATURE, dim=-1).isnan().any()
 
 

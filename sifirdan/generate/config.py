@@ -39,8 +39,9 @@ class GenerationConfig:
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
     repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
     no_repeat_ngram_size: int = 0  # n > 0: never generate the same n tokens twice in one answer (sampling.NgramBan); 0 = off
-    # (start, factor), transformers' name and meaning: from the start-th new token on, each stop id's logit gains
-    # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends (sampling.push_stop_ids); None = off
+    # (start, factor), transformers' name and meaning: from the start-th new token on, the stop id's logit gains
+    # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends; with several stop ids, the
+    # most likely one now (sampling.push_stop_ids says why); None = off
     exponential_decay_length_penalty: tuple[int, float] | None = None
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears

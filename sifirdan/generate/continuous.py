@@ -42,7 +42,7 @@ import torch
 
 from sifirdan.generate.config import GenerationConfig
 from sifirdan.generate.engine import _Sequence
-from sifirdan.generate.sampling import RowSampler, sample_rows
+from sifirdan.generate.sampling import RowSampler, end_id, sample_rows
 from sifirdan.model import KVCache
 
 
@@ -53,6 +53,8 @@ class Row:
         self.prompt_ids = list(prompt_ids)
         self.config = config.validate()
         self.stop_ids = None if stop_ids is None else frozenset(stop_ids)  # None: the engine's default
+        # the id the length decay pushes: the first stop id given (a chat's </RESP>), as sampling.end_id
+        self.end_ids = None if stop_ids is None else tuple(stop_ids)[:1]
         self.tag = tag  # the caller's (e.g. which request and choice this row is)
         self.cancelled = False
         self.seq: _Sequence | None = None
@@ -133,7 +135,9 @@ class ContinuousBatcher:
         row.seq = _Sequence(row.prompt_ids, self.engine.tokenizer, row.config.stop)
         if row.stop_ids is None:
             row.stop_ids = self.engine._stop_ids(row.config)
-        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids, row.stop_ids)
+        if row.end_ids is None:
+            row.end_ids = end_id(row.config, self.engine.tokenizer.eot_id)
+        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids, row.end_ids)
         row.seq.fit(self.block_size, self.keep)  # a prompt longer than the context: its last `keep` tokens
         self.waiting.append(row)
 

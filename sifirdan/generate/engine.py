@@ -32,7 +32,7 @@ import torch
 
 from sifirdan.errors import UserError
 from sifirdan.generate.config import GenerationConfig, GenerationResult
-from sifirdan.generate.sampling import Sampler
+from sifirdan.generate.sampling import Sampler, end_id
 from sifirdan.generate.text import IncrementalDetokenizer, StopStringMatcher
 from sifirdan.model import KVCache
 
@@ -184,7 +184,7 @@ class Engine:
     def _run(self, seqs: list[_Sequence], cfg: GenerationConfig) -> Iterator[TokenEvent]:
         model, block_size, keep = self.model, self.block_size, self.crop_keep
         stop_ids = self._stop_ids(cfg)
-        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device, stop_ids)
+        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device, end_id(cfg, self.tokenizer.eot_id))
         for i, s in enumerate(seqs):
             sampler.mark_seen(i, s.ids)
             s.fit(block_size, keep)

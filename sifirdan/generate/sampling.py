@@ -34,22 +34,35 @@ _MAX_PUSHED_LOGIT = 1e30
 
 
 def push_stop_ids(logits: torch.Tensor, stop_ids, past_start: int, factor: float) -> torch.Tensor:
-    """transformers' ``exponential_decay_length_penalty`` for rows ``past_start`` tokens past its start: each stop
-    id's logit gains |logit| * (factor**past_start - 1), so ending gets likelier with every token an answer runs on.
+    """transformers' ``exponential_decay_length_penalty``, ``past_start`` tokens past its start: each id's logit in
+    ``stop_ids`` gains |logit| * (factor**past_start - 1), so ending gets likelier with every token an answer runs on.
 
     A small model that never learned when to stop writes until ``max_new_tokens``; this ends such answers soon after
     ``start`` while leaving shorter ones untouched (a positive logit grows, a negative one climbs towards 0 and
-    past it). ``logits`` (B, V) is changed in place; rows whose stop logit is exactly 0 get no push (as transformers).
+    past it). ``logits`` (B, V) is changed in place; a logit of exactly 0 gets no push (as in transformers).
+    The samplers pass one id, the first stop id (``end_id``).
     """
     if past_start <= 0 or factor == 1.0:
         return logits
     grow = math.expm1(min(past_start * math.log(factor), _MAX_PUSH_LOG))
-    V = logits.shape[-1]
     for sid in stop_ids:
-        if sid < V:
+        if sid < logits.shape[-1]:
             col = logits[:, sid]
             logits[:, sid] = (col + col.abs() * grow).clamp(-_MAX_PUSHED_LOGIT, _MAX_PUSHED_LOGIT)
     return logits
+
+
+def end_id(config: GenerationConfig, default: int | None) -> tuple[int, ...]:
+    """The id the length decay pushes: the first of ``config.stop_token_ids`` (a chat's ``</RESP>``: its template
+    lists it first), else ``default`` (the tokenizer's ``<|endoftext|>``); () when nothing stops the text.
+
+    One id, where transformers pushes every end id: the push grows with |logit|, so of several the least likely
+    one overtakes the rest. On the five Nutuk folds, pushing the model's likelier of ``</RESP>`` and
+    ``<|endoftext|>`` ended 4 of 300 greedy answers (8 sampled) with ``<|endoftext|>``, outside the chat format;
+    pushing ``</RESP>`` alone ends them with it (bench/RESULTS.md, "the length decay")."""
+    if config.stop_token_ids is not None:
+        return tuple(config.stop_token_ids[:1])
+    return () if default is None else (default,)
 
 
 class NgramBan:
@@ -122,10 +135,10 @@ def _cut(mass_before: torch.Tensor, p) -> torch.Tensor:
 class Sampler:
     """Picks the next token of every row; holds the per-row generators and the 'seen' table."""
 
-    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device, stop_ids=()):
+    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device, end_ids=()):
         self.config = config
         self.vocab_size = vocab_size
-        self.stop_ids = tuple(sorted(stop_ids))  # what the length push (exponential_decay_length_penalty) raises
+        self.end_ids = tuple(end_ids)  # what the length decay (exponential_decay_length_penalty) pushes: end_id()
         self.step = 0  # tokens sampled so far: every row of a batch starts together, so one count serves all
         self.generators: list[torch.Generator] = []
         if not config.greedy:
@@ -162,8 +175,8 @@ class Sampler:
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
         decay = cfg.exponential_decay_length_penalty
-        if decay is not None and self.stop_ids and self.step > decay[0]:
-            logits = push_stop_ids(logits.clone(), self.stop_ids, self.step - decay[0], decay[1])
+        if decay is not None and self.end_ids and self.step > decay[0]:
+            logits = push_stop_ids(logits.clone(), self.end_ids, self.step - decay[0], decay[1])
         self.step += 1
         if self.bans is not None or cfg.suppress_token_ids:
             logits = logits.clone()
@@ -195,10 +208,10 @@ class RowSampler:
     ``sample_rows`` runs the rows of a batch together.
     """
 
-    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), stop_ids=()):
+    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), end_ids=()):
         self.config = config
         self.vocab_size = vocab_size
-        self.stop_ids = tuple(sorted(stop_ids))  # what the length push raises
+        self.end_ids = tuple(end_ids)  # what the length decay pushes: end_id()
         self.step = 0  # tokens this row has sampled
         self.generator: torch.Generator | None = None
         if not config.greedy:
@@ -228,7 +241,7 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     V = rows[0].vocab_size
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
-    pushed = [i for i, r in enumerate(rows) if r.stop_ids and r.config.exponential_decay_length_penalty is not None
+    pushed = [i for i, r in enumerate(rows) if r.end_ids and r.config.exponential_decay_length_penalty is not None
               and r.step > r.config.exponential_decay_length_penalty[0]]
     banning = [i for i, r in enumerate(rows) if r.ban is not None or r.config.suppress_token_ids]
     for r in rows:
@@ -239,7 +252,7 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
         for i in pushed:
             start, factor = rows[i].config.exponential_decay_length_penalty
-            push_stop_ids(logits[i : i + 1], rows[i].stop_ids, rows[i].step - 1 - start, factor)
+            push_stop_ids(logits[i : i + 1], rows[i].end_ids, rows[i].step - 1 - start, factor)
         for i in banning:
             ban_tokens(logits, i, rows[i].config.suppress_token_ids, rows[i].ban)
     nxt = logits.argmax(dim=-1)

@@ -18,7 +18,8 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
     no_repeat_ngram_size extra (transformers' name): 0 .. 64; n > 0 = no n tokens twice in one completion (0 = off)
     exponential_decay_length_penalty
                          extra (transformers' name): [start, factor], start 0 .. 32768 new tokens, factor 1 .. 10, or
-                         null (off, the default): past start, each stop token's logit gains |logit| * (factor**k - 1)
+                         null (off, the default): past start, the stop token's logit gains |logit| * (factor**k - 1)
+                         (of several, the most likely one: generate.sampling.push_stop_ids)
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
