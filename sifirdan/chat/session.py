@@ -45,9 +45,9 @@ DEFAULT_MAX_TOKENS = 256
 # "fine-tuning levers and decoding"): without it 30 % of greedy answers loop; with it none do and greedy token F1
 # rises 0.078 -> 0.091; sampled answers (which do not loop anyway) score the same with and without it
 DEFAULT_NO_REPEAT_NGRAM = 3
-# From the 150th token of a reply on, ending gets 2 % likelier per token (transformers' exponential_decay_length_penalty
-# on the stop ids): chosen on the same five folds (bench/RESULTS.md, "the length push"): answers that would run to the
-# token limit end, and token F1 does not move
+# From the 150th token of a reply on, </RESP> gets a push that grows 2 % per token (transformers'
+# exponential_decay_length_penalty, on the template's end token): chosen on the same five folds (bench/RESULTS.md,
+# "the length decay, built"): answers that would run to the token limit end, and token F1 does not move
 DEFAULT_LENGTH_DECAY = (150, 1.02)
 
 
@@ -92,7 +92,7 @@ HELP = """\
 /top-k K          sample only from the K most likely tokens (0 = off)
 /max-tokens N     longest reply, in tokens
 /no-repeat-ngram N  never repeat the same N tokens within a reply (0 = off)
-/length-decay S,F   from the S-th token of a reply on, ending gets F times likelier per token (off = never)
+/length-decay S,F   from the S-th token of a reply on, push the end token, F times harder per token (off = never)
 /exit             quit (also /quit, Ctrl-D, or Ctrl-C at the prompt)
 Ctrl-C while the model writes stops the reply; what it wrote so far stays in the conversation as its answer.
 Start a message with // to send text that begins with /."""

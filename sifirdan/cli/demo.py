@@ -295,8 +295,10 @@ def stage_answers(demo: DemoDir, profile: Profile) -> dict:
     held_out = split.val
     model, tokenizer = ckpt.load_model(directory)
     greedy = _greedy_decoding()
+    start, factor = greedy["exponential_decay_length_penalty"]
     print(f"answering the {len(held_out)} held-out questions (greedy, never the same {greedy['no_repeat_ngram_size']} "
-          f"tokens twice, at most {profile.max_new_tokens} new tokens) ...", flush=True)
+          f"tokens twice, a push on </RESP> growing {factor - 1:.0%} per token past {start}, at most {profile.max_new_tokens} new "
+          "tokens) ...", flush=True)
     summary, records = evaluate_answers(model, tokenizer, template_of(meta), held_out,
                                         max_new_tokens=profile.max_new_tokens, progress=True, sampling=greedy)
     atomic_write_text(demo.path / "answers.jsonl", "".join(answer_line(r) for r in records))
@@ -393,7 +395,7 @@ def summary_rows(state: dict) -> list[tuple[str, str]]:
     rows += [
         ("    PPMd order 8, having read the train split", f"{PPMD_BPC:.3f}"),
         ("fine-tuning", f"{ft.get('steps')} steps; val loss on answers {_f(ft.get('final_val_loss'), '.3f')}"),
-        ("held-out answers, greedy (chat's n-gram ban)", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
+        ("held-out answers, greedy (chat's n-gram ban, length decay)", f"{ans.get('n')} questions: ended {_f(ans.get('ended_rate'), '.0%')}, leaked "
                                      f"{_f(ans.get('leak_rate'), '.0%')}, looped {_f(ans.get('loop_rate'), '.0%')}, "
                                      f"token F1 {_f(ans.get('f1'), '.3f')}"),
         ("  with chat's sampling", f"ended {_f(chat.get('ended_rate'), '.0%')}, leaked {_f(chat.get('leak_rate'), '.0%')}, "

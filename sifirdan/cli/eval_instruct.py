@@ -7,7 +7,7 @@ Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a s
 many loop (loop_rate), their mean length in characters and their token F1 against the references (definitions:
 ``sifirdan/chat/evaluate.py``). Greedy decoding by default, so the numbers are reproducible, with ``sifirdan chat``'s
 n-gram ban (--no-repeat-ngram 3: never the same 3 tokens twice in one answer; 0 = plain greedy) and length decay
-(--length-decay 150,1.02: past 150 new tokens, ending gets 2 % likelier per token; off = never); the decoding flags
+(--length-decay 150,1.02: past 150 new tokens, a push on </RESP> that grows 2 % per token; off = never); the decoding flags
 (--temperature, --top-p, --top-k, --repetition-penalty, --no-repeat-ngram, --length-decay, --seed) measure another
 one, e.g. chat's.
 """

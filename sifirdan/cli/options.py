@@ -141,9 +141,9 @@ def _data_flags(encoding_errors) -> dict[str, dict]:
         "--no-repeat-ngram": dict(metavar="N", dest="no_repeat_ngram", help="never generate the same N tokens twice in "
                                   "one answer (the prompt does not count); 0 = off"),
         "--length-decay": dict(metavar="START,FACTOR", dest="length_decay", help="from the START-th new token on, "
-                               "ending gets likelier by FACTOR (1 to 10) per token: the most likely stop token's logit "
-                               "gains |logit| x (FACTOR^k - 1), k tokens past START (transformers' "
-                               "exponential_decay_length_penalty); off = never"),
+                               "push the end token (a chat's </RESP>, else <|endoftext|>) so a long answer ends: its "
+                               "logit gains |logit| x (FACTOR^k - 1), k tokens past START, FACTOR 1 to 10 "
+                               "(transformers' exponential_decay_length_penalty); off = never"),
     }
 
 

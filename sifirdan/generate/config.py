@@ -39,9 +39,9 @@ class GenerationConfig:
     top_p: float = 1.0  # nucleus: keep the smallest set of tokens whose probability reaches p; 1 = off
     repetition_penalty: float = 1.0  # CTRL: logits of tokens already seen (prompt or output) / or * by this; 1 = off
     no_repeat_ngram_size: int = 0  # n > 0: never generate the same n tokens twice in one answer (sampling.NgramBan); 0 = off
-    # (start, factor), transformers' name and meaning: from the start-th new token on, the stop id's logit gains
-    # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends; with several stop ids, the
-    # most likely one now (sampling.push_stop_ids says why); None = off
+    # (start, factor), transformers' name and formula: from the start-th new token on, the end id's logit gains
+    # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends; the end id is the first
+    # stop id (a chat's </RESP>; sampling.end_id says why one); None = off
     exponential_decay_length_penalty: tuple[int, float] | None = None
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
@@ -119,8 +119,8 @@ def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, fl
             raise ValueError
         start, factor = int(parts[0], 10), float(parts[1])
     except ValueError:
-        raise UserError(f"{name} takes START,FACTOR (e.g. 150,1.02: from the 150th new token on, ending gets 2 % "
-                        f"likelier per token) or off, got {text!r}") from None
+        raise UserError(f"{name} takes START,FACTOR (e.g. 150,1.02: from the 150th new token on, a push on the end "
+                        f"token that grows 2 % per token) or off, got {text!r}") from None
     return (start, factor)
 
 

@@ -1,5 +1,5 @@
-"""From logits to the next token: repetition penalty -> the length push on the stop ids -> banned ids (suppressed,
-n-gram ban) -> temperature -> top-k -> top-p -> sample.
+"""From logits to the next token: repetition penalty -> the length decay's push on the end id -> banned ids
+(suppressed, n-gram ban) -> temperature -> top-k -> top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -59,7 +59,7 @@ def end_id(config: GenerationConfig, default: int | None) -> tuple[int, ...]:
     One id, where transformers pushes every end id: the push grows with |logit|, so of several the least likely
     one overtakes the rest. On the five Nutuk folds, pushing the model's likelier of ``</RESP>`` and
     ``<|endoftext|>`` ended 4 of 300 greedy answers (8 sampled) with ``<|endoftext|>``, outside the chat format;
-    pushing ``</RESP>`` alone ends them with it (bench/RESULTS.md, "the length decay")."""
+    pushing ``</RESP>`` alone ends them with it (bench/RESULTS.md, "the length decay, built")."""
     if config.stop_token_ids is not None:
         return tuple(config.stop_token_ids[:1])
     return () if default is None else (default,)

@@ -19,7 +19,7 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
     exponential_decay_length_penalty
                          extra (transformers' name): [start, factor], start 0 .. 32768 new tokens, factor 1 .. 10, or
                          null (off, the default): past start, the stop token's logit gains |logit| * (factor**k - 1)
-                         (of several, the most likely one: generate.sampling.push_stop_ids)
+                         (of several, the first: a chat's </RESP>; generate.sampling.end_id)
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
