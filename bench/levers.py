@@ -49,9 +49,12 @@ ROWS = {
 
 # --decodings: eval-instruct's flags for each way of answering
 DECODINGS = {
-    "greedy": [],  # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice)
-    "plain-greedy": ["--no-repeat-ngram", "0"],
+    # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice) and length decay (150,1.02)
+    "greedy": [],
+    "plain-greedy": ["--no-repeat-ngram", "0", "--length-decay", "off"],
+    "greedy-nodecay": ["--length-decay", "off"],
     "chat": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0"],  # `sifirdan chat`'s default, seeded
+    "chat-nodecay": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--length-decay", "off"],
     "chat-t0.5": ["--temperature", "0.5", "--top-p", "0.9", "--seed", "0"],
     "chat-t0.7": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0"],  # chat's default before 0.3
     "chat-noban": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--no-repeat-ngram", "0"],
