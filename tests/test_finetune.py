@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -251,6 +252,11 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     assert meta["train"]["save_best"] is False and not (tmp_path / "full" / "best").exists()
     captured = capsys.readouterr()
     assert "answer @ 3" in captured.err and "(answers only)" in captured.out and "(last/)" in captured.out
+    # the default recipe mixes the base's pre-training text into a quarter of each batch (1 of 4 rows here): the
+    # bit-exact resume below covers both streams; the run records the text and its split
+    mix = meta["finetune"]["mix"]
+    assert mix["rows"] == 1 and mix["text"] == [str(pretrained.parent / "t.txt")] and mix["data"]["val_fraction"] == 0.1
+    assert "mixing pre-training text into every batch: 1 of 4 rows" in captured.err
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["kind"] == "sample" and "prompt" in r for r in records)
     assert any(r["kind"] == "eval" and r.get("val_bits_per_byte") for r in records)
@@ -270,13 +276,15 @@ def test_finetune_end_to_end_saves_the_template_and_resumes_bit_exactly(pretrain
     capsys.readouterr()
     assert main(["finetune", "--resume", str(tmp_path / "other"), "--val-fraction", "0.5"]) != 0
     assert "--val-fraction differs" in capsys.readouterr().err
+    assert main(["finetune", "--resume", str(tmp_path / "other"), "--mix-rows", "0"]) != 0
+    assert "--mix-rows differs from the run's (1)" in capsys.readouterr().err
     a, _ = load_model(tmp_path / "full" / "last")
     b, _ = load_model(tmp_path / "half" / "last")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), name
 
 
-def test_finetune_adds_missing_special_tokens(tmp_path):
+def test_finetune_adds_missing_special_tokens(tmp_path, capsys):
     from sifirdan.checkpoint import load_model, save_model
 
     bare = BPETokenizer.train(TEXT, vocab_size=280, special_tokens=["<|endoftext|>"])
@@ -288,6 +296,11 @@ def test_finetune_adds_missing_special_tokens(tmp_path):
     tuned, tok = load_model(tmp_path / "ft")
     assert all(t in tok.special_tokens for t in ("<INST>", "</INST>", "<RESP>", "</RESP>", "<PAD>"))
     assert tuned.config.vocab_size == tok.vocab_size == bare.vocab_size + 5
+    # a base that records no pre-training text (saved by hand, or imported): the examples alone, with a note
+    assert "records no pre-training text to mix into the batches" in capsys.readouterr().err
+    from sifirdan.checkpoint import read_config
+
+    assert read_config(tmp_path / "ft")["finetune"]["mix"] == {"rows": 0}
 
 
 @pytest.mark.parametrize("case", ["too_long", "no_model_tokenizer", "empty", "no_data", "bad_line"])
@@ -447,3 +460,49 @@ def test_neftune_flag_reaches_the_trainer(pretrained, tmp_path, capsys):
     assert main(ft_args(pretrained, data, tmp_path / "bad", "--neftune-alpha", "-2")) != 0
     err = capsys.readouterr().err
     assert "neftune_alpha must be a number from 0" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------------ mixed-in text (issue 21)
+def test_mixed_batches_rows_and_resume(tok):
+    """batch_size - R example rows as ExampleBatches gives them, then R windows of the text cut to the examples'
+    width with every target scored; a copy restored from state_dict draws the same batches."""
+    from sifirdan.data.sampler import BatchSampler
+    from sifirdan.train.finetune_data import MixedBatches
+
+    records = [{"instruction": f"Soru {i}: Meclis nerede?", "output": "Ankara'da. " * (1 + i % 4)} for i in range(12)]
+    examples, _ = tokenize_conversations(to_conversations(records), tok, DEFAULT_TEMPLATE, 64)
+    text = np.arange(5000, dtype=np.int64) % tok.vocab_size
+
+    def make():
+        return MixedBatches(ExampleBatches(examples, 3, 0, seed=5), BatchSampler(text, 2, 64, seed=5))
+
+    mixed, plain = make(), ExampleBatches(examples, 3, 0, seed=5)
+    for _ in range(4):
+        x, y = mixed.next_batch()
+        px, py = plain.next_batch()
+        assert x.shape == (5, px.shape[1]) and torch.equal(x[:3], px) and torch.equal(y[:3], py)
+        assert (y[3:] != IGNORE_INDEX).all() and torch.equal(y[3:, :-1], x[3:, 1:])  # plain text, every target
+        assert torch.equal((x[3:, 1:] - x[3:, :-1]) % tok.vocab_size, torch.ones_like(x[3:, 1:]))  # windows of it
+    state = json.loads(json.dumps(mixed.state_dict()))
+    again = make()
+    again.load_state_dict(state)
+    for _ in range(3):
+        assert all(torch.equal(a, b) for a, b in zip(mixed.next_batch(), again.next_batch()))
+
+
+def test_mix_flags_are_checked(pretrained, tmp_path, capsys):
+    data = write_pairs(tmp_path / "qa.jsonl")
+    for extra, message in [(("--mix-rows", "4"), "--mix-rows 4 leaves no room for examples in a batch of 4"),
+                           (("--mix-rows", "-1"), "--mix-rows must be an integer >= 0"),
+                           (("--recipe", "guide", "--mix-rows", "2"), "--mix-rows works with the default recipe"),
+                           (("--mix-text", str(tmp_path / "nope.txt")), "nope.txt")]:
+        assert main(ft_args(pretrained, data, tmp_path / "x", *extra)) != 0
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (extra, err)
+        assert not (tmp_path / "x").exists()
+    # --mix-rows 0: the examples alone, recorded so
+    assert main(ft_args(pretrained, data, tmp_path / "off", "--mix-rows", "0", "--max-iters", "1")) == 0
+    from sifirdan.checkpoint import read_config
+
+    assert read_config(tmp_path / "off" / "last")["finetune"]["mix"] == {"rows": 0}
+    assert "mixing" not in capsys.readouterr().err

@@ -61,6 +61,12 @@ def register(subparsers) -> None:
     length.add_argument("--truncate", dest="length_mode", action="store_const", const="truncate",
                         help="keep the prompt, cut the answer to fit (its </RESP> is left out)")
     options.add(p, "--train-on-prompt")
+    p.add_argument("--mix-rows", type=int, metavar="N", help="rows of each batch given to plain pre-training text "
+                   "(every token scored), so the model keeps what it knew; 0 = off (default: a quarter of --batch-size, "
+                   "4 of 16, in the default recipe; 0 in the guide's)")
+    p.add_argument("--mix-text", nargs="+", metavar="PATH", help="the text mixed in: file(s), folder(s) or corpus "
+                   "names (its train split is used) (default: the text the base model was pre-trained on, as its "
+                   "checkpoint records it)")
     lora = p.add_argument_group("LoRA", "freeze the base model and train low-rank adapters only; checkpoints hold "
                                 "the merged plain weights")
     lora.add_argument("--lora-rank", type=int, metavar="R", help="rank of the adapters, 1..n_embd (e.g. 8); off by default")
@@ -90,7 +96,8 @@ def run(args) -> int:
     from sifirdan.train import FinetuneSettings, finetune
 
     names = ("model", "data", "recipe", "block_size", "dropout", "val_fraction", "max_samples", "field_map",
-             "skip_bad", "length_mode", "train_on_prompt", "lora_rank", "lora_alpha", "lora_targets")
+             "skip_bad", "length_mode", "train_on_prompt", "lora_rank", "lora_alpha", "lora_targets", "mix_rows",
+             "mix_text")
     settings = FinetuneSettings(train=runs.explicit_flags(args)["train"], **{n: getattr(args, n) for n in names})
     result = finetune(settings, runs.run_settings(args), log=runs.say)
     out = result.run_dir

@@ -59,6 +59,10 @@ RECIPES: dict[str, dict] = {
     ),
 }
 GUIDE_BLOCK_SIZE = 256
+# The share of each batch's rows given to the base model's pre-training text (train/finetune_data.MixedBatches):
+# a quarter in our recipe (4 of 16 rows; --mix-rows sets a count). Measured on the five Nutuk folds in
+# bench/RESULTS.md, "pre-training text in the fine-tuning batches"; the guide's recipe trains on its examples alone.
+MIX_SHARE = {"default": 0.25, "guide": 0.0}
 N_SAMPLE_ANSWERS = 3  # greedy answers to fixed val instructions, logged at each evaluation
 # the data settings a run records (its config.json "finetune" section) and a resume must repeat if given again
 RUN_FIXED = ("data", "block_size", "max_samples", "field_map", "length_mode", "train_on_prompt", "val_fraction")
@@ -83,6 +87,10 @@ class FinetuneSettings:
     lora_rank: int | None = None
     lora_alpha: float | None = None
     lora_targets: str | None = None  # e.g. "qkv,proj,ffn"
+    # plain text mixed into every batch (MixedBatches): a corpus name, file(s) or folder; None = the text the base
+    # model was pre-trained on (its checkpoint records it); mix_rows None = the recipe's share (MIX_SHARE), 0 = off
+    mix_text: str | list[str] | None = None
+    mix_rows: int | None = None
 
 
 @dataclass
@@ -104,6 +112,9 @@ class _Plan:
     skip_bad: bool
     lora: dict | None
     device: Any
+    mix_rows: int = 0  # rows of pre-training text per batch (0: none)
+    mix_text: Any = None  # as given (None: the base model's pre-training text); a resumed run: its recorded mix
+    mix_saved: dict | None = None
 
 
 def finetune(settings: FinetuneSettings, run: RunSettings, log: Log | None = None) -> StageResult:
@@ -153,6 +164,12 @@ def _plan(settings: FinetuneSettings, out, mode, saved, dist, say) -> _Plan:
         max_samples, field_map_spec = ft.get("max_samples"), ft.get("field_map")
         length_mode, train_on_prompt, skip_bad = ft["length_mode"], ft["train_on_prompt"], ft.get("skip_bad", False)
         lora = _resumed_lora(settings, ft.get("lora"), out)
+        mix_saved = ft.get("mix") or {"rows": 0}
+        for name, key in (("mix_rows", "rows"), ("mix_text", "text")):
+            given = getattr(settings, name)
+            if given is not None and given != mix_saved.get(key):
+                raise UserError(f"--{name.replace('_', '-')} differs from the run's ({mix_saved.get(key)!r}); drop it when resuming")
+        mix_rows, mix_text = mix_saved["rows"], mix_saved.get("text")
     else:
         recipe = settings.recipe
         if recipe not in RECIPES:
@@ -168,14 +185,33 @@ def _plan(settings: FinetuneSettings, out, mode, saved, dist, say) -> _Plan:
         field_map_spec, length_mode = settings.field_map, settings.length_mode or "drop"
         train_on_prompt, skip_bad = settings.train_on_prompt, settings.skip_bad
         lora = _lora_settings(settings)
+        mix_saved = None
+        mix_rows = settings.mix_rows
+        mix_text = settings.mix_text
+        if mix_text is not None:
+            from sifirdan.data.corpus import resolve_inputs
+
+            mix_text = [mix_text] if isinstance(mix_text, (str, Path)) else list(mix_text)
+            mix_text = [str(t) for t in mix_text]
+            resolve_inputs(mix_text)  # a missing file is reported now, before any slow work
+        if mix_rows is not None and (isinstance(mix_rows, bool) or not isinstance(mix_rows, int) or mix_rows < 0):
+            raise UserError(f"--mix-rows must be an integer >= 0 (0 = no pre-training text in the batches), got {mix_rows!r}")
+        if mix_rows and recipe == "guide":
+            raise UserError("--mix-rows works with the default recipe (one example per row); the guide's recipe "
+                            "cuts windows from its examples: drop --mix-rows or --recipe guide")
     train_cfg = TrainConfig.from_dict(train_sections)
     if max_samples is not None and max_samples <= 0:
         raise UserError(f"--max-samples must be a positive integer, got {max_samples}")
     field_map = parse_field_map(field_map_spec)
     device = resolve_device(train_cfg.device, dist.local_rank)
     resolve_dtype(train_cfg.dtype, device)
+    if mix_rows is None:  # the recipe's share of the batch, rounded down (a batch of 1..3 mixes nothing in)
+        mix_rows = int(train_cfg.batch_size * MIX_SHARE[recipe])
+    if mix_rows and not mix_rows < train_cfg.batch_size:
+        raise UserError(f"--mix-rows {mix_rows} leaves no room for examples in a batch of {train_cfg.batch_size}; give "
+                        f"fewer rows than --batch-size (e.g. --mix-rows {max(1, train_cfg.batch_size // 4)}) or 0")
     return _Plan(out, mode, saved, recipe, train_cfg, data_source, val_fraction, max_samples, field_map_spec,
-                 field_map, length_mode, train_on_prompt, skip_bad, lora, device)
+                 field_map, length_mode, train_on_prompt, skip_bad, lora, device, mix_rows, mix_text, mix_saved)
 
 
 def _run(settings: FinetuneSettings, plan: _Plan, dist, guard: RunGuard, say, log):
@@ -194,6 +230,7 @@ def _run(settings: FinetuneSettings, plan: _Plan, dist, guard: RunGuard, say, lo
     train_ex, val_ex, train_counts, val_counts = examples
 
     init_distributed(dist, plan.device)
+    text_ids, mix = _mixed_text(settings, plan, tokenizer, block_size, dist, say)
     ft_settings = {
         "recipe": plan.recipe, "data": str(plan.data_source), "data_hash": d_hash, "val_fraction": plan.val_fraction,
         "max_samples": plan.max_samples, "field_map": plan.field_map_spec, "length_mode": plan.length_mode,
@@ -203,6 +240,7 @@ def _run(settings: FinetuneSettings, plan: _Plan, dist, guard: RunGuard, say, lo
                      "truncated": train_counts.truncated + val_counts.truncated,
                      "dropped": train_counts.dropped + val_counts.dropped},
     }
+    ft_settings["mix"] = mix
     if plan.lora is not None:
         ft_settings["lora"] = plan.lora
     if dist.is_main and guard.run_dir is None:
@@ -213,7 +251,8 @@ def _run(settings: FinetuneSettings, plan: _Plan, dist, guard: RunGuard, say, lo
     if plan.recipe == "guide":
         data = guide_data(train_ex, val_ex, cfg, block_size, pad_id, tokenizer, dist)
     else:
-        data = finetune_data(train_ex, val_ex, cfg, pad_id, tokenizer, dist)
+        data = finetune_data(train_ex, val_ex, cfg, pad_id, tokenizer, dist, text=text_ids, text_rows=mix["rows"],
+                             block_size=block_size)
     data.samples = _answer_sampler(split.val or split.train, tokenizer, template, block_size)
     run_config = {TEMPLATE_KEY: template.to_dict(), "finetune": ft_settings}
     export_model = _apply_lora(plan, model, block_size, say)
@@ -226,6 +265,52 @@ def _run(settings: FinetuneSettings, plan: _Plan, dist, guard: RunGuard, say, lo
     if plan.saved is not None:
         say(f"resumed {plan.out} at step {trainer.step}")
     return trainer.fit()
+
+
+def _mixed_text(settings: FinetuneSettings, plan: _Plan, tokenizer, block_size: int, dist, say):
+    """The token ids of the text mixed into every batch (its train split, tokenized once into the token-bin
+    cache) and what the run records of the mix: ``{"rows", "text", "data"}``; ``(None, {"rows": 0})`` for none.
+
+    By default the text is the base model's own pre-training text, as its checkpoint records it (corpus and data
+    settings, so the split is the same and no val text is trained on); a base that records none (imported from
+    Hugging Face, or fine-tuned already) is fine-tuned on its examples alone, with a note."""
+    if not plan.mix_rows:
+        return None, {"rows": 0}
+    import torch
+
+    from sifirdan import checkpoint as ckpt
+    from sifirdan.data import prepare_bins
+    from sifirdan.data.config import DataConfig
+
+    if plan.mix_saved is not None:  # resumed: the run's own text and split
+        text, data = plan.mix_saved.get("text"), plan.mix_saved.get("data") or {}
+    elif plan.mix_text is not None:
+        text, data = plan.mix_text, {}
+    else:
+        meta = ckpt.read_config(ckpt.resolve_checkpoint_dir(settings.model))
+        if "corpus_hash" not in meta:
+            say(f"note: {settings.model} records no pre-training text to mix into the batches; fine-tuning on the "
+                "examples alone (--mix-text FILE mixes one in, --mix-rows 0 says this is meant)")
+            return None, {"rows": 0}
+        text, data = meta.get("data_source"), meta.get("data") or {}
+    paths = None if text is None else ([text] if isinstance(text, str) else list(text))
+    data_cfg = DataConfig(**data)
+    if dist.is_main:
+        bins = prepare_bins(paths, tokenizer, data_cfg, progress=True)
+    if dist.enabled:  # rank 0 tokenizes; the others then read the cache
+        torch.distributed.barrier()
+    if not dist.is_main:
+        bins = prepare_bins(paths, tokenizer, data_cfg, progress=False)
+    ids = bins.split("train")
+    from sifirdan.data.corpus import DEFAULT_CORPUS_NAME
+
+    label = DEFAULT_CORPUS_NAME if text is None else ", ".join(paths)
+    if len(ids) < block_size + 1:
+        raise UserError(f"the text to mix into the batches ({label}) has {len(ids):,} tokens in its train split, fewer "
+                        f"than one window of {block_size + 1}; pass --mix-rows 0, or a longer --mix-text")
+    say(f"mixing pre-training text into every batch: {plan.mix_rows} of {plan.train_cfg.batch_size} rows from "
+        f"{label} ({len(ids):,} tokens, its train split)")
+    return ids, {"rows": plan.mix_rows, "text": text, "data": dict(data)}
 
 
 def _base_model(settings: FinetuneSettings, plan: _Plan, say):
