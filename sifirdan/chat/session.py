@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sifirdan.errors import UserError
-from sifirdan.generate.config import MAX_SEED, GenerationConfig, parse_length_decay
+from sifirdan.generate.config import MAX_SEED, GenerationConfig, length_decay_text, parse_length_decay
 
 # defaults of `sifirdan chat` (its --help repeats them). Temperature 0.3: on five held-out folds of Nutuk questions
 # (bench/RESULTS.md, "fine-tuning levers and decoding") the default model's sampled answers scored token F1 0.119
@@ -59,10 +59,8 @@ def default_config() -> GenerationConfig:
 
 def _shown(value) -> str:
     """A setting as /help and the commands print it: 0.3, 150,1.02, off."""
-    if value is None:
-        return "off"
-    if isinstance(value, tuple):
-        return ",".join(f"{v:g}" for v in value)
+    if value is None or isinstance(value, tuple):  # the length decay, the one setting that is a pair
+        return length_decay_text(value)
     return f"{value:g}"
 
 

@@ -19,6 +19,7 @@ def register(subparsers) -> None:
     from sifirdan.chat.session import (DEFAULT_LENGTH_DECAY, DEFAULT_MAX_TOKENS, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TEMPERATURE,
                                        DEFAULT_TOP_K, DEFAULT_TOP_P)
     from sifirdan.cli import options
+    from sifirdan.generate.config import length_decay_text
 
     p = subparsers.add_parser(
         "chat",
@@ -45,7 +46,7 @@ def register(subparsers) -> None:
                 "the context, is kept free when fitting the conversation")
     options.add(p, "--repetition-penalty", default="1.0")
     options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
-    options.add(p, "--length-decay", default=",".join(map(str, DEFAULT_LENGTH_DECAY)))
+    options.add(p, "--length-decay", default=length_decay_text(DEFAULT_LENGTH_DECAY))
     options.add(p, "--seed", note="random; reply k uses SEED + k, so the same messages give the same chat")
     options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_chat)

@@ -27,6 +27,7 @@ def register(subparsers) -> None:
     from sifirdan.chat.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
     from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM
     from sifirdan.cli import options
+    from sifirdan.generate.config import length_decay_text
 
     p = subparsers.add_parser(
         "eval-instruct",
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
     options.add(p, "--top-k", default="0")
     options.add(p, "--repetition-penalty", default="1")
     options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
-    options.add(p, "--length-decay", default=",".join(map(str, DEFAULT_LENGTH_DECAY)))
+    options.add(p, "--length-decay", default=length_decay_text(DEFAULT_LENGTH_DECAY))
     options.add(p, "--seed", note="none")
     p.set_defaults(func=cmd_eval_instruct)
 

@@ -124,6 +124,11 @@ def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, fl
     return (start, factor)
 
 
+def length_decay_text(value: tuple[int, float] | None) -> str:
+    """The inverse of ``parse_length_decay``: (150, 1.02) -> '150,1.02'; None -> 'off'."""
+    return "off" if value is None else f"{value[0]},{value[1]:g}"
+
+
 @dataclass
 class GenerationResult:
     """One completion. The counts are what an OpenAI-style ``usage`` block reports."""

@@ -173,6 +173,13 @@ class MixedBatches:
         self.text.load_state_dict(state["text"])
 
 
+def check_mix_rows(text_rows: int, batch_size: int) -> None:
+    """Text rows must leave at least one example row in a batch."""
+    if text_rows and not 0 < text_rows < batch_size:
+        raise UserError(f"--mix-rows {text_rows} leaves no room for examples in a batch of {batch_size}; give fewer "
+                        f"rows than --batch-size (e.g. --mix-rows {max(1, batch_size // 4)}) or 0")
+
+
 def _batches_of(examples: list[Example], batch_size: int, pad_id: int):
     return [example_tensors(examples[i : i + batch_size], pad_id) for i in range(0, len(examples), batch_size)]
 
@@ -203,9 +210,8 @@ def finetune_data(train: list[Example], val: list[Example], cfg: TrainConfig, pa
     dist = dist or DistInfo()
     n_streams = dist.world_size * cfg.grad_accum
     mixing = text is not None and text_rows > 0
-    if mixing and not 0 < text_rows < cfg.batch_size:
-        raise UserError(f"--mix-rows {text_rows} leaves no room for examples in a batch of {cfg.batch_size}; "
-                        f"give fewer rows than --batch-size (e.g. --mix-rows {max(1, cfg.batch_size // 4)}) or 0")
+    if mixing:
+        check_mix_rows(text_rows, cfg.batch_size)
     sources = []
     for m in range(cfg.grad_accum):
         stream = stream_index(dist.rank, m, cfg.grad_accum)

@@ -146,6 +146,7 @@ def _plan(settings: FinetuneSettings, out, mode, saved, dist, say) -> _Plan:
     """Settings: recipe < ``train`` (a resumed run: its own settings < fields that may change)."""
     from sifirdan.data.instructions import parse_field_map
     from sifirdan.train.config import TrainConfig, resume_differences
+    from sifirdan.train.finetune_data import check_mix_rows
     from sifirdan.train.runtime import resolve_device, resolve_dtype
 
     flags = section_values(settings.train)
@@ -207,9 +208,7 @@ def _plan(settings: FinetuneSettings, out, mode, saved, dist, say) -> _Plan:
     resolve_dtype(train_cfg.dtype, device)
     if mix_rows is None:  # the recipe's share of the batch, rounded down (a batch of 1..3 mixes nothing in)
         mix_rows = int(train_cfg.batch_size * MIX_SHARE[recipe])
-    if mix_rows and not mix_rows < train_cfg.batch_size:
-        raise UserError(f"--mix-rows {mix_rows} leaves no room for examples in a batch of {train_cfg.batch_size}; give "
-                        f"fewer rows than --batch-size (e.g. --mix-rows {max(1, train_cfg.batch_size // 4)}) or 0")
+    check_mix_rows(mix_rows, train_cfg.batch_size)  # before any slow work
     return _Plan(out, mode, saved, recipe, train_cfg, data_source, val_fraction, max_samples, field_map_spec,
                  field_map, length_mode, train_on_prompt, skip_bad, lora, device, mix_rows, mix_text, mix_saved)
 
@@ -293,7 +292,7 @@ def _mixed_text(settings: FinetuneSettings, plan: _Plan, tokenizer, block_size: 
                 "examples alone (--mix-text FILE mixes one in, --mix-rows 0 says this is meant)")
             return None, {"rows": 0}
         text, data = meta.get("data_source"), meta.get("data") or {}
-    paths = None if text is None else ([text] if isinstance(text, str) else list(text))
+    paths = None if text is None else list(text)  # None = the default corpus
     data_cfg = DataConfig(**data)
     if dist.is_main:
         bins = prepare_bins(paths, tokenizer, data_cfg, progress=True)
