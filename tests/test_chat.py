@@ -200,6 +200,13 @@ def test_commands_change_settings_and_bad_arguments_are_one_line(tok):
         assert msg.count("\n") == 0 and " needs " in msg and "stays 100,1.05" in msg, (bad, msg)
     assert s.command("/length-decay off").message == "(length-decay = off)"
     assert s.config.exponential_decay_length_penalty is None
+    assert "/prompt-boost" in help_text and "prompt-boost 4,2" in help_text
+    assert s.command("/prompt-boost").message.startswith("prompt-boost is 4,2")
+    assert s.command("/prompt-boost 6,0").message == "(prompt-boost = 6,0)" and s.config.prompt_boost == (6, 0)
+    for bad in ["/prompt-boost 6", "/prompt-boost -1,2", "/prompt-boost a,b", "/prompt-boost 6,101"]:
+        msg = s.command(bad).message
+        assert msg.count("\n") == 0 and " needs " in msg and "stays 6,0" in msg, (bad, msg)
+    assert s.command("/prompt-boost off").message == "(prompt-boost = off)" and s.config.prompt_boost is None
     assert s.is_command("/reset") and not s.is_command("//etc yolu") and s.message_text("//etc yolu") == "/etc yolu"
     with pytest.raises(UserError, match="empty"):
         s.ask("   ")
@@ -306,14 +313,15 @@ def test_prompt_flag_answers_once_on_stdout(dirs, tok):
     from sifirdan.checkpoint import load_model
     model, t = load_model(dirs["ft"])
     ids = DEFAULT_TEMPLATE.render_prompt([{"role": "system", "content": "Kısa yaz."}, user("Başkent neresi?")], t)
-    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM
+    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_PROMPT_BOOST
 
     expected = Engine(model, t).generate_ids(ids, GenerationConfig(max_new_tokens=30, temperature=0.0,
                                                                    no_repeat_ngram_size=DEFAULT_NO_REPEAT_NGRAM,
                                                                    exponential_decay_length_penalty=DEFAULT_LENGTH_DECAY,
+                                                                   prompt_boost=DEFAULT_PROMPT_BOOST,
                                                                    stop_token_ids=DEFAULT_TEMPLATE.stop_ids(t),
                                                                    suppress_token_ids=DEFAULT_TEMPLATE.suppressed_ids(t)))
-    assert p.stdout == expected.text + "\n"  # chat's n-gram ban applies by default
+    assert p.stdout == expected.text + "\n"  # chat's n-gram ban, length decay and prompt boost apply by default
 
 
 def test_prompt_flag_on_a_pretrained_model_says_so_and_completes(dirs):

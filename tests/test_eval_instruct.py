@@ -388,3 +388,5 @@ def test_cli_length_decay_ends_answers_that_would_run_on(tmp_path, tok, capsys):
                and r["answer"] == " ı" * r["answer_tokens"] for r in pushed), pushed
     code, out, err = run(capsys, "eval-instruct", "--model", tmp_path / "missing", "--data", data, "--length-decay", "150")
     assert code == 2 and err.count("\n") == 1 and "--length-decay takes START,FACTOR" in err
+    code, out, err = run(capsys, "eval-instruct", "--model", tmp_path / "missing", "--data", data, "--prompt-boost", "4,200")
+    assert code == 2 and err.count("\n") == 1 and "prompt_boost must be (boost, follow)" in err

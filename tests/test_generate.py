@@ -549,3 +549,93 @@ def test_length_decay_ends_answers_on_every_sampler_path(tok, trained):
     # stop_token_ids=() (the server's ignore_eos): nothing to push, the text runs to the limit
     off = GenerationConfig(max_new_tokens=60, exponential_decay_length_penalty=(0, 10.0), **GREEDY)
     assert len(engine.generate(prompt, off).token_ids) == 60
+
+
+# ------------------------------------------------------------------------------------------ prompt boost (issue 21)
+@pytest.mark.parametrize("value", [(4,), (4, 2, 1), (-1, 2), (4, -0.5), (101, 2), (4, 101), (True, 2), ("4", 2),
+                                   (4, float("nan")), (float("inf"), 2), "4,2"])
+def test_prompt_boost_is_checked(value):
+    with pytest.raises(UserError, match="prompt_boost must be \\(boost, follow\\)") as e:
+        GenerationConfig(prompt_boost=value).validate()
+    assert "\n" not in str(e.value)
+
+
+def test_prompt_boost_values_and_flag_text():
+    from sifirdan.generate.config import parse_prompt_boost, prompt_boost_text
+
+    assert GenerationConfig(prompt_boost=[4, 2]).validate().prompt_boost == (4, 2)  # a JSON list becomes a pair
+    for ok in [(0, 0), (100, 100), (0.5, 0), None]:
+        GenerationConfig(prompt_boost=ok).validate()
+    assert parse_prompt_boost("4,2") == (4.0, 2.0) and parse_prompt_boost(" OFF ") is None
+    assert prompt_boost_text((4.0, 2.0)) == "4,2" and prompt_boost_text(None) == "off"
+    for bad in ("4", "4,2,1", "a,b", ""):
+        with pytest.raises(UserError, match="--prompt-boost takes BOOST,FOLLOW"):
+            parse_prompt_boost(bad)
+
+
+def test_copyable_mask_keeps_words_only(tok):
+    """Word pieces (letters, digits, the apostrophe before a suffix, a split letter's bytes) are copyable;
+    punctuation, whitespace alone and special tokens are not."""
+    from sifirdan.generate.prompt_boost import copyable_mask
+
+    mask = copyable_mask(tok, tok.vocab_size)
+    assert mask.shape == (tok.vocab_size,) and mask.dtype == torch.bool
+    assert not any(mask[i] for i in tok.special_tokens.values())
+    for i in range(tok.vocab_size):
+        try:
+            text = tok.decode_bytes([i]).decode("utf-8")
+        except UnicodeDecodeError:  # part of a letter ("İ" is two bytes): checked through the words below
+            continue
+        if not any(c.isalnum() for c in text) or "?" in text or "." in text or "," in text:
+            assert not mask[i], (i, text)
+    assert mask[tok.encode("?")].sum() == 0 and mask[tok.encode(" ")].sum() == 0
+    for word in ("Türkiye", "İstanbul'da", "1919"):
+        ids = tok.encode(word)
+        assert all(mask[i] for i in ids), (word, [tok.decode([i]) for i in ids])
+
+
+def test_prompt_boost_state():
+    """+boost on the prompt's word tokens until the answer writes them; +follow on what follows the last one."""
+    from sifirdan.generate.prompt_boost import PromptBoost
+
+    copyable = torch.tensor([True, True, True, False, True, True])  # id 3: punctuation
+    pb = PromptBoost([1, 2, 3, 1, 4], copyable, boost=4.0, follow=2.0)
+    logits = torch.zeros(6)
+    pb.apply(logits)
+    assert logits.tolist() == [0, 4, 4, 0, 4, 0]  # 3 is not a word; 0 and 5 are not in the prompt
+    pb.push(1)
+    logits = torch.zeros(6)
+    pb.apply(logits)
+    assert logits.tolist() == [0, 0, 4 + 2, 0, 4 + 2, 0]  # 1 is used; 2 and 4 each follow a 1 in the prompt
+    pb.push(2)
+    logits = torch.zeros(6)
+    pb.apply(logits)
+    assert logits.tolist() == [0, 0, 0, 0, 4, 0]  # 2 is followed only by punctuation, which is never boosted
+    pb.push(5)  # a token outside the prompt: nothing follows it
+    short = torch.zeros(4)  # the sampler's vocabulary may be shorter than the mask
+    pb.apply(short)
+    assert short.tolist() == [0, 0, 0, 0]
+
+
+def test_prompt_boost_on_every_sampler_path(tok, trained):
+    """A large boost makes greedy decoding write the prompt's word tokens, each once, before anything else; (0, 0)
+    is the same as off; the Engine's batch Sampler and continuous batching's sample_rows give the same tokens,
+    greedy and sampled."""
+    from sifirdan.generate.prompt_boost import copyable_mask
+
+    engine = Engine(trained, tok)
+    prompt = "Ankara ve İstanbul"
+    words = {i for i in tok.encode(prompt) if copyable_mask(tok, tok.vocab_size)[i]}
+    assert len(words) >= 3
+    plain = engine.generate(prompt, GenerationConfig(max_new_tokens=30, **GREEDY)).token_ids
+    zero = engine.generate(prompt, GenerationConfig(max_new_tokens=30, prompt_boost=(0, 0), **GREEDY)).token_ids
+    assert zero == plain
+    ids = engine.generate(prompt, GenerationConfig(max_new_tokens=30, prompt_boost=(50, 0), **GREEDY)).token_ids
+    assert set(ids[: len(words)]) == words and ids != plain  # every prompt word once, nothing else first
+    for extra in (GREEDY, dict(temperature=1.0, seed=6, stop_token_ids=())):
+        cfg = GenerationConfig(max_new_tokens=30, prompt_boost=(4, 2), no_repeat_ngram_size=3, **extra)
+        ids = engine.generate(prompt, cfg).token_ids
+        assert engine.generate([prompt, "Türkiye"], cfg)[0].token_ids == ids
+        rows = _batched(engine, tok, [("Türkiye", GenerationConfig(max_new_tokens=20, **GREEDY)), (prompt, cfg)])
+        assert rows[1].result().token_ids == ids
+        assert rows[0].result().token_ids == engine.generate("Türkiye", GenerationConfig(max_new_tokens=20, **GREEDY)).token_ids

@@ -81,6 +81,8 @@ def test_prompt_from_file_and_empty_prompt(model_dir, tmp_path, capsys):
         (["--temperature", "hot"], "--temperature must be a number"),
         (["--length-decay", "150"], "--length-decay takes START,FACTOR"),
         (["--length-decay", "150,0.5"], "exponential_decay_length_penalty must be (start, factor)"),
+        (["--prompt-boost", "4"], "--prompt-boost takes BOOST,FOLLOW"),
+        (["--prompt-boost", "4,-2"], "prompt_boost must be (boost, follow)"),
         (["--input", "/nonexistent/prompt.txt"], "does not exist"),
     ],
 )

@@ -455,6 +455,9 @@ def test_bad_chat_fields_are_400_naming_the_field(chat_server, body, param):
     ({"prompt": "x", "exponential_decay_length_penalty": [-1, 1.02]}, "exponential_decay_length_penalty"),
     ({"prompt": "x", "exponential_decay_length_penalty": [10**12, 1.02]}, "exponential_decay_length_penalty"),
     ({"prompt": "x", "exponential_decay_length_penalty": ["150", 1.02]}, "exponential_decay_length_penalty"),
+    ({"prompt": "x", "prompt_boost": 4}, "prompt_boost"), ({"prompt": "x", "prompt_boost": [4]}, "prompt_boost"),
+    ({"prompt": "x", "prompt_boost": [4, -1]}, "prompt_boost"), ({"prompt": "x", "prompt_boost": [101, 2]}, "prompt_boost"),
+    ({"prompt": "x", "prompt_boost": ["4", 2]}, "prompt_boost"), ({"prompt": "x", "prompt_boost": [True, 2]}, "prompt_boost"),
 ])
 def test_bad_completion_fields_are_400(chat_server, body, param):
     url, _ = chat_server
@@ -550,6 +553,19 @@ def test_length_decay_extra_ends_a_chat_answer_early(chat_server):
     assert off["choices"][0]["message"]["content"] == plain["choices"][0]["message"]["content"]
     assert plain["usage"]["completion_tokens"] > 5, plain
     assert pushed["choices"][0]["finish_reason"] == "stop" and pushed["usage"]["completion_tokens"] <= 5, pushed
+
+
+def test_prompt_boost_extra_reaches_the_sampler(chat_server):
+    """prompt_boost [boost, follow] reaches the sampler: a large boost and follow make the greedy reply copy the
+    question's words, where the same request without them does not; null is off."""
+    url, _ = chat_server
+    body = {"messages": [{"role": "user", "content": "Ankara ve İstanbul"}], "max_tokens": 20, "temperature": 0}
+    post = lambda b: httpx.post(url + "/v1/chat/completions", json=b, timeout=TIMEOUT).json()  # noqa: E731
+    plain, off = post(body), post({**body, "prompt_boost": None})
+    boosted = post({**body, "prompt_boost": [50, 50]})
+    text = lambda r: r["choices"][0]["message"]["content"]  # noqa: E731
+    assert text(off) == text(plain) and text(boosted) != text(plain)
+    assert "Ankara" in text(boosted) and "Ankara" not in text(plain), (text(plain), text(boosted))
 
 
 # ================================================================================= batching through HTTP

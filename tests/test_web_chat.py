@@ -313,11 +313,12 @@ def test_page_against_stand_in_server(browser):
         assert req["body"]["stream"] is True and req["body"]["model"] == "sahte-model"
         assert req["body"]["temperature"] == 0.5 and req["body"]["max_tokens"] == 77
         # chat's anti-loop defaults ride along (without the n-gram ban a small model's answers loop)
-        from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TOP_P
+        from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_PROMPT_BOOST, DEFAULT_TOP_P
 
         assert req["body"]["top_p"] == DEFAULT_TOP_P == 0.9
         assert req["body"]["no_repeat_ngram_size"] == DEFAULT_NO_REPEAT_NGRAM == 3
         assert tuple(req["body"]["exponential_decay_length_penalty"]) == DEFAULT_LENGTH_DECAY
+        assert tuple(req["body"]["prompt_boost"]) == DEFAULT_PROMPT_BOOST
         assert page.input_value("#input") == ""
 
         # turn 2: the whole conversation is sent

@@ -52,7 +52,7 @@ DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_BATCH_SIZE = 32
 SUMMARY_KEYS = ("n", "ended_rate", "leak_rate", "loop_rate", "mean_answer_chars", "f1")
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "no_repeat_ngram_size",
-                 "exponential_decay_length_penalty", "seed")  # what ``sampling`` may set
+                 "exponential_decay_length_penalty", "prompt_boost", "seed")  # what ``sampling`` may set
 FINISH_LENGTH = "length"  # a record's finish when max_new_tokens was reached (else: the stop token's text)
 
 _ASCII_PUNCT = frozenset(string.punctuation)

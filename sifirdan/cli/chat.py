@@ -16,10 +16,10 @@ FINETUNE_HINT = "sifirdan finetune --model DIR --data FILE --out RUN"
 
 
 def register(subparsers) -> None:
-    from sifirdan.chat.session import (DEFAULT_LENGTH_DECAY, DEFAULT_MAX_TOKENS, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_TEMPERATURE,
-                                       DEFAULT_TOP_K, DEFAULT_TOP_P)
+    from sifirdan.chat.session import (DEFAULT_LENGTH_DECAY, DEFAULT_MAX_TOKENS, DEFAULT_NO_REPEAT_NGRAM,
+                                       DEFAULT_PROMPT_BOOST, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P)
     from sifirdan.cli import options
-    from sifirdan.generate.config import length_decay_text
+    from sifirdan.generate.config import length_decay_text, prompt_boost_text
 
     p = subparsers.add_parser(
         "chat",
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
             "given to the model every turn in the template it was fine-tuned with. When the conversation no "
             "longer fits the model's context, the oldest turns are dropped (the system message stays) and a line "
             "says so. Type /help in the chat for its commands (/reset, /temperature, /top-p, /top-k, "
-            "/max-tokens, /no-repeat-ngram, /length-decay, /exit). Ctrl-C while the model writes stops that reply (what it wrote so far stays in "
+            "/max-tokens, /no-repeat-ngram, /length-decay, /prompt-boost, /exit). Ctrl-C while the model writes stops that reply (what it wrote so far stays in "
             "the conversation); Ctrl-C at the prompt or Ctrl-D quits. A pre-trained model without a chat "
             f"template is used for plain completion: your text is continued (for a chat model: `{FINETUNE_HINT}`)."
         ),
@@ -47,6 +47,7 @@ def register(subparsers) -> None:
     options.add(p, "--repetition-penalty", default="1.0")
     options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
     options.add(p, "--length-decay", default=length_decay_text(DEFAULT_LENGTH_DECAY))
+    options.add(p, "--prompt-boost", default=prompt_boost_text(DEFAULT_PROMPT_BOOST))
     options.add(p, "--seed", note="random; reply k uses SEED + k, so the same messages give the same chat")
     options.add(p, "--device", default="auto")
     p.set_defaults(func=cmd_chat)
@@ -55,7 +56,7 @@ def register(subparsers) -> None:
 def cmd_chat(args) -> int:
     from sifirdan.cli.options import parse_number
     from sifirdan.generate import GenerationConfig
-    from sifirdan.generate.config import parse_length_decay
+    from sifirdan.generate.config import parse_length_decay, parse_prompt_boost
 
     config = GenerationConfig(
         max_new_tokens=parse_number(args.max_tokens, "max-tokens", int),
@@ -65,6 +66,7 @@ def cmd_chat(args) -> int:
         repetition_penalty=parse_number(args.repetition_penalty, "repetition-penalty", float),
         no_repeat_ngram_size=parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
         exponential_decay_length_penalty=parse_length_decay(args.length_decay),
+        prompt_boost=parse_prompt_boost(args.prompt_boost),
         seed=parse_number(args.seed, "seed", int),
     ).validate()  # before loading the model: a bad flag fails fast
     if args.prompt is not None and not args.prompt.strip():

@@ -7,9 +7,10 @@ Reports how many answers end with ``</RESP>`` (ended_rate), how many contain a s
 many loop (loop_rate), their mean length in characters and their token F1 against the references (definitions:
 ``sifirdan/chat/evaluate.py``). Greedy decoding by default, so the numbers are reproducible, with ``sifirdan chat``'s
 n-gram ban (--no-repeat-ngram 3: never the same 3 tokens twice in one answer; 0 = plain greedy) and length decay
-(--length-decay 150,1.02: past 150 new tokens, a push on </RESP> that grows 2 % per token; off = never); the decoding flags
-(--temperature, --top-p, --top-k, --repetition-penalty, --no-repeat-ngram, --length-decay, --seed) measure another
-one, e.g. chat's.
+(--length-decay 150,1.02: past 150 new tokens, a push on </RESP> that grows 2 % per token; off = never) and prompt boost
+(--prompt-boost 4,2: +4 on the question's words the answer has not used yet, +2 on the piece that follows; off = none);
+the decoding flags (--temperature, --top-p, --top-k, --repetition-penalty, --no-repeat-ngram, --length-decay,
+--prompt-boost, --seed) measure another one, e.g. chat's.
 """
 
 from __future__ import annotations
@@ -25,20 +26,21 @@ N_EXAMPLES = 3  # example answers the readable report shows
 
 def register(subparsers) -> None:
     from sifirdan.chat.evaluate import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
-    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM
+    from sifirdan.chat.session import DEFAULT_LENGTH_DECAY, DEFAULT_NO_REPEAT_NGRAM, DEFAULT_PROMPT_BOOST
     from sifirdan.cli import options
-    from sifirdan.generate.config import length_decay_text
+    from sifirdan.generate.config import length_decay_text, prompt_boost_text
 
     p = subparsers.add_parser(
         "eval-instruct",
         help="score a fine-tuned model's answers to instruction pairs",
         description=(
-            "Answer every instruction of a data file with a fine-tuned model (greedy with chat's n-gram ban and length decay, or "
+            "Answer every instruction of a data file with a fine-tuned model (greedy with chat's n-gram ban, length decay and "
+            "prompt boost, or "
             "with the decoding flags) and report ended_rate (answers that end with </RESP>), leak_rate (answers holding a special "
             "token), loop_rate (answers with fewer than half their words distinct), the mean answer length and "
             "token F1 against the reference answers. --json prints them as one line: n, ended_rate, leak_rate, "
             "loop_rate, mean_answer_chars, f1. `--temperature 0.3 --top-p 0.9 --seed 0` measures what "
-            "`sifirdan chat` samples by default; `--no-repeat-ngram 0 --length-decay off` is plain greedy."
+            "`sifirdan chat` samples by default; `--no-repeat-ngram 0 --length-decay off --prompt-boost off` is plain greedy."
         ),
     )
     options.add(p, "--model", required=True)
@@ -53,13 +55,14 @@ def register(subparsers) -> None:
     options.add(p, "--skip-bad")
     options.add(p, "--device", default="auto")
     options.add(p, "--threads", default=0)
-    # decoding: greedy with chat's n-gram ban and length decay unless one is given; `--temperature 0.3 --top-p 0.9 --seed 0` = chat's
+    # decoding: greedy with chat's n-gram ban, length decay and prompt boost unless one is given; `--temperature 0.3 --top-p 0.9 --seed 0` = chat's
     options.add(p, "--temperature", default="0")
     options.add(p, "--top-p", default="1")
     options.add(p, "--top-k", default="0")
     options.add(p, "--repetition-penalty", default="1")
     options.add(p, "--no-repeat-ngram", default=str(DEFAULT_NO_REPEAT_NGRAM))
     options.add(p, "--length-decay", default=length_decay_text(DEFAULT_LENGTH_DECAY))
+    options.add(p, "--prompt-boost", default=prompt_boost_text(DEFAULT_PROMPT_BOOST))
     options.add(p, "--seed", note="none")
     p.set_defaults(func=cmd_eval_instruct)
 
@@ -129,7 +132,7 @@ def _sampling(args) -> dict:
     """The decoding flags as ``evaluate_answers``' sampling settings, checked now (GenerationConfig's rules)."""
     from sifirdan.cli import options
     from sifirdan.generate import GenerationConfig
-    from sifirdan.generate.config import parse_length_decay
+    from sifirdan.generate.config import parse_length_decay, parse_prompt_boost
 
     sampling = {"temperature": options.parse_number(args.temperature, "temperature", float),
                 "top_p": options.parse_number(args.top_p, "top-p", float),
@@ -137,6 +140,7 @@ def _sampling(args) -> dict:
                 "repetition_penalty": options.parse_number(args.repetition_penalty, "repetition-penalty", float),
                 "no_repeat_ngram_size": options.parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
                 "exponential_decay_length_penalty": parse_length_decay(args.length_decay),
+                "prompt_boost": parse_prompt_boost(args.prompt_boost),
                 "seed": options.parse_number(args.seed, "seed", int)}
     GenerationConfig(**sampling).validate()
     return sampling

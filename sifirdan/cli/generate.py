@@ -37,6 +37,7 @@ def register(subparsers) -> None:
     options.add(p, "--repetition-penalty", default="1.0")
     options.add(p, "--no-repeat-ngram", default="0")
     options.add(p, "--length-decay", default="off")
+    options.add(p, "--prompt-boost", default="off")
     options.add(p, "--seed", note="random; completion k of --num-samples uses SEED + k")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop before this text (repeatable)")
     p.add_argument("--num-samples", default="1", metavar="N", help="how many completions, generated as one batch (default: 1)")
@@ -97,7 +98,7 @@ def _instruction_ids(template, instruction: str, tokenizer, block_size: int) -> 
 def cmd_generate(args) -> int:
     from sifirdan.cli import options
     from sifirdan.generate import GenerationConfig
-    from sifirdan.generate.config import parse_length_decay
+    from sifirdan.generate.config import parse_length_decay, parse_prompt_boost
 
     config = GenerationConfig(
         max_new_tokens=options.parse_number(args.max_new_tokens, "max-new-tokens", int),
@@ -107,6 +108,7 @@ def cmd_generate(args) -> int:
         repetition_penalty=options.parse_number(args.repetition_penalty, "repetition-penalty", float),
         no_repeat_ngram_size=options.parse_number(args.no_repeat_ngram, "no-repeat-ngram", int),
         exponential_decay_length_penalty=parse_length_decay(args.length_decay),
+        prompt_boost=parse_prompt_boost(args.prompt_boost),
         seed=options.parse_number(args.seed, "seed", int),
         stop=tuple(args.stop),
         use_cache=not args.no_cache,

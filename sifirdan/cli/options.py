@@ -144,6 +144,10 @@ def _data_flags(encoding_errors) -> dict[str, dict]:
                                "push the end token (a chat's </RESP>, else <|endoftext|>) so a long answer ends: its "
                                "logit gains |logit| x (FACTOR^k - 1), k tokens past START, FACTOR 1 to 10 "
                                "(transformers' exponential_decay_length_penalty); off = never"),
+        "--prompt-boost": dict(metavar="BOOST,FOLLOW", dest="prompt_boost", help="help a small model restate its "
+                               "prompt: +BOOST on the logit of each word token of the prompt the answer has not used "
+                               "yet, +FOLLOW on the token that follows the answer's last token in the prompt; each 0 to "
+                               "100; off = none"),
     }
 
 

@@ -29,6 +29,8 @@ MAX_REPETITION_PENALTY = 1e3
 MAX_NO_REPEAT_NGRAM = 64  # an n-gram ban longer than this bans nothing a loop would repeat soon enough to matter
 # exponential_decay_length_penalty's factor: 1 = no push; 10 already multiplies the push tenfold per token
 MAX_LENGTH_DECAY_FACTOR = 10.0
+# prompt_boost's bonuses, in logits: 100 already outweighs any gap a trained model's logits show
+MAX_PROMPT_BOOST = 100.0
 
 
 @dataclass
@@ -43,6 +45,10 @@ class GenerationConfig:
     # |logit| * (factor**k - 1), k tokens past start, so an answer that runs long ends; the end id is the first
     # stop id (a chat's </RESP>; sampling.end_id says why one); None = off
     exponential_decay_length_penalty: tuple[int, float] | None = None
+    # (boost, follow), beyond the guide (generate/prompt_boost.py): +boost on each word token of the prompt the
+    # answer has not written yet, +follow on the tokens that follow the answer's last token in the prompt, so a
+    # small model that cannot copy from its context restates the question's names; None = off
+    prompt_boost: tuple[float, float] | None = None
     seed: int | None = None  # row i of a batch samples with its own torch.Generator seeded seed + i
     stop: tuple[str, ...] = ()  # stop strings: the text ends right before the first one that appears
     stop_token_ids: tuple[int, ...] | None = None  # None = <|endoftext|> if the tokenizer has it; () = none
@@ -60,6 +66,8 @@ class GenerationConfig:
         self.suppress_token_ids = tuple(self.suppress_token_ids)
         if isinstance(self.exponential_decay_length_penalty, list):  # from JSON
             self.exponential_decay_length_penalty = tuple(self.exponential_decay_length_penalty)
+        if isinstance(self.prompt_boost, list):
+            self.prompt_boost = tuple(self.prompt_boost)
 
     def validate(self) -> "GenerationConfig":
         n = self.max_new_tokens
@@ -90,6 +98,13 @@ class GenerationConfig:
                 raise UserError(f"exponential_decay_length_penalty must be (start, factor): start an integer from 0 to "
                                 f"{MAX_NEW_TOKENS_CAP} (new tokens), factor a number from 1 to {MAX_LENGTH_DECAY_FACTOR:g}, "
                                 f"or None (off), got {d!r}; pass e.g. --length-decay 150,1.02")
+        b = self.prompt_boost
+        if b is not None:
+            ok = (isinstance(b, tuple) and len(b) == 2
+                  and all(is_number(x) and 0 <= x <= MAX_PROMPT_BOOST for x in b))
+            if not ok:
+                raise UserError(f"prompt_boost must be (boost, follow), two numbers from 0 to {MAX_PROMPT_BOOST:g} "
+                                f"(logits), or None (off), got {b!r}; pass e.g. --prompt-boost 4,2")
         if self.seed is not None and not (is_int(self.seed) and 0 <= self.seed <= MAX_SEED):
             # row i of a batch uses seed + i: room is left for the rows
             raise UserError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}; pass e.g. --seed 42")
@@ -127,6 +142,28 @@ def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, fl
 def length_decay_text(value: tuple[int, float] | None) -> str:
     """The inverse of ``parse_length_decay``: (150, 1.02) -> '150,1.02'; None -> 'off'."""
     return "off" if value is None else f"{value[0]},{value[1]:g}"
+
+
+def parse_prompt_boost(text: str, name: str = "--prompt-boost") -> tuple[float, float] | None:
+    """'BOOST,FOLLOW' (e.g. '4,2') -> (4.0, 2.0); 'off' -> None. The range is checked by ``validate()``."""
+    t = text.strip().lower()
+    if t in ("off", "none", "0"):
+        return None
+    parts = t.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        boost, follow = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise UserError(f"{name} takes BOOST,FOLLOW (e.g. 4,2: +4 on the logits of the prompt's words the answer has "
+                        f"not used yet, +2 on the word piece that follows the last one in the prompt) or off, "
+                        f"got {text!r}") from None
+    return (boost, follow)
+
+
+def prompt_boost_text(value: tuple[float, float] | None) -> str:
+    """The inverse of ``parse_prompt_boost``: (4.0, 2.0) -> '4,2'; None -> 'off'."""
+    return "off" if value is None else f"{value[0]:g},{value[1]:g}"
 
 
 @dataclass

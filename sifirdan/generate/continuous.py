@@ -137,7 +137,8 @@ class ContinuousBatcher:
             row.stop_ids = self.engine._stop_ids(row.config)
         if row.end_ids is None:
             row.end_ids = end_id(row.config, self.engine.tokenizer.eot_id)
-        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids, row.end_ids)
+        row.sampler = RowSampler(row.config, self.engine.vocab_size, self.device, row.seq.ids, row.end_ids,
+                                 self.engine.copyable(row.config))
         row.seq.fit(self.block_size, self.keep)  # a prompt longer than the context: its last `keep` tokens
         self.waiting.append(row)
 

@@ -33,6 +33,7 @@ import torch
 from sifirdan.errors import UserError
 from sifirdan.generate.config import GenerationConfig, GenerationResult
 from sifirdan.generate.sampling import Sampler, end_id
+from sifirdan.generate.prompt_boost import copyable_mask
 from sifirdan.generate.text import IncrementalDetokenizer, StopStringMatcher
 from sifirdan.model import KVCache
 
@@ -106,6 +107,16 @@ class Engine:
             )
         self.vocab_size = tokenizer.vocab_size  # sample only ids the tokenizer can decode
         self.device = next(model.parameters()).device
+        self._copyable: torch.Tensor | None = None  # prompt_boost.copyable_mask, made on first use
+
+    def copyable(self, config: GenerationConfig) -> torch.Tensor | None:
+        """The word-token mask the prompt boost needs (computed once per engine), or None when ``config`` has no
+        boost."""
+        if config.prompt_boost is None:
+            return None
+        if self._copyable is None:
+            self._copyable = copyable_mask(self.tokenizer, self.vocab_size).to(self.device)
+        return self._copyable
 
     # ----------------------------------------------------------------------------------- public API
     def encode_prompt(self, prompt: str) -> list[int]:
@@ -184,9 +195,10 @@ class Engine:
     def _run(self, seqs: list[_Sequence], cfg: GenerationConfig) -> Iterator[TokenEvent]:
         model, block_size, keep = self.model, self.block_size, self.crop_keep
         stop_ids = self._stop_ids(cfg)
-        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device, end_id(cfg, self.tokenizer.eot_id))
+        sampler = Sampler(cfg, len(seqs), self.vocab_size, self.device, end_id(cfg, self.tokenizer.eot_id),
+                          self.copyable(cfg))
         for i, s in enumerate(seqs):
-            sampler.mark_seen(i, s.ids)
+            sampler.start_row(i, s.ids)
             s.fit(block_size, keep)
         active = list(range(len(seqs)))  # rows still generating; batch row j is seqs[active[j]]
         cache = None  # None: (re-)prefill on the next step

@@ -1,5 +1,5 @@
-"""From logits to the next token: repetition penalty -> the length decay's push on the end id -> banned ids
-(suppressed, n-gram ban) -> temperature -> top-k -> top-p -> sample.
+"""From logits to the next token: repetition penalty -> the prompt boost (prompt_boost.py) -> the length decay's
+push on the end id -> banned ids (suppressed, n-gram ban) -> temperature -> top-k -> top-p -> sample.
 
 All functions work on a batch: logits (B, V). Sampling draws from one ``torch.Generator`` per row, never
 from the global RNG, so a seed reproduces a text exactly, and a prompt's sample does not depend on which
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from sifirdan.generate.config import GenerationConfig
+from sifirdan.generate.prompt_boost import PromptBoost
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -135,7 +136,8 @@ def _cut(mass_before: torch.Tensor, p) -> torch.Tensor:
 class Sampler:
     """Picks the next token of every row; holds the per-row generators and the 'seen' table."""
 
-    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device, end_ids=()):
+    def __init__(self, config: GenerationConfig, batch_size: int, vocab_size: int, device, end_ids=(),
+                 copyable: torch.Tensor | None = None):
         self.config = config
         self.vocab_size = vocab_size
         self.end_ids = tuple(end_ids)  # what the length decay (exponential_decay_length_penalty) pushes: end_id()
@@ -154,10 +156,21 @@ class Sampler:
             self.seen = torch.zeros(batch_size, vocab_size, dtype=torch.bool, device=device)
         n = config.no_repeat_ngram_size
         self.bans: list[NgramBan] | None = [NgramBan(n) for _ in range(batch_size)] if n else None
+        # the prompt boost: one state per row, set by start_row (copyable: prompt_boost.copyable_mask)
+        self.copyable = copyable
+        self.boosts: list[PromptBoost | None] | None = None
+        if config.prompt_boost is not None and copyable is not None:
+            self.boosts = [None] * batch_size
 
     def mark_seen(self, row: int, ids: list[int]) -> None:
         if self.seen is not None and ids:
             self.seen[row, torch.tensor(ids, device=self.seen.device)] = True
+
+    def start_row(self, row: int, prompt_ids: list[int]) -> None:
+        """Row ``row`` answers ``prompt_ids``: what the repetition penalty has seen and the prompt boost copies."""
+        self.mark_seen(row, prompt_ids)
+        if self.boosts is not None:
+            self.boosts[row] = PromptBoost(prompt_ids, self.copyable, *self.config.prompt_boost)
 
     def keep_rows(self, rows: list[int], rows_t: torch.Tensor) -> None:
         """Drop the state of finished rows (the batch shrinks)."""
@@ -167,6 +180,8 @@ class Sampler:
             self.seen = self.seen.index_select(0, rows_t)
         if self.bans is not None:
             self.bans = [self.bans[r] for r in rows]
+        if self.boosts is not None:
+            self.boosts = [self.boosts[r] for r in rows]
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits (B, V) -> next token ids (B,)."""
@@ -174,6 +189,11 @@ class Sampler:
         logits = logits[:, : self.vocab_size].float()  # ids the tokenizer cannot decode are never sampled
         if self.seen is not None:
             logits = apply_repetition_penalty(logits, self.seen, cfg.repetition_penalty)
+        if self.boosts is not None:
+            logits = logits.clone()
+            for i, boost in enumerate(self.boosts):
+                if boost is not None:
+                    boost.apply(logits[i])
         decay = cfg.exponential_decay_length_penalty
         if decay is not None and self.end_ids and self.step > decay[0]:
             logits = push_stop_ids(logits.clone(), self.end_ids, self.step - decay[0], decay[1])
@@ -193,22 +213,27 @@ class Sampler:
             nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self.generators)])
         if self.seen is not None:
             self.seen.scatter_(1, nxt[:, None], True)
-        if self.bans is not None:
-            for ban, t in zip(self.bans, nxt.tolist()):
+        if self.bans is not None or self.boosts is not None:
+            picked = nxt.tolist()
+            for ban, t in zip(self.bans or (), picked):
                 ban.push(t)
+            for boost, t in zip(self.boosts or (), picked):
+                if boost is not None:
+                    boost.push(t)
         return nxt
 
 
 class RowSampler:
     """One row's sampling state when every row of a batch has its own settings (continuous batching).
 
-    The same steps as ``Sampler`` -- repetition penalty -> banned ids -> temperature -> top-k -> top-p -> one draw
+    The same steps as ``Sampler`` -- repetition penalty -> prompt boost -> banned ids -> temperature -> top-k -> top-p -> one draw
     from the row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
     caller adds a choice index itself), so a row samples what ``Sampler`` samples for row 0 of a batch.
     ``sample_rows`` runs the rows of a batch together.
     """
 
-    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), end_ids=()):
+    def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), end_ids=(),
+                 copyable: torch.Tensor | None = None):
         self.config = config
         self.vocab_size = vocab_size
         self.end_ids = tuple(end_ids)  # what the length decay pushes: end_id()
@@ -226,6 +251,9 @@ class RowSampler:
             self.mark_seen(prompt_ids)
         n = config.no_repeat_ngram_size
         self.ban: NgramBan | None = NgramBan(n) if n else None  # over the generated tokens only
+        self.boost: PromptBoost | None = None
+        if config.prompt_boost is not None and copyable is not None:
+            self.boost = PromptBoost(list(prompt_ids), copyable, *config.prompt_boost)
 
     def mark_seen(self, ids) -> None:
         if self.seen is not None and len(ids):
@@ -241,15 +269,18 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     V = rows[0].vocab_size
     logits = logits[:, :V].float()
     pen = [i for i, r in enumerate(rows) if r.seen is not None]
+    boosted = [i for i, r in enumerate(rows) if r.boost is not None]
     pushed = [i for i, r in enumerate(rows) if r.end_ids and r.config.exponential_decay_length_penalty is not None
               and r.step > r.config.exponential_decay_length_penalty[0]]
     banning = [i for i, r in enumerate(rows) if r.ban is not None or r.config.suppress_token_ids]
     for r in rows:
         r.step += 1
-    if pen or pushed or banning:
+    if pen or boosted or pushed or banning:
         logits = logits.clone()
         for i in pen:
             logits[i : i + 1] = apply_repetition_penalty(logits[i : i + 1], rows[i].seen[None], rows[i].config.repetition_penalty)
+        for i in boosted:
+            rows[i].boost.apply(logits[i])
         for i in pushed:
             start, factor = rows[i].config.exponential_decay_length_penalty
             push_stop_ids(logits[i : i + 1], rows[i].end_ids, rows[i].step - 1 - start, factor)
@@ -294,8 +325,10 @@ def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> torch.Tensor:
     for i in pen:
         rows[i].seen[nxt[i]] = True
     growing = [i for i in banning if rows[i].ban is not None]  # the n-gram tables learn the new token
-    if growing:
+    if growing or boosted:
         picked = nxt.tolist()
         for i in growing:
             rows[i].ban.push(picked[i])
+        for i in boosted:
+            rows[i].boost.push(picked[i])
     return nxt

@@ -20,6 +20,9 @@ Sampling fields and what they become (``sifirdan.generate.GenerationConfig``):
                          extra (transformers' name): [start, factor], start 0 .. 32768 new tokens, factor 1 .. 10, or
                          null (off, the default): past start, the stop token's logit gains |logit| * (factor**k - 1)
                          (of several, the first: a chat's </RESP>; generate.sampling.end_id)
+    prompt_boost         extra: [boost, follow], each 0 .. 100, or null (off, the default): +boost on the logit of
+                         each word token of the prompt the completion has not used yet, +follow on the tokens that
+                         follow its last token in the prompt (generate/prompt_boost.py)
     ignore_eos           extra (vLLM's name): true = no stop token ends the text, only max_tokens and stop
 """
 
@@ -28,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sifirdan.configs import is_int, is_number
-from sifirdan.generate.config import (MAX_LENGTH_DECAY_FACTOR, MAX_NEW_TOKENS_CAP, MAX_NO_REPEAT_NGRAM,
+from sifirdan.generate.config import (MAX_LENGTH_DECAY_FACTOR, MAX_NEW_TOKENS_CAP, MAX_NO_REPEAT_NGRAM, MAX_PROMPT_BOOST,
                                       MAX_REPETITION_PENALTY, MAX_SEED, GenerationConfig)
 from sifirdan.serve.errors import bad_request
 
@@ -81,6 +84,17 @@ def _length_decay(body) -> tuple[int, float] | None:
     return (x[0], float(x[1]))
 
 
+def _prompt_boost(body) -> tuple[float, float] | None:
+    name = "prompt_boost"
+    x = body.get(name)
+    if x is None:
+        return None
+    if not (isinstance(x, list) and len(x) == 2 and all(is_number(v) and 0 <= v <= MAX_PROMPT_BOOST for v in x)):
+        raise bad_request(f"{name} must be [boost, follow], two numbers from 0 to {MAX_PROMPT_BOOST:g} (e.g. [4, 2]), "
+                          f"or null, got {_short(x)}", param=name)
+    return (float(x[0]), float(x[1]))
+
+
 def _bool(body, name, default=False):
     x = body.get(name)
     if x is None:
@@ -102,6 +116,7 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
                   what=f"a number from {1 / MAX_REPETITION_PENALTY:g} to {MAX_REPETITION_PENALTY:g} (1 = off)")
     no_repeat = _int(body, "no_repeat_ngram_size", 0, 0, MAX_NO_REPEAT_NGRAM, f"an integer from 0 (off) to {MAX_NO_REPEAT_NGRAM}")
     length_decay = _length_decay(body)
+    prompt_boost = _prompt_boost(body)
     names = ("max_completion_tokens", "max_tokens") if kind == "chat" else ("max_tokens",)
     max_tokens = None
     for name in names:
@@ -135,7 +150,8 @@ def parse_sampling(body: dict, kind: str, max_tokens_cap: int) -> Sampling:
     ignore_eos = _bool(body, "ignore_eos")
     config = GenerationConfig(max_new_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=rep, no_repeat_ngram_size=no_repeat,
-                              exponential_decay_length_penalty=length_decay, seed=seed, stop=stop,
+                              exponential_decay_length_penalty=length_decay, prompt_boost=prompt_boost,
+                              seed=seed, stop=stop,
                               stop_token_ids=() if ignore_eos else None).validate()
     return Sampling(config, n, stream, include_usage and stream, ignore_eos)
 

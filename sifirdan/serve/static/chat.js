@@ -3,7 +3,7 @@
 // Talks to the OpenAI-compatible API of `sifirdan serve`:
 //   GET  /v1/models            -> the model name shown in the header (and sent with each request)
 //   POST /v1/chat/completions  -> {messages, stream: true, temperature, max_tokens, top_p, no_repeat_ngram_size,
-//                                 exponential_decay_length_penalty}; the reply arrives as
+//                                 exponential_decay_length_penalty, prompt_boost}; the reply arrives as
 //                                 server-sent events `data: {chunk}` ... `data: [DONE]` and is shown as it grows.
 // Model output is only ever inserted as text (textContent), never parsed as HTML.
 // The page is served with `Content-Security-Policy: default-src 'self'`: no inline scripts, styles or handlers.
@@ -216,10 +216,11 @@
     if (!Number.isInteger(n) || n < 1) {
       throw new Error("En fazla belirteç 1 veya daha büyük bir tam sayı olmalı.");
     }
-    // top_p, the n-gram ban and the length decay are `sifirdan chat`'s defaults: without the ban a small model's
-    // answers loop; without the decay a few run on to max_tokens
+    // top_p, the n-gram ban, the length decay and the prompt boost are `sifirdan chat`'s defaults: without the
+    // ban a small model's answers loop; without the decay a few run on to max_tokens; without the boost the
+    // answers do not restate what was asked
     return { temperature: t, max_tokens: n, top_p: 0.9, no_repeat_ngram_size: 3,
-             exponential_decay_length_penalty: [150, 1.02] };
+             exponential_decay_length_penalty: [150, 1.02], prompt_boost: [4, 2] };
   }
 
   // Stream one assistant reply to the conversation as it stands (it ends with a user message).
