@@ -49,12 +49,17 @@ ROWS = {
 
 # --decodings: eval-instruct's flags for each way of answering
 DECODINGS = {
-    # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice) and length decay (150,1.02)
+    # eval-instruct's default: greedy with chat's n-gram ban (never the same 3 tokens twice), length decay (150,1.02)
+    # and prompt boost (4,2)
     "greedy": [],
-    "plain-greedy": ["--no-repeat-ngram", "0", "--length-decay", "off"],
+    "plain-greedy": ["--no-repeat-ngram", "0", "--length-decay", "off", "--prompt-boost", "off"],
     "greedy-nodecay": ["--length-decay", "off"],
+    "greedy-noboost": ["--prompt-boost", "off"],
+    "greedy-boost4,0": ["--prompt-boost", "4,0"],
+    "greedy-boost4,8": ["--prompt-boost", "4,8"],
     "chat": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0"],  # `sifirdan chat`'s default, seeded
     "chat-nodecay": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--length-decay", "off"],
+    "chat-noboost": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--prompt-boost", "off"],
     "chat-t0.5": ["--temperature", "0.5", "--top-p", "0.9", "--seed", "0"],
     "chat-t0.7": ["--temperature", "0.7", "--top-p", "0.9", "--seed", "0"],  # chat's default before 0.3
     "chat-noban": ["--temperature", "0.3", "--top-p", "0.9", "--seed", "0", "--no-repeat-ngram", "0"],
@@ -99,14 +104,15 @@ def folds(out: Path, k: int = 5, seed: int = 7) -> None:
         (out / f"train{f}.jsonl").write_text("".join(rows[i] for i in range(len(rows)) if i not in test), encoding="utf-8")
 
 
-def finetune_fold(base: str, fold: int, flags: list[str], work: Path, decodings: list[str]) -> list[dict]:
+def finetune_fold(base: str, fold: int, flags: list[str], work: Path, decodings: list[str], reuse: bool = False) -> list[dict]:
     from sifirdan.chat.baselines import best_constant_answer, nearest_answers
     from sifirdan.chat.evaluate import token_f1
 
     out = work / f"ft-{fold}"
     py = [sys.executable, "-m", "sifirdan"]
-    subprocess.run(py + ["finetune", "--model", base, "--data", str(work / f"train{fold}.jsonl"), "--out", str(out),
-                         "--overwrite", "--threads", "1", *flags], check=True, stdout=subprocess.DEVNULL)
+    if not (reuse and out.exists()):
+        subprocess.run(py + ["finetune", "--model", base, "--data", str(work / f"train{fold}.jsonl"), "--out", str(out),
+                             "--overwrite", "--threads", "1", *flags], check=True, stdout=subprocess.DEVNULL)
     tr = [json.loads(x) for x in (work / f"train{fold}.jsonl").read_text(encoding="utf-8").splitlines()]
     te = [json.loads(x) for x in (work / f"test{fold}.jsonl").read_text(encoding="utf-8").splitlines()]
     copied = nearest_answers([r["instruction"] for r in tr], [r["output"] for r in tr], [r["instruction"] for r in te])
@@ -133,6 +139,8 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/sifirdan-levers")
     p.add_argument("--decodings", nargs="+", choices=list(DECODINGS), default=["greedy"])
     p.add_argument("--flags", nargs=argparse.REMAINDER, default=[], help="finetune flags (last on the line)")
+    p.add_argument("--reuse", action="store_true", help="answer with the runs already in WORK/ft-K (an earlier "
+                   "--finetune run's) instead of fine-tuning again: a new decoding on the same models")
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
     if args.pretrain:
@@ -147,7 +155,7 @@ def main() -> None:
         folds(work)
         results = []
         for f in args.folds:
-            for s in finetune_fold(args.finetune, f, args.flags, work, args.decodings):
+            for s in finetune_fold(args.finetune, f, args.flags, work, args.decodings, args.reuse):
                 print(json.dumps(s), flush=True)
                 results.append(s)
         keys = ("f1", "loop_rate", "ended_rate", "leak_rate", "f1_copy", "f1_constant")

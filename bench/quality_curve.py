@@ -120,7 +120,7 @@ def plot(args) -> None:
 
     curves = {k: v for k, v in json.loads(CURVES.read_text()).items() if not k.startswith("_")}
     f1 = json.loads(F1_FILE.read_text()) if F1_FILE.is_file() else None
-    fig, axes = plt.subplots(1, 2 if f1 else 1, figsize=(12 if f1 else 7, 4.5))
+    fig, axes = plt.subplots(1, 2 if f1 else 1, figsize=(13 if f1 else 7, 4.8))
     ax = axes[0] if f1 else axes
     for name, pts in curves.items():
         ax.plot([p["seconds"] for p in pts], [p["bpc"] for p in pts], marker="o", ms=4, label=LABELS.get(name, name))
@@ -135,10 +135,11 @@ def plot(args) -> None:
         ax2 = axes[1]
         names = list(f1["models"])
         vals = [f1["models"][n] for n in names]
-        ax2.bar(range(len(names)), vals, color=["silver" if n.startswith("before") else "tab:green" for n in names])
+        bars = ax2.bar(range(len(names)), vals, color=["silver" if n.startswith("before") else "tab:green" for n in names])
+        ax2.bar_label(bars, fmt="%.3f", fontsize=7)
         ax2.axhline(f1["copy"], color="tab:red", ls="--", label=f"copy the nearest training answer ({f1['copy']:.3f})")
         ax2.axhline(f1["constant"], color="gray", ls=":", label=f"one constant answer ({f1['constant']:.3f})")
-        ax2.set_xticks(range(len(names)), names, fontsize=8)
+        ax2.set_xticks(range(len(names)), names, fontsize=7)
         ax2.set_ylabel("token F1, held-out Nutuk questions")
         ax2.set_title(f1.get("title", "answers to questions it never saw"))
         ax2.legend(fontsize=8)
