@@ -123,8 +123,9 @@ class GenerationConfig:
         return self.temperature < MIN_TEMPERATURE
 
 
-def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, float] | None:
-    """'START,FACTOR' (e.g. '150,1.02') -> (150, 1.02); 'off' -> None. The range is checked by ``validate()``."""
+def _parse_pair(text: str, first, second, usage: str):
+    """'A,B' -> (first(A), second(B)); 'off' (or 'none', '0') -> None; anything else is a one-line UserError that
+    ends with ``usage`` (what the flag takes, with an example). The range is ``validate()``'s to check."""
     t = text.strip().lower()
     if t in ("off", "none", "0"):
         return None
@@ -132,11 +133,16 @@ def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, fl
     try:
         if len(parts) != 2:
             raise ValueError
-        start, factor = int(parts[0], 10), float(parts[1])
+        return (first(parts[0]), second(parts[1]))
     except ValueError:
-        raise UserError(f"{name} takes START,FACTOR (e.g. 150,1.02: from the 150th new token on, a push on the end "
-                        f"token that grows 2 % per token) or off, got {text!r}") from None
-    return (start, factor)
+        raise UserError(f"{usage}, got {text!r}") from None
+
+
+def parse_length_decay(text: str, name: str = "--length-decay") -> tuple[int, float] | None:
+    """'START,FACTOR' (e.g. '150,1.02') -> (150, 1.02); 'off' -> None. The range is checked by ``validate()``."""
+    return _parse_pair(text, lambda x: int(x, 10), float,
+                       f"{name} takes START,FACTOR (e.g. 150,1.02: from the 150th new token on, a push on the end "
+                       "token that grows 2 % per token) or off")
 
 
 def length_decay_text(value: tuple[int, float] | None) -> str:
@@ -146,19 +152,9 @@ def length_decay_text(value: tuple[int, float] | None) -> str:
 
 def parse_prompt_boost(text: str, name: str = "--prompt-boost") -> tuple[float, float] | None:
     """'BOOST,FOLLOW' (e.g. '4,2') -> (4.0, 2.0); 'off' -> None. The range is checked by ``validate()``."""
-    t = text.strip().lower()
-    if t in ("off", "none", "0"):
-        return None
-    parts = t.split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        boost, follow = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise UserError(f"{name} takes BOOST,FOLLOW (e.g. 4,2: +4 on the logits of the prompt's words the answer has "
-                        f"not used yet, +2 on the word piece that follows the last one in the prompt) or off, "
-                        f"got {text!r}") from None
-    return (boost, follow)
+    return _parse_pair(text, float, float,
+                       f"{name} takes BOOST,FOLLOW (e.g. 4,2: +4 on the logits of the prompt's words the answer has "
+                       "not used yet, +2 on the word piece that follows the last one in the prompt) or off")
 
 
 def prompt_boost_text(value: tuple[float, float] | None) -> str:
