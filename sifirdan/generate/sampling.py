@@ -226,10 +226,10 @@ class Sampler:
 class RowSampler:
     """One row's sampling state when every row of a batch has its own settings (continuous batching).
 
-    The same steps as ``Sampler`` -- repetition penalty -> prompt boost -> banned ids -> temperature -> top-k -> top-p -> one draw
-    from the row's own generator -- with this row's ``GenerationConfig``. The generator is seeded ``config.seed`` (the
-    caller adds a choice index itself), so a row samples what ``Sampler`` samples for row 0 of a batch.
-    ``sample_rows`` runs the rows of a batch together.
+    The same steps as ``Sampler`` -- repetition penalty -> prompt boost -> length decay -> banned ids -> temperature
+    -> top-k -> top-p -> one draw from the row's own generator -- with this row's ``GenerationConfig``. The
+    generator is seeded ``config.seed`` (the caller adds a choice index itself), so a row samples what ``Sampler``
+    samples for row 0 of a batch. ``sample_rows`` runs the rows of a batch together.
     """
 
     def __init__(self, config: GenerationConfig, vocab_size: int, device, prompt_ids: list[int] = (), end_ids=(),
