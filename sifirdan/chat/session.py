@@ -52,7 +52,8 @@ DEFAULT_NO_REPEAT_NGRAM = 3
 DEFAULT_LENGTH_DECAY = (150, 1.02)
 # +4 on the logits of the question's words the reply has not used yet, +2 on the word piece that follows the reply's
 # last token in the question (generate/prompt_boost.py): chosen on the same five folds (bench/RESULTS.md, "the
-# prompt boost"): the replies restate the question's names as the references do; greedy token F1 0.125 -> 0.160, sampled 0.125 -> 0.157
+# prompt boost"): the replies restate the question's names as the references do; token F1 0.125 -> 0.160 greedy,
+# 0.125 -> 0.157 sampled
 DEFAULT_PROMPT_BOOST = (4.0, 2.0)
 
 
@@ -67,7 +68,7 @@ _PAIRS = {"exponential_decay_length_penalty": (parse_length_decay, length_decay_
           "prompt_boost": (parse_prompt_boost, prompt_boost_text)}
 
 
-def _shown(value, field: str = "") -> str:
+def _shown(value, field: str) -> str:
     """A setting as /help and the commands print it: 0.3, 150,1.02, 4,2, off."""
     if field in _PAIRS:
         return _PAIRS[field][1](value)
@@ -288,7 +289,8 @@ class ChatSession:
     def settings_line(self) -> str:
         c = self.config
         return (f"temperature {c.temperature:g}, top-p {c.top_p:g}, top-k {c.top_k}, max-tokens {c.max_new_tokens}, "
-                f"no-repeat-ngram {c.no_repeat_ngram_size}, length-decay {length_decay_text(c.exponential_decay_length_penalty)}, "
+                f"no-repeat-ngram {c.no_repeat_ngram_size}, "
+                f"length-decay {length_decay_text(c.exponential_decay_length_penalty)}, "
                 f"prompt-boost {prompt_boost_text(c.prompt_boost)}, "
                 f"seed {'none' if self.seed is None else self.seed}; {self.mode} mode, "
                 f"{self.turns} turn{'s' if self.turns != 1 else ''} in the conversation")

@@ -63,10 +63,11 @@ class PromptBoost:
         V = copyable.shape[0]
         ok = copyable.tolist()
         ids = [i for i in prompt_ids if 0 <= i < V and ok[i]]
-        # prompt word tokens the answer has not written yet
-        self.unused = torch.zeros(V, dtype=torch.bool, device=copyable.device)
-        if ids:
-            self.unused[torch.tensor(ids, device=copyable.device)] = True
+        # +boost on the prompt word tokens the answer has not written yet, 0 elsewhere: kept as the float vector
+        # that is added, so a step does no conversion
+        self.bonus = torch.zeros(V, dtype=torch.float32, device=copyable.device)
+        if ids and self.boost:
+            self.bonus[torch.tensor(ids, device=copyable.device)] = self.boost
         # token -> tokens that follow it in the prompt (both word tokens): at most one entry per prompt token
         self.follows: dict[int, list[int]] = {}
         for a, b in zip(prompt_ids, prompt_ids[1:]):
@@ -81,7 +82,7 @@ class PromptBoost:
         vocabulary)."""
         V = logits.shape[-1]
         if self.boost:
-            logits += self.boost * self.unused[:V].to(logits.dtype)
+            logits += self.bonus[:V]
         if self.follow and self.last is not None:
             for t in self.follows.get(self.last, ()):
                 if t < V:
@@ -89,6 +90,6 @@ class PromptBoost:
 
     def push(self, token: int) -> None:
         """The answer wrote ``token``: it is no longer boosted, and it is what the follow bonus follows."""
-        if 0 <= token < self.unused.shape[0]:
-            self.unused[token] = False
+        if 0 <= token < self.bonus.shape[0]:
+            self.bonus[token] = 0.0
         self.last = token
